@@ -1,0 +1,227 @@
+"""Strategies: how one gradient is gathered from the workers.
+
+A strategy turns the current weights ``w`` into the totals ``(loss_sum, grad_sum,
+n_rows)`` over the data held on the cluster. The engine and the optimizers only see
+:meth:`Session.evaluate`, so other ways of gathering the same sums (parameter server,
+ring all-reduce, gossip) plug in beside :class:`MapReduce` without touching them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import dask.array as da
+import numpy as np
+
+from daskgd.cluster import amm_paused, tune_for_iterations
+from daskgd.models import Model, packed_loss_grad, unpack
+
+#: How often one evaluation is retried when a worker dies under it.
+MAX_ATTEMPTS = 4
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Totals of one gather over the chunks, and what it cost.
+
+    Attributes
+    ----------
+    loss_sum : float
+        Sum of the per-sample losses over the rows used.
+    grad_sum : ndarray of shape (n_params,)
+        Sum of the per-sample gradients.
+    n_rows : int
+        Number of rows the sums cover.
+    wall_seconds : float
+        Wall-clock time of the evaluation as seen by the client (all attempts).
+    attempts : int
+        1, or more when a worker was lost and the evaluation re-sent w.
+    key_prefix : str
+        Prefix of the task keys of the map step (to find them in a task stream).
+    """
+
+    loss_sum: float
+    grad_sum: np.ndarray
+    n_rows: int
+    wall_seconds: float
+    attempts: int
+    key_prefix: str
+
+
+def _recoverable_errors() -> tuple[type[BaseException], ...]:
+    from distributed.client import FutureCancelledError
+    from distributed.comm.core import CommClosedError
+    from distributed.scheduler import KilledWorker
+
+    return (FutureCancelledError, KilledWorker, CommClosedError)
+
+
+class Strategy:
+    """Base class: a recipe for gathering gradient sums (a configuration only)."""
+
+    name = "strategy"
+
+    def session(self, data: Any, model: Model, fit_intercept: bool) -> Session:
+        """Bind the strategy to placed data and a model for the duration of a fit."""
+        raise NotImplementedError
+
+
+class MapReduce(Strategy):
+    """The lecture's client-server iteration as a Dask graph.
+
+    1. broadcast: ``client.scatter(w, broadcast=True)`` copies w to every worker;
+    2. map: ``da.map_blocks`` runs the model's one-pass chunk function on every chunk
+       where the chunk lives;
+    3. reduce: ``da.sum(axis=0, split_every=k)`` sums the partial results along a tree;
+       with chunks placed as contiguous ranges per worker and k = chunks per worker,
+       the first level of the tree adds up each worker's partials locally;
+    4. the total reaches the client, which updates w.
+
+    Parameters
+    ----------
+    split_every : int or None, default=None
+        Fan-in of the reduction tree; None uses the number of chunks per worker (>= 2).
+    tune_cluster : bool, default=True
+        Shorten ``distributed``'s message batching and pause work stealing during the
+        fit (see :func:`daskgd.cluster.tune_for_iterations`); restored afterwards.
+    """
+
+    name = "mapreduce"
+
+    def __init__(self, split_every: int | None = None, *, tune_cluster: bool = True):
+        if split_every is not None and (not isinstance(split_every, int) or split_every < 2):
+            raise ValueError(f"split_every must be an integer >= 2 or None, got {split_every!r}")
+        self.split_every = split_every
+        self.tune_cluster = tune_cluster
+
+    def session(self, data: Any, model: Model, fit_intercept: bool) -> Session:
+        return Session(self, data, model, fit_intercept)
+
+
+class Session:
+    """A :class:`MapReduce` bound to data and a model; use as a context manager."""
+
+    def __init__(self, strategy: MapReduce, data: Any, model: Model, fit_intercept: bool):
+        self.strategy = strategy
+        self.data = data
+        self.model = model
+        self.fit_intercept = fit_intercept
+        self.client = data.client
+        self.n_params = model.n_params(data.n_features, fit_intercept)
+        self.n_blocks = data.X.numblocks[0]
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> Session:
+        if self.client is not None:
+            self._stack.enter_context(amm_paused(self.client))
+            if self.strategy.tune_cluster:
+                self._stack.callback(tune_for_iterations(self.client))
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._stack.close()
+
+    @property
+    def split_every(self) -> int:
+        if self.strategy.split_every is not None:
+            return self.strategy.split_every
+        placement = self.data.placement
+        if not placement:
+            return max(2, self.n_blocks)
+        per_worker = max(placement.count(address) for address in set(placement))
+        return max(2, per_worker)
+
+    def evaluate(self, w: np.ndarray, blocks: Sequence[int] | None = None) -> Evaluation:
+        """Totals of loss, gradient and rows at ``w`` over all chunks (or ``blocks``)."""
+        recoverable = _recoverable_errors() if self.client is not None else ()
+        start = time.perf_counter()
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            try:
+                total, prefix = self._evaluate_once(np.asarray(w, dtype=np.float64), blocks)
+                break
+            except recoverable:
+                # A worker died under the evaluation: its chunks are recomputed from
+                # their graph by the scheduler; w is simply sent again.
+                if attempt == MAX_ATTEMPTS:
+                    raise
+        loss_sum, grad_sum, n_rows = unpack(total)
+        return Evaluation(loss_sum, grad_sum, n_rows, time.perf_counter() - start, attempt, prefix)
+
+    def _evaluate_once(self, w: np.ndarray, blocks: Sequence[int] | None) -> tuple:
+        X, y = self.data.X, self.data.y
+        if blocks is not None:
+            index = list(blocks)
+            X, y = X.blocks[index], y.blocks[index]
+        prefix = f"daskgd-gradient-{uuid.uuid4().hex[:12]}"
+        weights: Any = w
+        if self.client is not None:
+            weights = self.client.scatter(w, broadcast=True, hash=False)
+        partials = da.map_blocks(
+            packed_loss_grad,
+            X,
+            y,
+            weights,
+            model=self.model,
+            fit_intercept=self.fit_intercept,
+            chunks=(1, self.n_params + 2),
+            dtype=np.float64,
+            name=prefix,
+        )
+        total = partials.sum(axis=0, split_every=self.split_every)
+        if self.client is None:
+            return total.compute(scheduler="threads"), prefix
+        return self.client.compute(total, sync=True), prefix
+
+    def top_gram_eigenvalue(self) -> float:
+        """Largest eigenvalue of [X, 1]^T [X, 1] / n, estimated on the first and last chunk.
+
+        One round trip. Rows are assumed exchangeable; the optimizers guard against an
+        underestimate (backtracking, restarts, divergence check).
+        """
+        index = sorted({0, self.n_blocks - 1})
+        sample = self.data.X.blocks[index]
+        estimates = da.map_blocks(
+            _block_top_eigenvalue,
+            sample,
+            fit_intercept=self.fit_intercept,
+            chunks=(1, 1),
+            dtype=np.float64,
+        )
+        if self.client is None:
+            values = estimates.compute(scheduler="threads")
+        else:
+            values = self.client.compute(estimates, sync=True)
+        return float(np.max(values))
+
+
+def _block_top_eigenvalue(X: np.ndarray, fit_intercept: bool) -> np.ndarray:
+    X = np.asarray(X, dtype=np.float64)
+    if fit_intercept:
+        X = np.hstack([X, np.ones((X.shape[0], 1))])
+    n_rows = max(X.shape[0], 1)
+    gram = X.T @ X / n_rows
+    return np.array([[np.linalg.eigvalsh(gram)[-1]]])
+
+
+STRATEGIES = {"mapreduce": MapReduce}
+
+
+def get_strategy(name: str | Strategy, **options: Any) -> Strategy:
+    """A strategy by name (or the given one)."""
+    if isinstance(name, Strategy):
+        return name
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown strategy {name!r}; choose one of {sorted(STRATEGIES)}")
+    return STRATEGIES[name](**options)
+
+
+@contextlib.contextmanager
+def bound(strategy: Strategy, data: Any, model: Model, fit_intercept: bool) -> Iterator[Session]:
+    """``with bound(strategy, data, model, fit_intercept) as session: ...``"""
+    with strategy.session(data, model, fit_intercept) as session:
+        yield session
