@@ -153,14 +153,23 @@ class Session:
         return Evaluation(loss_sum, grad_sum, n_rows, time.perf_counter() - start, attempt, prefix)
 
     def _evaluate_once(self, w: np.ndarray, blocks: Sequence[int] | None) -> tuple:
+        prefix = f"daskgd-gradient-{uuid.uuid4().hex[:12]}"
+        if self.client is None:
+            return self._graph(w, blocks, prefix).compute(scheduler="threads"), prefix
+        from distributed import span
+
+        # The span tags every task of this evaluation (map, reduce) with the prefix, so
+        # the instrumentation can attribute tasks, transfers and bytes to an iteration.
+        with span(prefix):
+            weights = self.client.scatter(w, broadcast=True, hash=False)
+            total = self._graph(weights, blocks, prefix)
+            return self.client.compute(total, sync=True), prefix
+
+    def _graph(self, weights: Any, blocks: Sequence[int] | None, prefix: str) -> da.Array:
         X, y = self.data.X, self.data.y
         if blocks is not None:
             index = list(blocks)
             X, y = X.blocks[index], y.blocks[index]
-        prefix = f"daskgd-gradient-{uuid.uuid4().hex[:12]}"
-        weights: Any = w
-        if self.client is not None:
-            weights = self.client.scatter(w, broadcast=True, hash=False)
         partials = da.map_blocks(
             packed_loss_grad,
             X,
@@ -172,10 +181,7 @@ class Session:
             dtype=np.float64,
             name=prefix,
         )
-        total = partials.sum(axis=0, split_every=self.split_every)
-        if self.client is None:
-            return total.compute(scheduler="threads"), prefix
-        return self.client.compute(total, sync=True), prefix
+        return partials.sum(axis=0, split_every=self.split_every)
 
     def top_gram_eigenvalue(self) -> float:
         """Largest eigenvalue of [X, 1]^T [X, 1] / n, estimated on the first and last chunk.
