@@ -1,0 +1,385 @@
+"""Shared pytest fixtures for the daskgd test suite.
+
+Dask clusters
+    cluster_client (session)      a ``distributed.Client`` on a ``LocalCluster`` of 2 worker
+                                  processes with 1 thread each, started once per session.
+    client (function)             the same kind of Client, made current for the test; after the
+                                  test it checks that the cluster still has exactly 2 workers and
+                                  repairs it if not (waits for nanny restarts, rescales, or as a
+                                  last resort starts a new cluster). Use this one in tests that
+                                  kill, retire or add workers.
+    local_scheduler (function)    no distributed client active: yields ``None``; inside the test
+                                  ``distributed.default_client()`` raises ``ValueError`` and dask
+                                  computes with its local (threaded) scheduler.
+    scheduler_processes (module)  the address (``"tcp://127.0.0.1:PORT"``) of a real
+                                  ``dask scheduler`` with 2 ``dask worker`` processes
+                                  (1 thread each), started as subprocesses from a scheduler file.
+
+Browser
+    chromium_executable (session) path of a Chromium binary (``DASKGD_CHROMIUM``, then
+                                  ``chromium``/``chromium-browser``/``google-chrome`` on PATH);
+                                  skips the test when there is none, fails it when ``CI`` is set.
+    browser (session)             a Playwright ``Browser`` running that Chromium headless.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import dask
+import pytest
+
+N_WORKERS = 2
+STARTUP_TIMEOUT = 60  # seconds to wait for a cluster or for subprocess workers to come up
+
+# Flags for headless Chromium on a machine with no network but loopback, running as root.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+
+
+def _wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.2) -> bool:
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+
+
+# --------------------------------------------------------------------------------------
+# LocalCluster shared by the session
+# --------------------------------------------------------------------------------------
+
+
+_CLOSED = {"closing", "closed", "failed", "closing_gracefully"}
+
+
+def _status(obj) -> str:
+    status = getattr(obj, "status", None)
+    return getattr(status, "name", str(status))
+
+
+class _SessionCluster:
+    """Owns the session's LocalCluster and Client; can check and repair them."""
+
+    def __init__(self) -> None:
+        self.cluster = None
+        self.client = None
+
+    def start(self) -> None:
+        from distributed import Client, LocalCluster
+
+        self.cluster = LocalCluster(
+            n_workers=N_WORKERS,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=":0",
+        )
+        self.client = Client(self.cluster)
+        self.client.wait_for_workers(N_WORKERS, timeout=STARTUP_TIMEOUT)
+
+    def close(self) -> None:
+        for obj in (self.client, self.cluster):
+            if obj is not None:
+                try:
+                    obj.close()
+                except Exception:  # noqa: BLE001 - best effort at teardown
+                    pass
+        self.client = self.cluster = None
+
+    def n_workers(self) -> int | None:
+        """Workers the scheduler knows, or None when the client or cluster is unusable."""
+        if self.client is None or self.client.status != "running":
+            return None
+        try:
+            return len(self.client.ncores())
+        except Exception:  # noqa: BLE001 - any failure means: rebuild
+            return None
+
+    def _missing_workers(self) -> dict:
+        """The cluster's worker (nanny) objects that the scheduler does not have."""
+        live = {w.get("name") for w in self.client.scheduler_info()["workers"].values()}
+        return {name: w for name, w in self.cluster.workers.items() if name not in live}
+
+    def ensure(self) -> None:
+        """Bring the cluster back to exactly N_WORKERS workers."""
+        n = self.n_workers()
+        if n == N_WORKERS:
+            return
+        if n is not None:
+            try:
+                if n < N_WORKERS:
+                    # A killed worker process is restarted by its nanny within seconds;
+                    # a retired worker's nanny closes and is not coming back.
+                    def settled() -> bool:
+                        return self.n_workers() == N_WORKERS or all(
+                            _status(w) in _CLOSED for w in self._missing_workers().values()
+                        )
+
+                    _wait_until(settled, 15)
+                    if self.n_workers() == N_WORKERS:
+                        return
+                    # Forget the dead ones so that the cluster's spec replaces them.
+                    for name in self._missing_workers():
+                        self.cluster.workers.pop(name, None)
+                self.cluster.scale(N_WORKERS)
+                if _wait_until(lambda: self.n_workers() == N_WORKERS, 30):
+                    return
+            except Exception:  # noqa: BLE001 - fall through to a new cluster
+                pass
+        # Last resort: a brand-new cluster. Tests holding the session's `cluster_client`
+        # would then hold a closed client; tests that may break the cluster use `client`.
+        self.close()
+        self.start()
+
+
+@pytest.fixture(scope="session")
+def _session_cluster() -> Iterator[_SessionCluster]:
+    holder = _SessionCluster()
+    holder.start()
+    try:
+        yield holder
+    finally:
+        holder.close()
+
+
+@pytest.fixture(scope="session")
+def cluster_client(_session_cluster: _SessionCluster):
+    """A Client on a LocalCluster with 2 worker processes, 1 thread each (session scope)."""
+    return _session_cluster.client
+
+
+@pytest.fixture
+def client(_session_cluster: _SessionCluster):
+    """The session's Client, current for this test; the cluster is repaired afterwards."""
+    _session_cluster.ensure()
+    c = _session_cluster.client
+    with c.as_current():
+        yield c
+    _session_cluster.ensure()
+
+
+# --------------------------------------------------------------------------------------
+# No client at all
+# --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def local_scheduler():
+    """No distributed client is active during the test: yields None.
+
+    Hides any existing client (the session's included) from ``default_client`` and from
+    dask's scheduler lookup, and restores them afterwards.
+    """
+    import distributed.client as dclient
+
+    hidden = dict(dclient._global_clients.items())
+    for c in hidden.values():
+        dclient._del_global_client(c)
+    token = dclient._current_client.set(None)
+    try:
+        with dask.config.set(scheduler=None):
+            yield None
+    finally:
+        dclient._current_client.reset(token)
+        for key, c in hidden.items():
+            if c.status != "closed":
+                dclient._global_clients[key] = c
+
+
+# --------------------------------------------------------------------------------------
+# Real `dask scheduler` / `dask worker` subprocesses
+# --------------------------------------------------------------------------------------
+
+
+def _subprocess_env() -> dict[str, str]:
+    """Environment for child Pythons: the same interpreter, and the test process's extra
+    import paths (the tests folder, a source checkout) so that functions pickled by
+    reference from test modules or from daskgd unpickle on the workers."""
+    prefixes = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+    extra = []
+    for entry in sys.path:
+        if not entry or not os.path.isdir(entry):
+            continue
+        real = os.path.realpath(entry)
+        if any(real == p or real.startswith(p + os.sep) for p in prefixes):
+            continue
+        if real not in extra:
+            extra.append(real)
+    env = dict(os.environ)
+    if env.get("PYTHONPATH"):
+        extra.append(env["PYTHONPATH"])
+    if extra:
+        env["PYTHONPATH"] = os.pathsep.join(extra)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _kill_group(proc: subprocess.Popen, timeout: float = 10) -> None:
+    """SIGTERM the process group, give it `timeout` seconds, then SIGKILL what is left."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def _tail(path: Path, n: int = 30) -> str:
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    return "\n".join(lines[-n:])
+
+
+@pytest.fixture(scope="module")
+def scheduler_processes(tmp_path_factory) -> Iterator[str]:
+    """Address of a `dask scheduler` subprocess with 2 `dask worker` subprocesses."""
+    from distributed import Client
+
+    tmp = tmp_path_factory.mktemp("dask-cli")
+    scheduler_file = tmp / "s.json"
+    env = _subprocess_env()
+    procs: list[tuple[str, subprocess.Popen, Path]] = []
+
+    def spawn(name: str, module: str, *args: str) -> None:
+        log_path = tmp / f"{name}.log"
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", module, *args],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=tmp,
+                env=env,
+                start_new_session=True,  # its own process group, killed as a whole
+            )
+        procs.append((name, proc, log_path))
+
+    def diagnostics() -> str:
+        parts = []
+        for name, proc, log_path in procs:
+            parts.append(f"--- {name} (exit code {proc.poll()}) ---\n{_tail(log_path)}")
+        return "\n".join(parts)
+
+    try:
+        spawn(
+            "scheduler",
+            "distributed.cli.dask_scheduler",
+            "--host", "127.0.0.1",
+            "--port", "0",
+            "--no-dashboard",
+            "--scheduler-file", str(scheduler_file),
+        )  # fmt: skip
+        for i in range(N_WORKERS):
+            spawn(
+                f"worker-{i}",
+                "distributed.cli.dask_worker",
+                "--nthreads", "1",
+                "--no-dashboard",
+                "--host", "127.0.0.1",
+                "--local-directory", str(tmp / f"worker-{i}"),
+                "--scheduler-file", str(scheduler_file),
+            )  # fmt: skip
+
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        address = None
+        while address is None:
+            dead = [name for name, proc, _ in procs if proc.poll() is not None]
+            if dead:
+                pytest.fail(f"dask processes exited early: {dead}\n{diagnostics()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"no scheduler file after {STARTUP_TIMEOUT}s\n{diagnostics()}")
+            try:
+                address = json.loads(scheduler_file.read_text())["address"]
+            except (OSError, ValueError, KeyError):
+                time.sleep(0.2)
+
+        remaining = max(1.0, deadline - time.monotonic())
+        with Client(address, set_as_default=False, timeout=remaining) as probe:
+            try:
+                probe.wait_for_workers(N_WORKERS, timeout=max(1.0, deadline - time.monotonic()))
+            except TimeoutError:
+                pytest.fail(
+                    f"{N_WORKERS} workers did not connect within {STARTUP_TIMEOUT}s "
+                    f"(have {len(probe.ncores())})\n{diagnostics()}"
+                )
+        yield address
+    finally:
+        for _, proc, _ in reversed(procs):
+            _kill_group(proc)
+
+
+# --------------------------------------------------------------------------------------
+# Browser
+# --------------------------------------------------------------------------------------
+
+
+def _find_chromium() -> str | None:
+    candidates = [os.environ.get("DASKGD_CHROMIUM")]
+    candidates += [shutil.which(name) for name in CHROMIUM_NAMES]
+    for path in candidates:
+        if path and os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    return None
+
+
+def _no_browser(reason: str):
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI: .ci/run installs Debian's chromium)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def chromium_executable() -> str:
+    """Path of a Chromium binary; skip without one (fail on CI)."""
+    path = _find_chromium()
+    if path is None:
+        _no_browser(
+            "no Chromium found: install it (Debian: apt-get install chromium) "
+            "or set DASKGD_CHROMIUM to its path"
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
+def browser(chromium_executable: str):
+    """A headless Playwright Browser on the system Chromium (session scope)."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _no_browser("playwright is not installed (pip install '.[test]')")
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(
+            executable_path=chromium_executable, headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            yield b
+        finally:
+            b.close()
