@@ -22,6 +22,7 @@ import numpy as np
 
 from daskgd import data as data_module
 from daskgd.engine import Callback, ProgressBar, minimize
+from daskgd.instrument import Instrumentation
 from daskgd.models import LeastSquares, Logistic, Model, Multinomial
 from daskgd.objective import Objective
 from daskgd.optimizers import OPTIMIZERS, get_optimizer
@@ -89,6 +90,8 @@ class _GradientDescentEstimator:
             raise TypeError(f"fit_intercept must be True or False, got {self.fit_intercept!r}")
         _check_positive("tol", self.tol, allow_zero=True)
         _check_int("max_iter", self.max_iter, 1)
+        if not isinstance(self.instrument, bool):
+            raise TypeError(f"instrument must be True or False, got {self.instrument!r}")
         if isinstance(self.solver, str) and self.solver not in OPTIMIZERS:
             raise ValueError(f"unknown solver {self.solver!r}; choose one of {sorted(OPTIMIZERS)}")
 
@@ -111,6 +114,10 @@ class _GradientDescentEstimator:
         info = self._run_info(placed, model, penalty, optimizer, strategy)
         if self.verbose:
             callbacks = [ProgressBar(f"daskgd {optimizer.name}"), *callbacks]
+        instrumentation = None
+        if self.instrument and placed.client is not None:
+            instrumentation = Instrumentation(placed.client)
+            callbacks = [*callbacks, instrumentation]
         with strategy.session(placed, model, self.fit_intercept) as session:
             objective = Objective(session, penalty, mask)
             result = minimize(
@@ -126,7 +133,8 @@ class _GradientDescentEstimator:
         self._set_coefficients(result.w, model, placed.n_features)
         self.n_iter_ = result.n_iter
         self.converged_ = result.converged
-        self.trace_ = build_trace(result.records, info)
+        workers = instrumentation.worker_dataset(result.records) if instrumentation else None
+        self.trace_ = build_trace(result.records, info, workers)
         if not result.converged:
             warnings.warn(
                 f"{type(self).__name__} with solver {optimizer.name!r} stopped at "
@@ -249,6 +257,9 @@ class LogisticRegression(_GradientDescentEstimator):
         The cluster to use; None uses the active client, or dask's threaded scheduler.
     verbose : bool, default=False
         Show a progress bar with the loss.
+    instrument : bool, default=True
+        With a distributed client, measure compute, communication, wait and bytes per
+        worker and iteration (:mod:`daskgd.instrument`) into ``trace_``.
 
     Attributes
     ----------
@@ -277,6 +288,7 @@ class LogisticRegression(_GradientDescentEstimator):
         random_state: int | None = None,
         client: Any = None,
         verbose: bool = False,
+        instrument: bool = True,
     ):
         self.penalty = penalty
         self.C = C
@@ -290,6 +302,7 @@ class LogisticRegression(_GradientDescentEstimator):
         self.random_state = random_state
         self.client = client
         self.verbose = verbose
+        self.instrument = instrument
 
     def _penalty(self, n_samples: int) -> Any:
         if self.penalty not in PENALTIES:
@@ -369,7 +382,7 @@ class LinearRegression(_GradientDescentEstimator):
         Stop when the inf-norm of the gradient of mean(0.5 * residual^2) is <= tol.
     max_iter : int, default=1000
     solver : {'lbfgs', 'gd', 'nesterov', 'sgd'}, default='lbfgs'
-    learning_rate, split_every, random_state, client, verbose
+    learning_rate, split_every, random_state, client, verbose, instrument
         As in :class:`LogisticRegression`.
     """
 
@@ -385,6 +398,7 @@ class LinearRegression(_GradientDescentEstimator):
         random_state: int | None = None,
         client: Any = None,
         verbose: bool = False,
+        instrument: bool = True,
     ):
         self.fit_intercept = fit_intercept
         self.tol = tol
@@ -395,6 +409,7 @@ class LinearRegression(_GradientDescentEstimator):
         self.random_state = random_state
         self.client = client
         self.verbose = verbose
+        self.instrument = instrument
 
     def _penalty(self, n_samples: int) -> Any:
         return make_penalty(None, 0.0)
@@ -434,7 +449,7 @@ class Ridge(LinearRegression):
     alpha : float, default=1.0
         Regularisation strength (>= 0).
     fit_intercept, tol, max_iter, solver, learning_rate, split_every, random_state,
-    client, verbose
+    client, verbose, instrument
         As in :class:`LinearRegression`.
     """
 
@@ -451,6 +466,7 @@ class Ridge(LinearRegression):
         random_state: int | None = None,
         client: Any = None,
         verbose: bool = False,
+        instrument: bool = True,
     ):
         super().__init__(
             fit_intercept=fit_intercept,
@@ -462,6 +478,7 @@ class Ridge(LinearRegression):
             random_state=random_state,
             client=client,
             verbose=verbose,
+            instrument=instrument,
         )
         self.alpha = alpha
 

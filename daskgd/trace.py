@@ -31,8 +31,14 @@ _ITERATION_VARIABLES = {
 }
 
 
-def build_trace(records: Sequence[Any], attrs: dict | None = None) -> xr.Dataset:
-    """Turn the engine's iteration records into a trace Dataset."""
+def build_trace(
+    records: Sequence[Any], attrs: dict | None = None, workers: xr.Dataset | None = None
+) -> xr.Dataset:
+    """Turn the engine's iteration records into a trace Dataset.
+
+    ``workers``, the per-worker measurements of the same records
+    (:meth:`daskgd.instrument.Instrumentation.worker_dataset`), is merged in.
+    """
     iterations = np.array([record.iteration for record in records], dtype=np.int64)
     data_vars = {}
     for name, (description, units) in _ITERATION_VARIABLES.items():
@@ -45,6 +51,9 @@ def build_trace(records: Sequence[Any], attrs: dict | None = None) -> xr.Dataset
         ("iteration",), start, {"long_name": "iteration start (POSIX time)", "units": "s"}
     )
     dataset = xr.Dataset(data_vars, coords={"iteration": iterations})
+    if workers is not None:
+        dataset = dataset.merge(workers, join="exact", combine_attrs="override")
+        dataset.attrs.update(workers.attrs)
     dataset.attrs.update(_clean_attrs(attrs or {}))
     dataset.attrs["daskgd_trace_version"] = TRACE_VERSION
     return dataset

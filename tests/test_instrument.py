@@ -1,0 +1,233 @@
+"""Per-worker measurements (daskgd.instrument) on a real LocalCluster of 2 workers."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import xarray as xr
+from distributed import get_task_stream, get_worker
+
+from daskgd.data import distribute
+from daskgd.engine import Callback, minimize
+from daskgd.estimators import LogisticRegression
+from daskgd.instrument import Instrumentation, straggler_flags
+from daskgd.models import Logistic
+from daskgd.objective import Objective
+from daskgd.optimizers import get_optimizer
+from daskgd.penalties import make_penalty
+from daskgd.strategies import MapReduce
+from daskgd.trace import load_trace, save_trace
+
+N_SAMPLES, N_FEATURES = 20_000, 10
+N_PARAMS = N_FEATURES + 1
+SLEEP_SECONDS = 0.05  # per chunk, on the slow worker
+WORKER_VARIABLES = (
+    "compute_seconds",
+    "communication_seconds",
+    "wait_seconds",
+    "bytes_sent",
+    "bytes_received",
+    "n_tasks",
+    "straggler",
+)
+
+
+class SlowOnOneWorker(Logistic):
+    """Logistic loss whose chunk function sleeps when it runs on one given worker."""
+
+    def __init__(self, slow_address: str):
+        self.slow_address = slow_address
+
+    def loss_grad(self, w, X, y, fit_intercept):
+        if get_worker().address == self.slow_address:
+            time.sleep(SLEEP_SECONDS)
+        return super().loss_grad(w, X, y, fit_intercept)
+
+
+@pytest.fixture(scope="module")
+def problem():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(N_SAMPLES, N_FEATURES))
+    y = (X @ rng.normal(size=N_FEATURES) + rng.normal(size=N_SAMPLES) > 0).astype(np.float64)
+    return X, y
+
+
+@pytest.fixture(scope="module")
+def data(cluster_client, problem):
+    return distribute(*problem, cluster_client, chunks_per_worker=2)
+
+
+def fit(data, model, callbacks, max_iter=4):
+    """Plain gd with a fixed step through the engine: one evaluation per iteration."""
+    with MapReduce().session(data, model, True) as session:
+        mask = model.penalty_mask(data.n_features, True)
+        objective = Objective(session, make_penalty("l2", 1e-3), mask)
+        return minimize(
+            objective,
+            get_optimizer("gd", learning_rate=0.5),
+            np.zeros(N_PARAMS),
+            max_iter=max_iter,
+            tol=0.0,
+            callbacks=callbacks,
+        )
+
+
+def measured(client, data, model=None, max_iter=4):
+    instrumentation = Instrumentation(client)
+    result = fit(data, model or Logistic(), [instrumentation], max_iter=max_iter)
+    return result, instrumentation.worker_dataset(result.records)
+
+
+def test_compute_agrees_with_dask_task_stream(cluster_client, data):
+    with get_task_stream(client=cluster_client) as stream:
+        result, workers = measured(cluster_client, data)
+    expected = {}
+    for task in stream.data:
+        for startstop in task["startstops"]:
+            if startstop["action"] == "compute":
+                seconds = startstop["stop"] - startstop["start"]
+                expected[task["worker"]] = expected.get(task["worker"], 0.0) + seconds
+    assert sorted(expected) == sorted(workers["worker"].values)
+    totals = workers["compute_seconds"].sum("iteration")
+    for address, seconds in expected.items():
+        assert float(totals.sel(worker=address)) == pytest.approx(seconds, rel=0.10)
+    assert workers.sizes == {"iteration": len(result.records), "worker": 2}
+    assert int(workers["n_tasks"].sum()) == len(stream.data)
+    for name in WORKER_VARIABLES:
+        assert not workers[name].isnull().any(), name
+
+
+def test_every_worker_receives_w_every_iteration(cluster_client, data):
+    _, workers = measured(cluster_client, data)
+    w_bytes = 8 * N_PARAMS
+    assert (workers["bytes_received"] >= w_bytes).all()
+    assert (workers["bytes_broadcast"] >= 2 * w_bytes).all()
+    # the partial sums of both workers meet somewhere, and the total reaches the client
+    assert (workers["bytes_reduce"] >= 2 * 8 * (N_PARAMS + 2)).all()
+    parts = workers["bytes_broadcast"] + workers["bytes_reduce"]
+    assert (workers["bytes_total"] >= parts).all()
+    assert (workers["communication_seconds"] > 0).all()
+    assert (workers["wait_seconds"] >= 0).all()
+
+
+def test_slow_worker_is_the_straggler_and_the_other_waits(cluster_client, data):
+    slow, fast = sorted(set(data.placement))
+    _, normal = measured(cluster_client, data)
+    _, slowed = measured(cluster_client, data, SlowOnOneWorker(slow))
+
+    flagged = slowed["straggler"]
+    assert flagged.sel(worker=slow).all()
+    assert not flagged.sel(worker=fast).any()
+    # the slow worker runs at least one chunk per iteration (its own two, normally)
+    compute_growth = median(slowed, "compute_seconds", slow) - median(
+        normal, "compute_seconds", slow
+    )
+    assert compute_growth > 0.8 * SLEEP_SECONDS
+    wait_growth = median(slowed, "wait_seconds", fast) - median(normal, "wait_seconds", fast)
+    assert wait_growth > 0.5 * SLEEP_SECONDS
+
+
+def median(workers: xr.Dataset, name: str, worker: str) -> float:
+    return float(workers[name].sel(worker=worker).median())
+
+
+@pytest.mark.parametrize("suffix", [".nc", ".zarr"])
+def test_estimator_trace_has_workers_and_round_trips(cluster_client, problem, tmp_path, suffix):
+    estimator = LogisticRegression(solver="gd", learning_rate=0.5, max_iter=3, tol=0.0)
+    with pytest.warns(UserWarning):  # ConvergenceWarning: stopped at max_iter
+        estimator.fit(*problem)
+    trace = estimator.trace_
+    assert trace.sizes["worker"] == 2
+    assert trace["worker"].dtype.kind in "UO" and trace["worker_name"].dtype.kind in "UO"
+    for name in (*WORKER_VARIABLES, "bytes_total", "bytes_broadcast", "bytes_reduce"):
+        assert name in trace.data_vars, name
+        assert trace[name].attrs["units"]
+    assert trace["straggler"].dtype == bool
+
+    loaded = load_trace(save_trace(trace, tmp_path / f"trace{suffix}"))
+    xr.testing.assert_identical(loaded, trace)
+    assert loaded["straggler"].dtype == bool
+    assert [str(w) for w in loaded["worker"].values] == [str(w) for w in trace["worker"].values]
+
+
+def test_no_worker_dimension_without_instrumentation(cluster_client, problem):
+    estimator = LogisticRegression(solver="gd", learning_rate=0.5, max_iter=2, instrument=False)
+    with pytest.warns(UserWarning):
+        estimator.fit(*problem)
+    assert "worker" not in estimator.trace_.dims
+    assert not any(name.startswith("bytes") for name in estimator.trace_.data_vars)
+
+
+def test_no_worker_dimension_on_the_local_scheduler(local_scheduler, problem):
+    estimator = LogisticRegression(solver="gd", learning_rate=0.5, max_iter=2)
+    with pytest.warns(UserWarning):
+        estimator.fit(*problem)
+    assert "worker" not in estimator.trace_.dims
+
+
+class SnapshotEveryIteration(Callback):
+    """Calls ``snapshot`` from another thread while the fit runs, as a dashboard would."""
+
+    def __init__(self, instrumentation: Instrumentation):
+        self.instrumentation = instrumentation
+        self.snapshots: list[xr.Dataset] = []
+        self.errors: list[BaseException] = []
+        self._stop = threading.Event()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.05):
+            try:
+                self.snapshots.append(self.instrumentation.snapshot())
+            except BaseException as error:  # noqa: BLE001 - reported by the test
+                self.errors.append(error)
+
+    def on_fit_start(self, info: dict) -> None:
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def on_fit_end(self, result) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def test_snapshot_while_the_fit_runs(cluster_client, data):
+    instrumentation = Instrumentation(cluster_client, poll_interval_seconds=0.2)
+    watcher = SnapshotEveryIteration(instrumentation)
+    result = fit(data, Logistic(), [instrumentation, watcher], max_iter=12)
+    assert not watcher.errors
+    with_workers = [s for s in watcher.snapshots if "worker" in s.dims]
+    assert with_workers, "no snapshot had per-worker data during the fit"
+    assert all("loss" in s.data_vars for s in watcher.snapshots)
+    final = instrumentation.snapshot()
+    assert final.sizes["iteration"] == len(result.records)
+    xr.testing.assert_equal(
+        final[list(WORKER_VARIABLES)],
+        instrumentation.worker_dataset(result.records)[list(WORKER_VARIABLES)],
+    )
+    plugins = cluster_client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.plugins))
+    assert not [name for name in plugins if name.startswith("daskgd-instrument")]
+
+
+def test_straggler_rule():
+    active = np.ones((3, 2), dtype=bool)
+    two = np.array([[1.0, 1.1], [1.0, 2.0], [3.0, 1.0]])
+    flags = straggler_flags(two, k=3.0, ratio=1.25, active=active)
+    assert flags.tolist() == [[False, False], [False, True], [True, False]]
+
+    five = np.array([[1.0, 1.02, 0.98, 1.01, 1.5], [1.0, 1.3, 0.7, 1.2, 1.5]])
+    flags = straggler_flags(five, k=3.0, ratio=1.25, active=np.ones((2, 5), dtype=bool))
+    # a clear outlier is flagged; in a noisy iteration the same time is not
+    assert flags.tolist() == [[False] * 4 + [True], [False] * 5]
+
+    idle = np.array([[True, False]])
+    assert not straggler_flags(np.array([[5.0, 0.0]]), 3.0, 1.25, idle).any()
+
+
+def test_rejects_bad_parameters(cluster_client):
+    with pytest.raises(ValueError, match="straggler_ratio"):
+        Instrumentation(cluster_client, straggler_ratio=0.5)
+    with pytest.raises(ValueError, match="poll_interval_seconds"):
+        Instrumentation(cluster_client, poll_interval_seconds=0)
