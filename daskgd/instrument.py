@@ -1,72 +1,63 @@
 """Where the time goes: per-worker compute, communication, wait and bytes of every iteration.
 
-:class:`Instrumentation` is an engine :class:`~daskgd.engine.Callback`. It reads what
-``distributed`` already records and adds no timer of its own to the hot path:
+:class:`Instrumentation` is an engine callback that reads what ``distributed`` already
+records and adds no timer of its own:
 
-- a :class:`~distributed.diagnostics.plugin.SchedulerPlugin` (registered for the fit
-  under a unique name) sees every task of an evaluation, because the strategy tags
-  them with a ``distributed.span`` named after the evaluation's ``key_prefix``. From
-  the scheduler's ``processing -> memory`` transitions it keeps the task's worker and
-  its ``startstops``; from ``update_graph`` the evaluation's inputs that were scattered
-  (w), with the size and holders the scheduler knows;
-- the workers' ``transfer_incoming_log`` and ``transfer_outgoing_log`` (bounded deques,
-  ``distributed.admin.low-level-log-length`` entries) give start, stop, peer and bytes
-  of every transfer; they are read with ``client.run``.
+- a :class:`~distributed.diagnostics.plugin.SchedulerPlugin`, registered for the fit,
+  follows the tasks of each evaluation through the ``distributed.span`` the strategy
+  names after the evaluation's ``key_prefix``: from ``processing -> memory``
+  transitions the task's worker and ``startstops``, from ``update_graph`` the scattered
+  inputs (w) with the nbytes and holders the scheduler knows;
+- the workers' ``transfer_incoming_log`` / ``transfer_outgoing_log`` (bounded by
+  ``distributed.admin.low-level-log-length``) give start, stop, peer and bytes of
+  every transfer.
 
-Both are polled from a background thread about once a second (so the logs cannot
-overflow and :meth:`Instrumentation.snapshot` can feed a live dashboard) and once more
-when the fit ends; ``on_iteration_end`` only appends the record to a list.
+Both are polled with one ``run_on_scheduler`` and one ``client.run`` about once a
+second from a background thread (the logs cannot overflow; :meth:`~Instrumentation.
+snapshot` serves a live dashboard) and once more at the end of the fit;
+``on_iteration_end`` only appends the record to a list.
 
 Definitions, per iteration and worker (an iteration sums its evaluations):
 
 compute_seconds
-    The ``'compute'`` startstops of the evaluation's tasks that ran on the worker: the
-    chunk gradients (fused by dask with the first level of the sum) and the reduction.
-    The same numbers as ``Client.get_task_stream``.
+    ``'compute'`` startstops of the evaluation's tasks on the worker (chunk gradients,
+    fused by dask with the first level of the sum, and the reduction): the numbers of
+    ``Client.get_task_stream``.
 communication_seconds
-    Receiving: the worker's incoming transfers (dependency fetches, i.e. partial sums,
-    and data chunks if a task ran away from its chunk), the same windows as the
-    ``'transfer'`` startstops, deserialisation included; and w arriving by the
-    scatter's replication (``Scheduler.replicate`` makes workers fetch w from each
-    other through ``Worker.gather``, which distributed logs on the *sending* side only:
-    the sender's window, which lasts until the receiver acknowledged, is used).
-    Sending: the worker's outgoing transfers (serving partial sums or w to a peer,
-    the final sum to the scheduler), serialisation included.
+    Incoming transfers (partial sums; data chunks when a task ran away from its chunk),
+    the windows of the ``'transfer'`` startstops, deserialisation included; w arriving
+    by the scatter's replication, which ``Worker.gather`` logs on the sending side
+    only (the sender's window, which ends with the receiver's acknowledgement); and
+    outgoing transfers (partial sums or w to a peer, the total to the scheduler),
+    serialisation included.
 wait_seconds
-    The evaluation's window on the cluster, from the first to the last activity that
-    distributed recorded for it (a task, a transfer of one of its keys), minus the
-    worker's compute and communication (at least 0): idle while the others finish,
-    including the gap between w's broadcast and the first task.
+    The evaluation's window on the cluster, first to last activity recorded for it
+    (a task, a transfer of one of its keys), minus the worker's compute and
+    communication, at least 0: idle while the others finish (this includes the gap
+    between w's broadcast and the first task, when the client submits the graph).
 bytes_sent, bytes_received
-    From the transfer logs (``total``, i.e. the sizes the worker's memory accounting
-    gives the keys: ``sizeof``, not the compressed bytes on the wire), each transfer
-    counted once. Exception: the first hop of ``client.scatter`` (client ->
-    scheduler -> one worker, an ``update_data`` RPC) is logged nowhere; its bytes are
-    the nbytes the scheduler holds for w, counted as received by each holder of w
-    that no logged transfer delivered it to, and its time is not measured (it is in
-    no worker's communication and before the window starts).
-n_tasks
-    Tasks of the evaluation the worker ran.
-straggler
-    The worker's compute exceeds both ``median + k * MAD`` and ``ratio * median``,
-    where median and MAD (median absolute deviation) are over the *other* workers
-    that ran tasks in the iteration. Leaving the worker out keeps the rule meaningful
-    with two workers, where the median of both lies halfway and no worker can exceed
-    it by more than one MAD.
+    The transfer logs' ``total`` (the keys' ``sizeof``, not compressed wire bytes),
+    each transfer once. The first hop of ``client.scatter`` (client -> scheduler ->
+    one worker, an ``update_data`` RPC) is logged nowhere: its bytes are the
+    scheduler's nbytes of w, received by each holder of w that no logged transfer
+    delivered it to; its time is not measured.
+n_tasks, straggler
+    Tasks of the evaluation the worker ran. Straggler: compute above both
+    ``median + k * MAD`` and ``ratio * median`` of the *other* workers that ran tasks in
+    the iteration (with two workers, a median over both lies halfway and no worker
+    could ever exceed it by more than one MAD).
 
 Per iteration: ``bytes_broadcast`` (w to the workers), ``bytes_reduce`` (partial sums
-between workers and the final sum to the scheduler; the scheduler relays it to the
-client, the same bytes again, not counted), ``bytes_total`` (those two plus any data
-chunk moved between workers).
+between workers and the total to the scheduler, which relays the same bytes to the
+client), ``bytes_total`` (both, plus any data chunk moved between workers).
 
-Not recorded by distributed, hence not here: the client -> scheduler leg of scatter
-and of graph submission, scheduler -> client of the result, control messages, and
-(de)serialisation of task specs. Spilling (``disk-read``/``disk-write`` startstops)
-counts as neither compute nor communication, so it shows as wait. Tasks of a failed
-evaluation attempt carry the attempt's own prefix and are attributed to no iteration.
+Not recorded by distributed, so not here: the client -> scheduler legs (scatter,
+graph), scheduler -> client, control messages, (de)serialising task specs. Spilling
+(``disk-read``/``disk-write``) is neither compute nor communication: it shows as wait.
+Tasks of a failed evaluation attempt (its own prefix) belong to no iteration.
 
-The scheduler must be able to import daskgd (it unpickles the plugin); when it cannot,
-a warning is given and the trace has no per-worker variables.
+The scheduler unpickles the plugin, so it must be able to import daskgd; when it
+cannot, a warning says so and the trace has no per-worker variables.
 """
 
 from __future__ import annotations
@@ -77,7 +68,7 @@ import uuid
 import warnings
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -109,7 +100,7 @@ WORKER_VARIABLES = {
 ITERATION_BYTE_VARIABLES = {
     "bytes_total": ("all bytes moved for the iteration", "bytes"),
     "bytes_broadcast": ("bytes of w sent to the workers", "bytes"),
-    "bytes_reduce": ("bytes of partial sums moved by the reduction and to the client", "bytes"),
+    "bytes_reduce": ("bytes of partial sums moved by the reduction and to the scheduler", "bytes"),
 }
 
 
@@ -215,24 +206,19 @@ class _Transfer:
     stop: float | None
 
 
+@dataclass
 class _Raw:
-    """Everything collected from the cluster, appended to by the polls."""
+    """Everything collected from the cluster; log entries as (worker, entry) pairs."""
 
-    def __init__(self) -> None:
-        self.tasks: list[tuple] = []
-        self.inputs: list[tuple] = []
-        self.incoming: dict[str, list[tuple]] = defaultdict(list)
-        self.outgoing: dict[str, list[tuple]] = defaultdict(list)
-        self.names: dict[str, str] = {}
+    tasks: list = field(default_factory=list)
+    inputs: list = field(default_factory=list)
+    incoming: list = field(default_factory=list)
+    outgoing: list = field(default_factory=list)
+    names: dict = field(default_factory=dict)
 
     def copy(self) -> _Raw:
-        other = _Raw()
-        other.tasks, other.inputs = list(self.tasks), list(self.inputs)
-        other.names = dict(self.names)
-        for source, target in ((self.incoming, other.incoming), (self.outgoing, other.outgoing)):
-            for worker, entries in source.items():
-                target[worker] = list(entries)
-        return other
+        parts = (self.tasks, self.inputs, self.incoming, self.outgoing)
+        return _Raw(*(list(part) for part in parts), dict(self.names))
 
 
 class _KeyIndex:
@@ -264,28 +250,24 @@ class _KeyIndex:
 
 def _transfers(raw: _Raw, index: _KeyIndex) -> list[_Transfer]:
     """Every transfer of an evaluation's key, counted once, with both sides' durations."""
-    incoming = {}
-    for receiver, entries in raw.incoming.items():
-        for who, keys, start, stop, total in entries:
-            incoming[(who, receiver, frozenset(keys))] = (keys, start, stop, total)
+    incoming = {
+        (who, receiver, frozenset(keys)): (keys, start, stop, total)
+        for receiver, (who, keys, start, stop, total) in raw.incoming
+    }
     transfers = []
-    for sender, entries in raw.outgoing.items():
-        for who, keys, start, stop, total in entries:
-            found = index.attribute(list(keys), start)
-            if found is None:
-                continue
-            receiver = who or SCHEDULER
-            keyset = frozenset(keys)
-            match = incoming.pop((sender, receiver, keyset), None)
-            if match is not None:
-                receive = match[2] - match[1]
-            else:  # Worker.gather (replicate) or a gather by the scheduler: sender's log only
-                receive = (stop - start) if who else 0.0
-            transfers.append(
-                _Transfer(
-                    *found, sender, receiver, keyset, total, stop - start, receive, start, stop
-                )
-            )
+    for sender, (who, keys, start, stop, total) in raw.outgoing:
+        found = index.attribute(list(keys), start)
+        if found is None:
+            continue
+        receiver, keyset = who or SCHEDULER, frozenset(keys)
+        match = incoming.pop((sender, receiver, keyset), None)
+        if match is not None:
+            receive = match[2] - match[1]
+        else:  # Worker.gather (replicate) or a gather by the scheduler: sender's log only
+            receive = (stop - start) if who else 0.0
+        transfers.append(
+            _Transfer(*found, sender, receiver, keyset, total, stop - start, receive, start, stop)
+        )
     for (sender, receiver, keyset), (keys, start, stop, total) in incoming.items():
         found = index.attribute(list(keys), start)
         if found is not None:  # the sender's entry is gone (log overflow): receiver side only
@@ -375,18 +357,19 @@ def _measure(raw: _Raw, row_of: dict[str, int], n_iterations: int) -> tuple[list
 def straggler_flags(compute: np.ndarray, k: float, ratio: float, active: np.ndarray) -> np.ndarray:
     """Flag (iteration, worker) cells whose compute is far above the other workers'.
 
-    A cell is flagged when its compute exceeds ``median + k * MAD`` and ``ratio *
-    median`` of the other active workers of the same iteration (at least one).
+    A cell of an active worker is flagged when its compute exceeds ``median + k * MAD``
+    and ``ratio * median`` of the other active workers of the same iteration.
     """
+    values = np.where(active, compute, np.nan)
     flags = np.zeros(compute.shape, dtype=bool)
-    for i in range(compute.shape[0]):
-        for j in np.flatnonzero(active[i]):
-            others = compute[i, active[i] & (np.arange(compute.shape[1]) != j)]
-            if others.size == 0:
-                continue
-            median = np.median(others)
-            mad = np.median(np.abs(others - median))
-            flags[i, j] = compute[i, j] > median + k * mad and compute[i, j] > ratio * median
+    for j in range(compute.shape[1]):
+        others = np.delete(values, j, axis=1)
+        with warnings.catch_warnings():  # iterations where no other worker was active
+            warnings.simplefilter("ignore", RuntimeWarning)
+            median = np.nanmedian(others, axis=1)
+            mad = np.nanmedian(np.abs(others - median[:, None]), axis=1)
+        above = (compute[:, j] > median + k * mad) & (compute[:, j] > ratio * median)
+        flags[:, j] = active[:, j] & above
     return flags
 
 
@@ -510,6 +493,8 @@ class Instrumentation(Callback):
         self._plugin_name: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._version = 0  # counts the polls that brought something new
+        self._cached: tuple[tuple, xr.Dataset] | None = None
 
     @property
     def active(self) -> bool:
@@ -578,11 +563,15 @@ class Instrumentation(Callback):
                 read_transfer_logs, since=since, default=self._start_time, on_error="ignore"
             )
             with self._lock:
+                before = len(self._raw.incoming) + len(self._raw.outgoing)
                 self._raw.tasks.extend(drained["tasks"])
                 self._raw.inputs.extend(drained["inputs"])
                 self._raw.names.update(drained["names"])
                 for worker, result in logs.items():
                     self._add_log_entries(worker, result)
+                after = len(self._raw.incoming) + len(self._raw.outgoing)
+                if drained["tasks"] or drained["inputs"] or after > before:
+                    self._version += 1
 
     def _add_log_entries(self, worker: str, result: dict) -> None:
         latest = self._since.get(worker, self._start_time)
@@ -593,7 +582,7 @@ class Instrumentation(Callback):
                 if stop < self._start_time or identity in self._seen:
                     continue
                 self._seen.add(identity)
-                getattr(self._raw, direction)[worker].append(entry)
+                getattr(self._raw, direction).append((worker, entry))
                 latest = max(latest, stop)
         self._since[worker] = latest
 
@@ -611,16 +600,22 @@ class Instrumentation(Callback):
             could not be registered) a Dataset with the ``iteration`` coordinate only.
         """
         records = list(records)
-        iterations = np.array([record.iteration for record in records], dtype=np.int64)
         with self._lock:
+            key = (self._version, tuple(map(id, records)))
+            if self._cached is not None and self._cached[0] == key:
+                return self._cached[1].copy(deep=True)
             raw = self._raw.copy()
         if not raw.tasks:
+            iterations = np.array([record.iteration for record in records], dtype=np.int64)
             return xr.Dataset(coords={"iteration": iterations})
         row_of = {prefix: i for i, record in enumerate(records) for prefix in record.key_prefixes}
         workers, measures = _measure(raw, row_of, len(records))
-        return _dataset(
+        dataset = _dataset(
             records, workers, raw.names, measures, self.straggler_mad_factor, self.straggler_ratio
         )
+        with self._lock:
+            self._cached = (key, dataset)
+        return dataset.copy(deep=True)
 
     def snapshot(self) -> xr.Dataset:
         """The trace so far (thread-safe): per-iteration and per-worker variables.
