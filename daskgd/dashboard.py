@@ -456,8 +456,9 @@ def register_dask_pages(source: Any = None, *, interval_ms: int = DEFAULT_INTERV
     Call it before the scheduler starts: the dashboard reads its page list once.
     dask-labextension then lists the pages ("Individual Daskgd Time Split", ...).
     ``source`` as for :func:`serve`; None shows the most recent :class:`LiveTrace`.
-    The pages run on the scheduler's event loop, and pull ``source`` every
-    ``interval_ms`` only while a page is open.
+    The pages run on the scheduler's event loop and pull ``source`` every
+    ``interval_ms`` while a page is open: the source must not call the cluster
+    (a :class:`LiveTrace` does not).
 
     Returns
     -------

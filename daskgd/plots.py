@@ -400,7 +400,8 @@ class TraceDashboard:
         self.figures["bytes"].title.text = "bytes per iteration" + suffix
         n = int(parts["straggler_count"].sum()) if "straggler_count" in parts else 0
         if "compute_seconds" in trace.data_vars and has_workers(trace):
-            title = f"compute time per worker and iteration ({n} stragglers circled)"
+            circled = "1 straggler" if n == 1 else f"{n} stragglers"
+            title = f"compute time per worker and iteration ({circled} circled)"
         else:
             title = "compute time per worker and iteration (not measured in this trace)"
         self.figures["stragglers"].title.text = title
@@ -409,6 +410,8 @@ class TraceDashboard:
     def _figure(self, name: str, title: str, **options: Any) -> Any:
         fig = figure(name=f"daskgd-{name}-plot", title=title, tools=TOOLS, **self._size, **options)
         fig.toolbar.logo = None
+        if name != "loss-elapsed":
+            fig.xaxis.ticker.min_interval = 1  # iterations are whole numbers
         return fig
 
     def _loss_figure(self, x: str, title: str) -> Any:
