@@ -1,0 +1,217 @@
+"""Opening data sources for daskgd.data: paths, zarr groups, Datasets, numpy arrays.
+
+Each source opens lazily into a numpy array, a dask array or an `NpyFile` (a ``.npy``
+header), so shapes and dtypes are checked before anything is read; `as_dask` then
+builds the dask array with the requested row chunks.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+import zarr
+from dask.array.core import normalize_chunks
+from dask.base import tokenize
+from dask.highlevelgraph import HighLevelGraph
+
+PATH_TYPES = (str, os.PathLike)
+NUMERIC_KINDS = "biuf"
+LABEL_KINDS = "biufUSO"
+
+
+@dataclass(frozen=True)
+class NpyFile:
+    """A ``.npy`` file opened lazily: only its header is read on the client."""
+
+    path: str
+    shape: tuple[int, ...]
+    ndim: int
+    dtype: np.dtype
+    token: str
+
+
+def open_sources(X, y, target, features):
+    """Resolve Datasets and paths into arrays (numpy, dask or `NpyFile`)."""
+    if isinstance(X, xr.Dataset):
+        return _open_dataset(X, y, target, features)
+    if isinstance(X, PATH_TYPES):
+        X = _open_path(X, "X")
+        if isinstance(X, zarr.Group):
+            return _open_zarr_group(X, y, target, features)
+    if target is not None or features is not None:
+        raise ValueError("target= and features= only apply to an xarray.Dataset or a zarr group")
+    return open_array(X, "X"), None if y is None else open_array(y, "y")
+
+
+def open_array(source, name):
+    """Return a numpy array, a dask array or a `NpyFile` for one array source."""
+    if isinstance(source, xr.Dataset):
+        raise TypeError(
+            f"{name} must be an array, not an xarray.Dataset; pass the Dataset as X with target="
+        )
+    if isinstance(source, xr.DataArray):
+        source = source.data
+    if isinstance(source, PATH_TYPES):
+        source = _open_path(source, name)
+        if isinstance(source, zarr.Group):
+            default = "X" if name == "X" else "y"
+            return _zarr_component(source, default, name)
+    if isinstance(source, (da.Array, NpyFile)):
+        return source
+    return np.asarray(source)
+
+
+def _open_path(path, name):
+    """Open a ``.npy`` file lazily, or a zarr store (array -> dask array, group -> group)."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{name}: no .npy file or zarr store at {path!r}")
+    if os.path.isdir(path):
+        node = zarr.open(path, mode="r")
+        return node if isinstance(node, zarr.Group) else da.from_zarr(path)
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as error:
+        raise ValueError(f"{name}: cannot read {path!r} as a .npy file ({error})") from error
+    if not isinstance(array, np.ndarray):
+        raise ValueError(f"{name}: {path!r} is not a .npy file holding one array")
+    status = os.stat(path)
+    # The token changes when the file does, so cached keys never serve stale data.
+    token = tokenize(path, status.st_mtime_ns, status.st_size)
+    return NpyFile(path, array.shape, array.ndim, array.dtype, token)
+
+
+def _open_zarr_group(group, y, target, features):
+    """Read X (and y unless given) from a zarr group."""
+    names = [features] if isinstance(features, str) else features or ["X"]
+    columns = [(f"array {name!r}", _zarr_component(group, name, "X")) for name in names]
+    X = columns[0][1] if len(columns) == 1 else _stack_columns(columns, "X")
+    if y is not None:
+        if target is not None:
+            raise ValueError("pass either y or target=, not both")
+        return X, open_array(y, "y")
+    if target is None and "y" not in group.array_keys():
+        return X, None
+    return X, _zarr_component(group, target or "y", "y")
+
+
+def _zarr_component(group, component, name):
+    available = sorted(group.array_keys())
+    if component not in available:
+        raise ValueError(
+            f"{name}: the zarr group has no array {component!r}; its arrays are {available}"
+        )
+    return da.from_zarr(group[component])
+
+
+def _open_dataset(dataset, y, target, features):
+    """Stack Dataset variables into X and take y from the ``target`` variable."""
+    variables = list(dataset.data_vars)
+    sample_dim = None
+    if target is not None:
+        if y is not None:
+            raise ValueError("pass either y or target=, not both")
+        if target not in dataset.data_vars:
+            raise ValueError(
+                f"the Dataset has no target variable {target!r}; its variables are {variables}"
+            )
+        y = dataset[target]
+        sample_dim = y.dims[0] if y.ndim else None
+    names = _feature_names(dataset, features, target, sample_dim)
+    sample_dim = sample_dim or dataset[names[0]].dims[0]
+    columns = []
+    for name in names:
+        variable = dataset[name]
+        if sample_dim not in variable.dims or variable.ndim > 2:
+            raise ValueError(
+                f"X: Dataset variable {name!r} has dims {variable.dims}; "
+                f"features need the sample dim {sample_dim!r} and at most 2 dims"
+            )
+        columns.append((f"variable {name!r}", variable.transpose(sample_dim, ...).data))
+    X = _stack_columns(columns, "X")
+    return X, None if y is None else open_array(y, "y")
+
+
+def _feature_names(dataset, features, target, sample_dim):
+    variables = list(dataset.data_vars)
+    if features is None:
+        names = [
+            name
+            for name in variables
+            if name != target and (sample_dim is None or sample_dim in dataset[name].dims)
+        ]
+    else:
+        names = [features] if isinstance(features, str) else list(features)
+        missing = [name for name in names if name not in dataset.data_vars]
+        if missing:
+            raise ValueError(
+                f"X: the Dataset has no variables {missing}; its variables are {variables}"
+            )
+    if not names:
+        raise ValueError(f"X: no feature variables found; the Dataset's variables are {variables}")
+    return names
+
+
+def _stack_columns(columns, name):
+    """Stack 1-D or 2-D arrays (each with rows first) as the columns of one 2-D array."""
+    for label, column in columns:
+        check_dtype(column, f"{name} ({label})")
+    parts = [column.reshape(column.shape[0], -1) for _, column in columns]
+    if all(isinstance(part, np.ndarray) for part in parts):
+        return np.concatenate(parts, axis=1)
+    rows = next(part.chunks[0] for part in parts if isinstance(part, da.Array))
+    parts = [as_dask(part, rows).rechunk({0: rows}) for part in parts]
+    return da.concatenate(parts, axis=1)
+
+
+def check_dtype(array, name, *, kinds=NUMERIC_KINDS):
+    """Raise TypeError unless the array's dtype kind is one of ``kinds``."""
+    dtype = np.dtype(array.dtype)
+    if dtype.kind not in kinds:
+        hint = "; encode class labels with encode_labels" if dtype.kind in "USO" else ""
+        raise TypeError(
+            f"{name} has non-numeric dtype {dtype} (daskgd needs real numbers: "
+            f"bool, integer or float){hint}"
+        )
+
+
+def row_chunks_for(source, rows_per_chunk):
+    """Rows per chunk: as requested, else a dask source's own, else dask's "auto" size."""
+    if rows_per_chunk is None and isinstance(source, da.Array):
+        return source.chunks[0]
+    # dtype float64 only sizes "auto" chunks; object and str labels have no item size.
+    requested = (rows_per_chunk or "auto",) + (-1,) * (len(source.shape) - 1)
+    return normalize_chunks(requested, source.shape, dtype=np.float64)[0]
+
+
+def as_dask(source, rows):
+    """Return a dask array for a numpy, dask or `NpyFile` source, chunked by ``rows``."""
+    if isinstance(source, da.Array):
+        return source
+    chunks = (tuple(rows),) + tuple((size,) for size in source.shape[1:])
+    meta = np.empty((0,) * source.ndim, dtype=source.dtype)
+    if isinstance(source, NpyFile):
+        name = f"daskgd-read-npy-{tokenize(source.token, chunks)}"
+        return da.map_blocks(
+            _read_npy_block, source.path, chunks=chunks, dtype=source.dtype, meta=meta, name=name
+        )
+    # One literal slice per task: sending a chunk's task ships only its rows, never
+    # the whole array (which from_array would embed in every culled graph).
+    name = f"daskgd-numpy-{tokenize(source, chunks)}"
+    offsets = np.cumsum((0,) + chunks[0]).tolist()
+    zeros = (0,) * (source.ndim - 1)
+    graph = {
+        (name, index, *zeros): source[start:stop]
+        for index, (start, stop) in enumerate(zip(offsets[:-1], offsets[1:], strict=True))
+    }
+    layer_graph = HighLevelGraph.from_collections(name, graph, dependencies=())
+    return da.Array(layer_graph, name, chunks, meta=meta)
+
+
+def _read_npy_block(path, block_info=None):
+    start, stop = block_info[None]["array-location"][0]
+    return np.array(np.load(path, mmap_mode="r")[start:stop])

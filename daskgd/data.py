@@ -1,0 +1,448 @@
+"""Data sources, validation and even placement of row chunks on Dask workers.
+
+The flow is ``as_dask_arrays`` (any source -> row-chunked dask arrays, validated),
+optionally ``encode_labels`` (class labels -> 0.0 .. K-1), then ``distribute``
+(placement of contiguous chunk ranges on the workers, persistence, finiteness check).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import dask
+import dask.array as da
+import distributed
+import numpy as np
+from dask.base import tokenize
+
+from daskgd._sources import (
+    LABEL_KINDS,
+    NUMERIC_KINDS,
+    as_dask,
+    check_dtype,
+    open_array,
+    open_sources,
+    row_chunks_for,
+)
+
+__all__ = ["DistributedData", "as_dask_arrays", "current_client", "distribute", "encode_labels"]
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def as_dask_arrays(X, y=None, *, target=None, features=None, chunks=None, labels=False):
+    """Convert a data source into validated, row-chunked dask arrays.
+
+    Parameters
+    ----------
+    X : numpy.ndarray (n, d), dask.array.Array (n, d), xarray.DataArray (n, d), \
+xarray.Dataset, str or os.PathLike
+        The features. A path names a ``.npy`` file (memory-mapped, read chunk by chunk
+        on the workers) or a zarr store (an array, or a group holding the arrays named
+        by ``features`` and ``target``, by default ``"X"`` and ``"y"``).
+    y : numpy.ndarray (n,), dask.array.Array (n,), xarray.DataArray (n,), str, \
+os.PathLike or None
+        The target. ``None`` takes it from the Dataset or zarr group when there is one.
+    target : str, optional
+        Name of the y variable in a Dataset or of the y array in a zarr group.
+    features : str or list of str, optional
+        Variables (Dataset) or arrays (zarr group) stacked as columns of X. Default:
+        every Dataset variable other than ``target`` along the sample dimension; the
+        zarr array ``"X"``.
+    chunks : int, optional
+        Rows per chunk. Default: keep a dask source's row chunks, else dask's
+        ``"auto"`` size (the ``array.chunk-size`` setting).
+    labels : bool, default False
+        Keep y's label dtype (bool, int, float, str or object) for `encode_labels`
+        instead of converting it to float64.
+
+    Returns
+    -------
+    X : dask.array.Array (n, d)
+        float32 if the source is float32, else float64; one block across columns.
+    y : dask.array.Array (n,) or None
+        float64 (or the label dtype when ``labels``), with X's row chunks.
+
+    Raises
+    ------
+    ValueError
+        Wrong shapes, no rows or columns, mismatched rows, unknown names, bad chunks.
+    TypeError
+        Non-numeric data (object, str, complex, datetime).
+    FileNotFoundError
+        A path that does not exist.
+    """
+    rows_per_chunk = None if chunks is None else _check_positive_int(chunks, "chunks")
+    X, y = open_sources(X, y, target, features)
+    check_dtype(X, "X")
+    _check_features_shape(X)
+    X_row_chunks = row_chunks_for(X, rows_per_chunk)
+    # float32 halves memory and bandwidth: a user who chose it keeps it.
+    X_dtype = np.float32 if X.dtype == np.float32 else np.float64
+    X = as_dask(X, X_row_chunks).astype(X_dtype).rechunk({0: X_row_chunks, 1: -1})
+    if y is None:
+        return X, None
+    check_dtype(y, "y", kinds=LABEL_KINDS if labels else NUMERIC_KINDS)
+    _check_y_shape(y, X.shape[0])
+    y = as_dask(y, X_row_chunks).rechunk({0: X_row_chunks})
+    return X, y if labels else y.astype(np.float64)
+
+
+# ------------------------------------------------------------------------ validation
+
+
+def _check_features_shape(X):
+    if X.ndim != 2:
+        raise ValueError(f"X must be 2-D (n_samples, n_features), got shape {tuple(X.shape)}")
+    if any(np.isnan(size) for size in X.shape):
+        raise ValueError("X has unknown chunk sizes; call X.compute_chunk_sizes() first")
+    if X.shape[0] == 0:
+        raise ValueError(f"X has no rows (shape {tuple(X.shape)}): at least one sample is needed")
+    if X.shape[1] == 0:
+        raise ValueError(
+            f"X has no columns (shape {tuple(X.shape)}): at least one feature is needed"
+        )
+
+
+def _check_y_shape(y, n_samples):
+    if y.ndim != 1:
+        raise ValueError(f"y must be 1-D (n_samples,), got shape {tuple(y.shape)}")
+    if np.isnan(y.shape[0]):
+        raise ValueError("y has unknown chunk sizes; call y.compute_chunk_sizes() first")
+    if y.shape[0] != n_samples:
+        raise ValueError(f"y has {y.shape[0]} rows but X has {n_samples}")
+
+
+def _check_positive_int(value, name):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+# ------------------------------------------------------------------------- labels
+
+
+def encode_labels(y):
+    """Map class labels to class indices 0.0 .. K-1.
+
+    Parameters
+    ----------
+    y : numpy.ndarray (n,), dask.array.Array (n,), xarray.DataArray (n,), list or path
+        Class labels: bool, integer, float, str, or an object array of str.
+
+    Returns
+    -------
+    classes : numpy.ndarray (K,)
+        The sorted distinct labels (one compute of ``da.unique``).
+    y_encoded : dask.array.Array (n,) of float64
+        Lazy class index of every row, with y's chunks.
+
+    Raises
+    ------
+    ValueError
+        y not 1-D, empty, with NaN or infinite labels, or with a single class.
+    TypeError
+        Complex, datetime or unsortable (mixed-type object) labels.
+    """
+    source = open_array(y, "y")
+    check_dtype(source, "y", kinds=LABEL_KINDS)
+    if source.ndim != 1:
+        raise ValueError(f"y must be 1-D (n_samples,), got shape {tuple(source.shape)}")
+    if source.shape[0] == 0:
+        raise ValueError("y has no rows: at least one sample is needed")
+    labels = as_dask(source, row_chunks_for(source, None))
+    try:
+        classes = da.unique(labels).compute()
+    except TypeError as error:
+        raise TypeError(
+            f"y labels cannot be sorted ({error}); use labels of a single type"
+        ) from error
+    if classes.dtype.kind == "f" and not np.isfinite(classes).all():
+        raise ValueError("y contains NaN or infinity among its class labels")
+    if len(classes) < 2:
+        raise ValueError(
+            f"y has a single class ({classes.tolist()[0]!r}): classification needs at least two"
+        )
+    encoded = labels.map_blocks(
+        _class_indices, classes, dtype=np.float64, meta=np.empty((0,), np.float64)
+    )
+    return classes, encoded
+
+
+def _class_indices(block, classes):
+    return np.searchsorted(classes, block).astype(np.float64)
+
+
+# ------------------------------------------------------------------- distribution
+
+
+@dataclass(eq=False)
+class DistributedData:
+    """Row chunks of X and y, validated, persisted and placed on the workers.
+
+    Attributes
+    ----------
+    X : dask.array.Array (n_samples, n_features)
+        Persisted features, float32 or float64, one block across columns.
+    y : dask.array.Array (n_samples, 1)
+        Persisted float64 target with X's row chunks; chunk i lives where X's does.
+    n_samples, n_features : int
+    chunk_rows : tuple of int (n_chunks,)
+        Rows of each chunk.
+    placement : tuple of str (n_chunks,) or None
+        Address of the worker holding each chunk; None without a distributed client.
+    client : distributed.Client or None
+    squared_norm : float
+        Squared Frobenius norm of X (sum of all squared entries, in float64).
+    max_row_squared_norm : float
+        Largest squared Euclidean norm of a row of X (step sizes of stochastic methods).
+    futures : tuple of distributed.Future
+        The futures holding the chunks; referencing them keeps the data in memory.
+    """
+
+    X: da.Array
+    y: da.Array
+    n_samples: int
+    n_features: int
+    chunk_rows: tuple[int, ...]
+    placement: tuple[str, ...] | None
+    client: distributed.Client | None
+    squared_norm: float
+    max_row_squared_norm: float
+    futures: tuple[Any, ...] = field(default=(), repr=False)
+
+    @property
+    def n_chunks(self) -> int:
+        return len(self.chunk_rows)
+
+    @property
+    def chunks_per_worker(self) -> int:
+        """Most chunks held by one worker: the ``split_every`` of a per-worker reduction."""
+        if self.placement is None:
+            return self.n_chunks
+        return max(Counter(self.placement).values())
+
+
+def current_client(client=None):
+    """Return ``client``, else the active distributed client, else None."""
+    if client is not None:
+        return client
+    try:
+        return distributed.get_client()
+    except ValueError:
+        return None
+
+
+def distribute(X, y, client=None, *, chunks_per_worker=None):
+    """Validate, place and persist X and y on the workers.
+
+    Contiguous ranges of chunks go to each worker (chunks 0..k-1 on the first worker,
+    and so on), no worker holding more than one chunk more than another, X's and y's
+    chunk i on the same worker. The chunks keep their lineage: a chunk lost with its
+    worker is recomputed from the source.
+
+    Parameters
+    ----------
+    X : any source accepted by `as_dask_arrays`, shape (n, d)
+    y : any source accepted by `as_dask_arrays`, shape (n,)
+        Numeric target (class labels go through `encode_labels` first).
+    client : distributed.Client, optional
+        Default: the active client; without one, dask's default local scheduler
+        (threads) persists the data and ``placement`` is None.
+    chunks_per_worker : int, optional
+        Re-chunk the rows into ``chunks_per_worker * n_workers`` nearly equal chunks
+        (n_workers is 1 without a client). Default: keep X's chunks, unless there are
+        fewer chunks than workers; then split the rows into one chunk per worker.
+
+    Returns
+    -------
+    DistributedData
+
+    Raises
+    ------
+    ValueError
+        Bad inputs (see `as_dask_arrays`), or NaN / infinity in X or y.
+    RuntimeError
+        The cluster has no workers.
+    """
+    X, y = as_dask_arrays(X, y)
+    if y is None:
+        raise ValueError("y is required: pass it, or target= with a Dataset or zarr group")
+    client = current_client(client)
+    threads = _worker_threads(client) if client is not None else None
+    n_workers = len(threads) if threads else 1
+    if chunks_per_worker is not None:
+        per_worker = _check_positive_int(chunks_per_worker, "chunks_per_worker")
+        X, y = _split_evenly(X, y, per_worker * n_workers)
+    elif X.numblocks[0] < n_workers:
+        # Fewer chunks than workers would leave workers idle: give each one a chunk.
+        X, y = _split_evenly(X, y, n_workers)
+    if threads is None:
+        X_data, y_data = dask.persist(*_owned_blocks(X, y, None))
+        placement, futures = None, ()
+    else:
+        X_data, y_data, placement, futures = _place(client, X, y, threads)
+    squared_norm, max_row_squared_norm = _check_finite(X_data, y_data, client, futures)
+    return DistributedData(
+        X=X_data,
+        y=y_data,
+        n_samples=X.shape[0],
+        n_features=X.shape[1],
+        chunk_rows=tuple(X.chunks[0]),
+        placement=placement,
+        client=client,
+        squared_norm=squared_norm,
+        max_row_squared_norm=max_row_squared_norm,
+        futures=futures,
+    )
+
+
+def _worker_threads(client):
+    """Return {address: nthreads} sorted by address, or raise if there are no workers."""
+    threads = client.nthreads()
+    if not threads:
+        raise RuntimeError("the Dask cluster has no workers: start some (client.wait_for_workers)")
+    return dict(sorted(threads.items()))
+
+
+def _split_evenly(X, y, n_blocks):
+    n_blocks = min(n_blocks, X.shape[0])
+    base, extra = divmod(X.shape[0], n_blocks)
+    sizes = tuple(base + (index < extra) for index in range(n_blocks))
+    return X.rechunk({0: sizes}), y.rechunk({0: sizes})
+
+
+def _contiguous_assignment(n_chunks, addresses):
+    """Worker of each chunk: contiguous ranges whose lengths differ by at most one."""
+    base, extra = divmod(n_chunks, len(addresses))
+    assignment = []
+    for position, address in enumerate(addresses):
+        assignment += [address] * (base + (position < extra))
+    return tuple(assignment)
+
+
+def _owned_blocks(X, y, assignment):
+    """Add a final copying task per chunk: the keys we place and persist.
+
+    The copy makes every persisted chunk own its memory (a slice would pin its parent:
+    the whole source array or a memory map) and gives fresh keys, so an input
+    persisted elsewhere by the user is still moved to its assigned worker.
+    """
+    token = tokenize(X.name, y.name, X.dtype, assignment)
+    X_owned = X.map_blocks(_own_block, X.dtype, dtype=X.dtype, name=f"daskgd-X-{token}")
+    y_column = y[:, None]
+    y_owned = y_column.map_blocks(
+        _own_block, np.dtype(np.float64), dtype=np.float64, name=f"daskgd-y-{token}"
+    )
+    return X_owned, y_owned
+
+
+def _own_block(block, dtype):
+    return np.require(block, dtype=dtype, requirements=["C", "O"])
+
+
+def _place(client, X, y, threads):
+    """Compute chunk i of X and y on its assigned worker; return the persisted arrays."""
+    assignment = _contiguous_assignment(X.numblocks[0], list(threads))
+    X_owned, y_owned = _owned_blocks(X, y, assignment)
+    X_futures, y_futures = _compute_in_place(client, X_owned, y_owned, assignment, threads)
+    placement = _actual_placement(client, X_futures, y_futures, assignment)
+    futures = tuple(X_futures) + tuple(y_futures)
+    return _rebuild(X_owned, X_futures), _rebuild(y_owned, y_futures), placement, futures
+
+
+def _compute_in_place(client, X_owned, y_owned, assignment, threads):
+    """Submit each worker's chunks one task chain at a time per thread.
+
+    ``allow_other_workers`` keeps lineage usable when the worker dies, but makes the
+    tasks stealable. Work stealing only takes tasks queued on a worker that processes
+    more tasks than it has threads, so at most ``nthreads`` chains are in flight per
+    worker: the final task of a chain runs alone and stays where it was sent.
+    """
+    X_parts = X_owned.to_delayed(optimize_graph=False).ravel()
+    y_parts = y_owned.to_delayed(optimize_graph=False).ravel()
+    queues = {address: deque() for address in threads}
+    for index, address in enumerate(assignment):
+        queues[address].extend([(y_parts[index], 1, index), (X_parts[index], 0, index)])
+    results = [[None] * len(assignment), [None] * len(assignment)]
+    owners = {}
+    pending = distributed.as_completed(loop=client.loop)
+
+    def submit(address):
+        part, kind, index = queues[address].popleft()
+        future = client.compute(part, workers=[address], allow_other_workers=True)
+        results[kind][index] = future
+        owners[future.key] = address
+        pending.add(future)
+
+    for address, count in threads.items():
+        for _ in range(min(count, len(queues[address]))):
+            submit(address)
+    for future in pending:
+        if future.status == "error":
+            future.result()  # raise the failure of reading or computing the chunk
+        if queues[owners[future.key]]:
+            submit(owners[future.key])
+    return results
+
+
+def _actual_placement(client, X_futures, y_futures, assignment):
+    """Read where the chunks are; warn if some moved (stolen) off their worker."""
+    holders = client.who_has(list(X_futures) + list(y_futures))
+    placement, moved = [], 0
+    for X_future, y_future, address in zip(X_futures, y_futures, assignment, strict=True):
+        # A chunk lost with a dying worker has no holder yet: count it as planned.
+        X_holders = holders.get(X_future.key) or [address]
+        y_holders = holders.get(y_future.key) or [address]
+        moved += address not in X_holders or address not in y_holders
+        placement.append(address if address in X_holders else X_holders[0])
+    if moved:
+        message = f"{moved} of {len(assignment)} chunks moved off their worker (work stealing)"
+        warnings.warn(message, RuntimeWarning, stacklevel=4)
+    return tuple(placement)
+
+
+def _rebuild(array, futures):
+    rebuild, arguments = array.__dask_postpersist__()
+    return rebuild({future.key: future for future in futures}, *arguments)
+
+
+def _check_finite(X, y, client, futures):
+    """One pass over the chunks: finiteness of X and y, squared norms of X."""
+    pairs = zip(X.to_delayed().ravel(), y.to_delayed().ravel(), strict=True)
+    parts = [dask.delayed(_chunk_statistics, pure=True)(x, y) for x, y in pairs]
+    if client is None:
+        statistics = np.array(dask.compute(*parts))
+    else:
+        statistics = np.array(client.gather(client.compute(parts)))
+    offsets = np.cumsum((0,) + X.chunks[0])
+    for column, name in ((0, "X"), (1, "y")):
+        bad_chunks = np.flatnonzero(statistics[:, column] >= 0)
+        if len(bad_chunks):
+            for future in futures:
+                future.release()  # free the placed data now, not when the traceback goes
+            chunk = int(bad_chunks[0])
+            first_row = int(offsets[chunk] + statistics[chunk, column])
+            raise ValueError(
+                f"{name} contains NaN or infinity (chunk {chunk}, rows "
+                f"{offsets[chunk]}-{offsets[chunk + 1] - 1}, first at row "
+                f"{first_row})"
+            )
+    return float(statistics[:, 2].sum()), float(statistics[:, 3].max())
+
+
+def _chunk_statistics(X_block, y_block):
+    """Return [first non-finite row of X or -1, same for y, squared norm, max row norm²]."""
+    statistics = np.empty(4)
+    for column, block in enumerate((X_block, y_block)):
+        bad_rows = np.flatnonzero(~np.isfinite(block).all(axis=1))
+        statistics[column] = bad_rows[0] if len(bad_rows) else -1
+    X64 = X_block.astype(np.float64, copy=False)
+    row_squared_norms = np.einsum("ij,ij->i", X64, X64)
+    statistics[2] = row_squared_norms.sum()
+    statistics[3] = row_squared_norms.max() if len(row_squared_norms) else 0.0
+    return statistics
