@@ -337,13 +337,26 @@ def test_register_warns_when_a_scheduler_already_runs():
             unregister_dask_pages()
 
 
-def test_live_page_follows_a_real_fit(browser, client):
+@pytest.fixture(scope="module")
+def own_client():
+    """A Client of its own, not the default one: tests elsewhere expect none."""
+    from distributed import Client, LocalCluster
+
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster,
+        Client(cluster, set_as_default=False) as client,
+    ):
+        yield client
+
+
+def test_live_page_follows_a_real_fit(browser, own_client):
     import daskgd
     from daskgd.datasets import make_classification
 
+    client = own_client
     X, y = make_classification(20_000, 20, chunks=2_500, random_state=0)
     live = LiveTrace(client)
-    model = daskgd.LogisticRegression(solver="gd", max_iter=12, tol=0, client=client)
+    model = daskgd.LogisticRegression(solver="gd", max_iter=12, tol=0, client=client, verbose=False)
     fit = threading.Thread(
         target=lambda: model.fit(X, y, callbacks=[live]), name="fit", daemon=True
     )
