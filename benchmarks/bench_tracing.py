@@ -7,9 +7,11 @@ alternate on the same placed data (the order flips every repetition, so drift of
 busy machine hits both alike); the figure is the median per-iteration wall time
 (``wall_seconds`` of iterations 1..n) of each, and their ratio (target <= 1.05).
 
-Also printed: the time of one poll of the cluster (plugin rows + transfer logs, done
-about once a second in a background thread), of the collection at the end of the fit,
-and of building the per-worker Dataset.
+Also printed, because a busy machine makes iteration times noisier than the effect:
+the parts of the overhead measured one by one. The scheduler plugin's hooks (timed in
+place: a LocalCluster's scheduler runs in this process), one poll of the cluster
+(plugin rows + transfer logs, about once a second from a background thread), the
+collection at the end of the fit and building the per-worker Dataset.
 
 Run ``PYTHONPATH=. python benchmarks/bench_tracing.py`` from the repository root.
 """
@@ -27,7 +29,7 @@ from daskgd.cluster import make_local_cluster
 from daskgd.data import distribute
 from daskgd.datasets import make_classification
 from daskgd.engine import minimize
-from daskgd.instrument import Instrumentation
+from daskgd.instrument import Instrumentation, SpanRecorder
 from daskgd.models import Logistic
 from daskgd.objective import Objective
 from daskgd.optimizers import get_optimizer
@@ -44,7 +46,7 @@ def parse_args(argv=None):
     parser.add_argument("--features", type=int, default=100)
     parser.add_argument("--chunks", type=int, default=8)
     parser.add_argument("--iterations", type=int, default=30)
-    parser.add_argument("--repetitions", type=int, default=5)
+    parser.add_argument("--repetitions", type=int, default=8)
     return parser.parse_args(argv)
 
 
@@ -67,6 +69,26 @@ def run_fit(data, learning_rate, iterations, callbacks):
 
 def median_iteration_seconds(records):
     return statistics.median(record.wall_seconds for record in records[1:])
+
+
+HOOK_SECONDS: list[float] = []
+
+
+def timed(method):
+    """Wrap a plugin hook so that each call's duration lands in HOOK_SECONDS."""
+
+    def wrapper(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return method(*args, **kwargs)
+        finally:
+            HOOK_SECONDS.append(time.perf_counter() - start)
+
+    return wrapper
+
+
+SpanRecorder.update_graph = timed(SpanRecorder.update_graph)
+SpanRecorder.transition = timed(SpanRecorder.transition)
 
 
 class TimedInstrumentation(Instrumentation):
@@ -106,13 +128,16 @@ def main(argv=None):
     run_fit(data, learning_rate, 3, [])  # warm-up: imports, task durations, caches
     medians = {False: [], True: []}
     mean_seconds = {False: [], True: []}
-    polls, ends, builds = [], [], []
+    polls, ends, builds, hooks = [], [], [], []
     for repetition in range(args.repetitions):
         order = (False, True) if repetition % 2 == 0 else (True, False)
         for instrumented in order:
             instrumentation = TimedInstrumentation(client)
             callbacks = [instrumentation] if instrumented else []
+            hooks_before = len(HOOK_SECONDS)
             records = run_fit(data, learning_rate, args.iterations, callbacks)
+            if instrumented:
+                hooks.append(sum(HOOK_SECONDS[hooks_before:]) / len(records))
             medians[instrumented].append(median_iteration_seconds(records))
             mean_seconds[instrumented] += [record.wall_seconds for record in records[1:]]
             if instrumented:
@@ -141,6 +166,7 @@ def main(argv=None):
             f"one background poll: median {statistics.median(polls) * 1e3:.1f} ms "
             f"({len(polls)} polls, about one per second)"
         )
+    print(f"scheduler plugin hooks: median {statistics.median(hooks) * 1e3:.2f} ms per iteration")
     print(
         f"end-of-fit collection: median {statistics.median(ends) * 1e3:.1f} ms; "
         f"building the Dataset: median {statistics.median(builds) * 1e3:.1f} ms"
