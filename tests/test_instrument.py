@@ -231,3 +231,29 @@ def test_rejects_bad_parameters(cluster_client):
         Instrumentation(cluster_client, straggler_ratio=0.5)
     with pytest.raises(ValueError, match="poll_interval_seconds"):
         Instrumentation(cluster_client, poll_interval_seconds=0)
+
+
+def test_scheduler_and_workers_as_processes(scheduler_processes, problem):
+    """`dask scheduler` / `dask worker` processes: the plugin is unpickled by another
+    interpreter, which imports daskgd."""
+    from distributed import Client
+
+    with Client(scheduler_processes, set_as_default=False) as client:
+        data = distribute(*problem, client, chunks_per_worker=1)
+        _, workers = measured(client, data, max_iter=2)
+    assert workers.sizes["worker"] == 2
+    assert not workers["compute_seconds"].isnull().any()
+    assert (workers["bytes_received"] >= 8 * N_PARAMS).all()
+
+
+def test_warns_and_measures_nothing_when_the_plugin_cannot_register(
+    cluster_client, data, monkeypatch
+):
+    def refuse(*args, **kwargs):
+        raise ModuleNotFoundError("No module named 'daskgd'")
+
+    monkeypatch.setattr(cluster_client, "register_plugin", refuse)
+    with pytest.warns(RuntimeWarning, match="instrumentation is off"):
+        result, workers = measured(cluster_client, data, max_iter=1)
+    assert "worker" not in workers.dims and not workers.data_vars
+    assert workers.sizes["iteration"] == len(result.records)
