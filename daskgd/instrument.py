@@ -86,7 +86,7 @@ SPAN_MARKER = "daskgd-"
 SCHEDULER = "scheduler"
 
 #: Seconds a log entry may finish out of order; re-read entries are de-duplicated.
-_LOG_OVERLAP_SECONDS = 5.0
+_LOG_OVERLAP_SECONDS = 1.0
 
 WORKER_VARIABLES = {
     "compute_seconds": ("time running chunk-gradient and reduction tasks", "s"),
@@ -569,6 +569,8 @@ class Instrumentation(Callback):
                 self._raw.names.update(drained["names"])
                 for worker, result in logs.items():
                     self._add_log_entries(worker, result)
+                oldest = min(self._since.values(), default=self._start_time) - _LOG_OVERLAP_SECONDS
+                self._seen = {identity for identity in self._seen if identity[4] >= oldest}
                 after = len(self._raw.incoming) + len(self._raw.outgoing)
                 if drained["tasks"] or drained["inputs"] or after > before:
                     self._version += 1
