@@ -88,6 +88,9 @@ SCHEDULER = "scheduler"
 #: Seconds a log entry may finish out of order; re-read entries are de-duplicated.
 _LOG_OVERLAP_SECONDS = 1.0
 
+#: How long the end of a fit waits for a poll in flight (a hung worker must not hang it).
+_JOIN_TIMEOUT_SECONDS = 30.0
+
 WORKER_VARIABLES = {
     "compute_seconds": ("time running chunk-gradient and reduction tasks", "s"),
     "communication_seconds": ("receiving w, moving partial sums, (de)serialisation", "s"),
@@ -533,8 +536,10 @@ class Instrumentation(Callback):
             return
         self._stop.set()
         if self._thread is not None:
-            self._thread.join()
+            self._thread.join(timeout=_JOIN_TIMEOUT_SECONDS)
         try:
+            if self._thread is not None and self._thread.is_alive():
+                raise TimeoutError("a poll of the cluster did not return")
             self._poll()
         except Exception as error:
             warnings.warn(
