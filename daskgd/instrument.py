@@ -66,9 +66,7 @@ import contextlib
 import threading
 import uuid
 import warnings
-from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -76,36 +74,20 @@ import xarray as xr
 from distributed.diagnostics.plugin import SchedulerPlugin
 from distributed.metrics import time as cluster_time
 
+from daskgd._worker_measures import Collected, straggler_flags, worker_dataset
 from daskgd.engine import Callback
 from daskgd.trace import build_trace
 
+__all__ = ["Instrumentation", "SpanRecorder", "straggler_flags"]
+
 #: Prefix of the span names (evaluation key prefixes) the scheduler plugin follows.
 SPAN_MARKER = "daskgd-"
-
-#: Receiver of transfers that leave the workers for the scheduler (gathers).
-SCHEDULER = "scheduler"
 
 #: Seconds a log entry may finish out of order; re-read entries are de-duplicated.
 _LOG_OVERLAP_SECONDS = 1.0
 
 #: How long the end of a fit waits for a poll in flight (a hung worker must not hang it).
 _JOIN_TIMEOUT_SECONDS = 30.0
-
-WORKER_VARIABLES = {
-    "compute_seconds": ("time running chunk-gradient and reduction tasks", "s"),
-    "communication_seconds": ("receiving w, moving partial sums, (de)serialisation", "s"),
-    "wait_seconds": ("idle in the iteration's cluster window: synchronisation", "s"),
-    "bytes_sent": ("bytes this worker sent for the iteration", "bytes"),
-    "bytes_received": ("bytes this worker received for the iteration", "bytes"),
-    "n_tasks": ("tasks the worker ran for the iteration", "1"),
-}
-
-ITERATION_BYTE_VARIABLES = {
-    "bytes_total": ("all bytes moved for the iteration", "bytes"),
-    "bytes_broadcast": ("bytes of w sent to the workers", "bytes"),
-    "bytes_reduce": ("bytes of partial sums moved by the reduction and to the scheduler", "bytes"),
-}
-
 
 # ------------------------------------------------------------------- cluster side
 
@@ -192,253 +174,6 @@ def read_transfer_logs(dask_worker: Any = None, since: dict | None = None, defau
     }
 
 
-# ------------------------------------------------------------------- client side
-
-
-@dataclass(frozen=True)
-class _Transfer:
-    prefix: str
-    kind: str  # "broadcast", "reduce" or "data"
-    sender: str
-    receiver: str
-    keys: frozenset
-    nbytes: float
-    send_seconds: float
-    receive_seconds: float
-    start: float | None
-    stop: float | None
-
-
-@dataclass
-class _Raw:
-    """Everything collected from the cluster; log entries as (worker, entry) pairs."""
-
-    tasks: list = field(default_factory=list)
-    inputs: list = field(default_factory=list)
-    incoming: list = field(default_factory=list)
-    outgoing: list = field(default_factory=list)
-    names: dict = field(default_factory=dict)
-
-    def copy(self) -> _Raw:
-        parts = (self.tasks, self.inputs, self.incoming, self.outgoing)
-        return _Raw(*(list(part) for part in parts), dict(self.names))
-
-
-class _KeyIndex:
-    """Which evaluation (prefix) a key belongs to, and as what."""
-
-    def __init__(self, raw: _Raw):
-        self.outputs = {key: prefix for prefix, key, _, _ in raw.tasks}
-        self.scattered = {row[1]: row[0] for row in raw.inputs if row[2]}
-        self.data_uses: dict[Any, list[tuple[float, str]]] = defaultdict(list)
-        for prefix, key, scattered, _, _, submitted in raw.inputs:
-            if not scattered:
-                self.data_uses[key].append((submitted, prefix))
-
-    def attribute(self, keys: Sequence, start: float) -> tuple[str, str] | None:
-        for key in keys:
-            if key in self.outputs:
-                return self.outputs[key], "reduce"
-            if key in self.scattered:
-                return self.scattered[key], "broadcast"
-        for key in keys:
-            uses = self.data_uses.get(key)
-            if uses:
-                # A chunk is an input of every evaluation: the latest one submitted before
-                # the transfer started is the one that needed it.
-                before = [use for use in uses if use[0] <= start] or uses
-                return max(before)[1], "data"
-        return None
-
-
-def _transfers(raw: _Raw, index: _KeyIndex) -> list[_Transfer]:
-    """Every transfer of an evaluation's key, counted once, with both sides' durations."""
-    incoming = {
-        (who, receiver, frozenset(keys)): (keys, start, stop, total)
-        for receiver, (who, keys, start, stop, total) in raw.incoming
-    }
-    transfers = []
-    for sender, (who, keys, start, stop, total) in raw.outgoing:
-        found = index.attribute(list(keys), start)
-        if found is None:
-            continue
-        receiver, keyset = who or SCHEDULER, frozenset(keys)
-        match = incoming.pop((sender, receiver, keyset), None)
-        if match is not None:
-            receive = match[2] - match[1]
-        else:  # Worker.gather (replicate) or a gather by the scheduler: sender's log only
-            receive = (stop - start) if who else 0.0
-        transfers.append(
-            _Transfer(*found, sender, receiver, keyset, total, stop - start, receive, start, stop)
-        )
-    for (sender, receiver, keyset), (keys, start, stop, total) in incoming.items():
-        found = index.attribute(list(keys), start)
-        if found is not None:  # the sender's entry is gone (log overflow): receiver side only
-            transfers.append(
-                _Transfer(*found, sender, receiver, keyset, total, 0.0, stop - start, start, stop)
-            )
-    return transfers + _scatter_hops(raw, transfers)
-
-
-def _scatter_hops(raw: _Raw, transfers: list[_Transfer]) -> list[_Transfer]:
-    """The unlogged first hop of scatter: w reaching its holders other than by a transfer."""
-    delivered = {(key, t.receiver) for t in transfers if t.kind == "broadcast" for key in t.keys}
-    hops = []
-    for prefix, key, scattered, nbytes, holders, _ in raw.inputs:
-        if not scattered:
-            continue
-        for holder in holders:
-            if (key, holder) not in delivered:
-                hops.append(
-                    _Transfer(
-                        prefix, "broadcast", SCHEDULER, holder, frozenset([key]),
-                        float(nbytes), 0.0, 0.0, None, None,
-                    )
-                )  # fmt: skip
-    return hops
-
-
-class _Measures:
-    """Per (iteration, worker) sums and per-iteration windows and bytes."""
-
-    def __init__(self, n_iterations: int, workers: list[str]):
-        shape = (n_iterations, len(workers))
-        self.column = {worker: j for j, worker in enumerate(workers)}
-        self.compute = np.zeros(shape)
-        self.communication = np.zeros(shape)
-        self.sent = np.zeros(shape)
-        self.received = np.zeros(shape)
-        self.n_tasks = np.zeros(shape, dtype=np.int64)
-        self.bytes = {kind: np.zeros(n_iterations) for kind in ("broadcast", "reduce", "data")}
-        self.windows: dict[str, list[float]] = {}
-        self.measured = np.zeros(n_iterations, dtype=bool)
-
-    def widen(self, prefix: str, start: float | None, stop: float | None) -> None:
-        if start is None or stop is None:
-            return
-        window = self.windows.setdefault(prefix, [start, stop])
-        window[0], window[1] = min(window[0], start), max(window[1], stop)
-
-
-def _workers(raw: _Raw, transfers: list[_Transfer]) -> list[str]:
-    seen = {worker for _, _, worker, _ in raw.tasks}
-    for t in transfers:
-        seen.update((t.sender, t.receiver))
-    seen.discard(SCHEDULER)
-    return sorted(seen)
-
-
-def _measure(raw: _Raw, row_of: dict[str, int], n_iterations: int) -> tuple[list[str], _Measures]:
-    transfers = _transfers(raw, _KeyIndex(raw))
-    workers = _workers(raw, transfers)
-    m = _Measures(n_iterations, workers)
-    for prefix, _, worker, compute in raw.tasks:
-        i = row_of.get(prefix)
-        if i is None:
-            continue
-        j = m.column[worker]
-        m.measured[i] = True
-        m.n_tasks[i, j] += 1
-        m.compute[i, j] += sum(stop - start for start, stop in compute)
-        for start, stop in compute:
-            m.widen(prefix, start, stop)
-    for t in transfers:
-        i = row_of.get(t.prefix)
-        if i is None:
-            continue
-        m.bytes[t.kind][i] += t.nbytes
-        m.widen(t.prefix, t.start, t.stop)
-        if t.sender in m.column:
-            m.sent[i, m.column[t.sender]] += t.nbytes
-            m.communication[i, m.column[t.sender]] += t.send_seconds
-        if t.receiver in m.column:
-            m.received[i, m.column[t.receiver]] += t.nbytes
-            m.communication[i, m.column[t.receiver]] += t.receive_seconds
-    return workers, m
-
-
-def straggler_flags(compute: np.ndarray, k: float, ratio: float, active: np.ndarray) -> np.ndarray:
-    """Flag (iteration, worker) cells whose compute is far above the other workers'.
-
-    A cell of an active worker is flagged when its compute exceeds ``median + k * MAD``
-    and ``ratio * median`` of the other active workers of the same iteration.
-    """
-    values = np.where(active, compute, np.nan)
-    flags = np.zeros(compute.shape, dtype=bool)
-    for j in range(compute.shape[1]):
-        others = np.delete(values, j, axis=1)
-        with warnings.catch_warnings():  # iterations where no other worker was active
-            warnings.simplefilter("ignore", RuntimeWarning)
-            median = np.nanmedian(others, axis=1)
-            mad = np.nanmedian(np.abs(others - median[:, None]), axis=1)
-        above = (compute[:, j] > median + k * mad) & (compute[:, j] > ratio * median)
-        flags[:, j] = active[:, j] & above
-    return flags
-
-
-def _windows(records: Sequence[Any], m: _Measures) -> np.ndarray:
-    """Seconds of recorded cluster activity of each iteration (sum over its evaluations)."""
-    windows = np.zeros(len(records))
-    for i, record in enumerate(records):
-        for prefix in record.key_prefixes:
-            if prefix in m.windows:
-                windows[i] += m.windows[prefix][1] - m.windows[prefix][0]
-    return windows
-
-
-def _variable(dims: tuple, values: np.ndarray, table: dict, name: str, **attrs: Any) -> tuple:
-    description, units = table[name]
-    return dims, values, {"long_name": description, "units": units, **attrs}
-
-
-def _dataset(
-    records: Sequence[Any], workers: list[str], names: dict, m: _Measures, k: float, ratio: float
-) -> xr.Dataset:
-    cells = ("iteration", "worker")
-    missing = ~m.measured[:, None]
-    wait = np.maximum(_windows(records, m)[:, None] - m.compute - m.communication, 0.0)
-    timed = {
-        "compute_seconds": m.compute,
-        "communication_seconds": m.communication,
-        "wait_seconds": wait,
-        "bytes_sent": m.sent,
-        "bytes_received": m.received,
-    }
-    data_vars = {
-        name: _variable(cells, np.where(missing, np.nan, values), WORKER_VARIABLES, name)
-        for name, values in timed.items()
-    }
-    data_vars["n_tasks"] = _variable(cells, m.n_tasks, WORKER_VARIABLES, "n_tasks")
-    data_vars["straggler"] = (
-        cells,
-        straggler_flags(m.compute, k, ratio, m.n_tasks > 0),
-        {
-            "long_name": "compute above median + k * MAD and ratio * median of the others",
-            "units": "1",
-            "straggler_k": k,
-            "straggler_ratio": ratio,
-        },
-    )
-    moved = {
-        "bytes_broadcast": m.bytes["broadcast"],
-        "bytes_reduce": m.bytes["reduce"],
-        "bytes_total": m.bytes["broadcast"] + m.bytes["reduce"] + m.bytes["data"],
-    }
-    for name, values in moved.items():
-        data_vars[name] = _variable(
-            ("iteration",), np.where(m.measured, values, np.nan), ITERATION_BYTE_VARIABLES, name
-        )
-    coords = {
-        "iteration": np.array([record.iteration for record in records], dtype=np.int64),
-        # Variable-length strings: zarr v3 has a specification for those, not for "<U21".
-        "worker": np.array(workers, dtype=object),
-        "worker_name": ("worker", np.array([names.get(w, "") for w in workers], dtype=object)),
-    }
-    dataset = xr.Dataset(data_vars, coords=coords)
-    dataset.attrs.update(straggler_k=k, straggler_ratio=ratio)
-    return dataset
-
-
 class Instrumentation(Callback):
     """Measure every iteration on every worker of a distributed fit.
 
@@ -488,7 +223,7 @@ class Instrumentation(Callback):
         self._reset()
 
     def _reset(self) -> None:
-        self._raw = _Raw()
+        self._raw = Collected()
         self._records: list[Any] = []
         self._seen: set[tuple] = set()
         self._since: dict[str, float] = {}
@@ -615,11 +350,7 @@ class Instrumentation(Callback):
         if not raw.tasks:
             iterations = np.array([record.iteration for record in records], dtype=np.int64)
             return xr.Dataset(coords={"iteration": iterations})
-        row_of = {prefix: i for i, record in enumerate(records) for prefix in record.key_prefixes}
-        workers, measures = _measure(raw, row_of, len(records))
-        dataset = _dataset(
-            records, workers, raw.names, measures, self.straggler_mad_factor, self.straggler_ratio
-        )
+        dataset = worker_dataset(records, raw, self.straggler_mad_factor, self.straggler_ratio)
         with self._lock:
             self._cached = (key, dataset)
         return dataset.copy(deep=True)
