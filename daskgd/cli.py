@@ -272,6 +272,7 @@ def _demo(args: argparse.Namespace) -> int:
 def _fit_and_report(
     model: Any, X: Any, y: Any, args: argparse.Namespace, default_trace: str | None
 ) -> None:
+    from daskgd.summary import format_summary
     from daskgd.trace import save_trace
 
     start = time.perf_counter()
@@ -293,6 +294,8 @@ def _fit_and_report(
         f"{float(trace.grad_norm[-1]):.3g}"
     )
     print(f"time: {total:.2f} s in all, {median_ms:.1f} ms per iteration (median)")
+    print()
+    print(format_summary(trace))
     path = args.trace_out or (Path(default_trace) if default_trace else None)
     if path is not None:
         saved = save_trace(trace, path)

@@ -7,6 +7,7 @@ optionally ``encode_labels`` (class labels -> 0.0 .. K-1), then ``distribute``
 
 from __future__ import annotations
 
+import uuid
 import warnings
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -16,7 +17,6 @@ import dask
 import dask.array as da
 import distributed
 import numpy as np
-from dask.base import tokenize
 
 from daskgd._sources import (
     LABEL_KINDS,
@@ -332,7 +332,10 @@ def _owned_blocks(X, y, assignment):
     the whole source array or a memory map) and gives fresh keys, so an input
     persisted elsewhere by the user is still moved to its assigned worker.
     """
-    token = tokenize(X.name, y.name, X.dtype, assignment)
+    # Fresh keys for every placement: releasing a previous fit's chunks while the same
+    # keys are submitted again races in the scheduler (seen here: a fit stalled with
+    # tasks 'processing' on a worker that had released them).
+    token = uuid.uuid4().hex
     X_owned = X.map_blocks(_own_block, X.dtype, dtype=X.dtype, name=f"daskgd-X-{token}")
     y_column = y[:, None]
     y_owned = y_column.map_blocks(

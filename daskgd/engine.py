@@ -6,7 +6,8 @@
 Every solver runs through :func:`minimize`; strategies, optimizers and callbacks are
 objects passed in. The stopping rules are the same for all: ``optimality <= tol``
 (the inf-norm of the proximal gradient, scikit-learn's ``tol`` for lbfgs), or
-``max_iter`` updates, or a non-finite loss, which raises.
+``max_iter`` updates, or an update that cannot decrease the loss any more
+(``stalled``: the floating-point limit), or a non-finite loss, which raises.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class FitResult:
     converged: bool
     records: list[IterationRecord] = field(default_factory=list)
     state: OptState | None = None
+    stalled: bool = False
 
 
 class Callback:
@@ -144,6 +146,9 @@ def minimize(
         while not state.optimality <= tol and result.n_iter < max_iter:
             start, first = time.perf_counter(), len(objective.evaluations)
             state = optimizer.update(state, objective)
+            if state.stalled:
+                result.stalled = True
+                break
             result.n_iter += 1
             _check_finite(state, result.n_iter)
             record = _record(result.n_iter, state, objective, first, start, fit_start)

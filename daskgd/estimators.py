@@ -135,7 +135,16 @@ class _GradientDescentEstimator:
         self.converged_ = result.converged
         workers = instrumentation.worker_dataset(result.records) if instrumentation else None
         self.trace_ = build_trace(result.records, info, workers)
-        if not result.converged:
+        if result.stalled:
+            warnings.warn(
+                f"{type(self).__name__} with solver {optimizer.name!r} stopped after "
+                f"{result.n_iter} iterations: no step decreases the loss any more (gradient "
+                f"inf-norm {result.state.optimality:.3g} > tol={self.tol}); the loss is at "
+                "the limit of floating-point precision: use a larger tol or scale X",
+                ConvergenceWarning,
+                stacklevel=3,
+            )
+        elif not result.converged:
             warnings.warn(
                 f"{type(self).__name__} with solver {optimizer.name!r} stopped at "
                 f"max_iter={self.max_iter} before reaching tol={self.tol}; increase max_iter",
@@ -331,7 +340,7 @@ class LogisticRegression(_GradientDescentEstimator):
                 f"solver 'lbfgs' supports only 'l2' or None penalties, got {self.penalty!r}; "
                 "use solver='gd' or 'nesterov' (proximal steps) for L1"
             )
-        X, y = data_module.as_dask_arrays(X, y)
+        X, y = data_module.as_dask_arrays(X, y, labels=True)
         if y is None:
             raise ValueError("y is required to fit a LogisticRegression")
         penalty = self._penalty(X.shape[0])

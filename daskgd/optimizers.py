@@ -20,8 +20,8 @@ import numpy as np
 
 from daskgd.objective import Objective
 
-#: Step-halvings tried before a step is given up.
-MAX_BACKTRACKS = 40
+#: Step reductions tried before a step is given up (the fit then stops as stalled).
+MAX_BACKTRACKS = 30
 
 
 class OptState(NamedTuple):
@@ -45,6 +45,9 @@ class OptState(NamedTuple):
         Optimizer-specific extra state.
     n_evaluations : int
         Round trips made by the last update.
+    stalled : bool
+        The last update found no point that decreases F: the loss is at the limit of
+        floating-point precision (or the problem is badly scaled); the engine stops.
     """
 
     w: np.ndarray
@@ -55,6 +58,7 @@ class OptState(NamedTuple):
     optimality: float
     memory: tuple = ()
     n_evaluations: int = 1
+    stalled: bool = False
 
 
 def _evaluate_state(objective: Objective, w: np.ndarray, step: float, **fields: Any) -> OptState:
@@ -133,7 +137,7 @@ class GradientDescent(Optimizer):
             if not self.backtracking or _sufficient_decrease(state, new, step):
                 return new
             step *= 0.5
-        return new
+        return state._replace(n_evaluations=MAX_BACKTRACKS, stalled=True)
 
 
 def _sufficient_decrease(old: OptState, new: OptState, step: float) -> bool:
@@ -221,14 +225,34 @@ class LBFGS(Optimizer):
         length = 1.0
         for trial in range(1, MAX_BACKTRACKS + 1):
             new = _evaluate_state(objective, state.w + length * direction, 1.0, n_evaluations=trial)
-            if math.isfinite(new.value) and new.value <= state.value + 1e-4 * length * slope:
+            if _armijo(state, new, length, slope, direction):
                 break
             length = _backtrack(length, slope, state.value, new.value)
+        else:
+            return state._replace(n_evaluations=MAX_BACKTRACKS, stalled=True)
         s, y = new.w - state.w, new.grad - state.grad
         if s @ y > 1e-10 * math.sqrt((s @ s) * (y @ y)):
             steps = (*steps, s)[-self.memory_size :]
             changes = (*changes, y)[-self.memory_size :]
         return new._replace(step_size=length, memory=(steps, changes))
+
+
+def _armijo(
+    old: OptState, new: OptState, length: float, slope: float, direction: np.ndarray
+) -> bool:
+    """Sufficient decrease, or its approximate form near the optimum.
+
+    Close to the minimum the decrease 1e-4 * length * slope falls below the rounding of
+    F itself, and the exact Armijo test can never pass. The approximate Wolfe condition
+    of Hager & Zhang (2005, SIAM J. Optim. 16(1)) accepts a step that keeps F within a
+    few ulps and reduces the directional derivative.
+    """
+    if not math.isfinite(new.value):
+        return False
+    if new.value <= old.value + 1e-4 * length * slope:
+        return True
+    within_rounding = new.value <= old.value + 1e-12 * abs(old.value)
+    return within_rounding and abs(float(new.grad @ direction)) <= 0.9 * abs(slope)
 
 
 def _backtrack(length: float, slope: float, value: float, new_value: float) -> float:

@@ -1,0 +1,100 @@
+"""The daskgd command line, run as a user would: in a subprocess."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from daskgd.trace import load_trace
+
+CLI = [sys.executable, "-m", "daskgd.cli"]
+
+
+def run_cli(*arguments, timeout=240, cwd=None):
+    return subprocess.run(
+        [*CLI, *map(str, arguments)], capture_output=True, text=True, timeout=timeout, cwd=cwd
+    )
+
+
+@pytest.mark.parametrize("command", [[], ["demo"], ["run"]])
+def test_help_everywhere(command):
+    result = run_cli(*command, "--help")
+    assert result.returncode == 0
+    assert "usage: daskgd" in result.stdout
+
+
+def test_demo_fits_and_saves_a_trace(tmp_path):
+    trace_path = tmp_path / "demo.nc"
+    result = run_cli(
+        "demo", "--samples", 20_000, "--features", 10, "--max-iter", 25,
+        "--trace-out", trace_path, "--no-progress",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "LocalCluster: 2 workers" in result.stdout
+    assert "iterations:" in result.stdout and "ms per iteration" in result.stdout
+    assert f"trace saved to {trace_path.resolve()}" in result.stdout
+    trace = load_trace(trace_path)
+    assert trace.attrs["solver"] == "gd"
+    assert trace.sizes["iteration"] >= 2
+
+
+def test_demo_default_trace_lands_in_the_working_directory(tmp_path):
+    result = run_cli("demo", "--samples", 5_000, "--features", 5, "--max-iter", 3,
+                     "--no-progress", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "daskgd-demo-trace.nc").exists()
+
+
+@pytest.fixture(scope="module")
+def npy_problem(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("npy")
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((3000, 4))
+    y = (X @ [1.0, -2.0, 0.5, 0.0] + 0.1 * rng.standard_normal(3000) > 0).astype(np.int64)
+    np.save(folder / "X.npy", X)
+    np.save(folder / "y.npy", y)
+    return folder
+
+
+def test_run_against_scheduler_and_worker_processes(scheduler_processes, npy_problem, tmp_path):
+    trace_path = tmp_path / "run.nc"
+    result = run_cli(
+        "run", npy_problem / "X.npy", "--target", npy_problem / "y.npy",
+        "--scheduler", scheduler_processes, "--trace-out", trace_path, "--no-progress",
+    )
+    assert result.returncode == 0, result.stderr
+    trace = load_trace(trace_path)
+    assert trace.attrs["scheduler"] == scheduler_processes
+    assert trace.attrs["n_workers"] == 2
+    assert trace.attrs["model"] == "logistic"
+    assert "converged" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["run", "missing.npy", "--target", "y.npy"], "data path 'missing.npy' does not exist"),
+        (["run", "{folder}/X.npy", "--target", "{folder}/y.npy", "--scheduler", "127.0.0.1:9",
+          "--timeout", "2"], "cannot reach the Dask scheduler at '127.0.0.1:9'"),
+        (["run", "{folder}/X.npy", "--target", "{folder}/y.npy", "--C", "-1"], "C must be > 0"),
+        (["run", "{folder}/X.npy", "--target", "{folder}/y.npy", "--solver", "lbfgs",
+          "--penalty", "l1"], "lbfgs"),
+        (["run", "{folder}/X.npy", "--target", "{folder}/X.npy"], "y must be 1-D"),
+    ],
+)
+def test_run_errors_are_one_clear_line(npy_problem, arguments, message):
+    arguments = [a.format(folder=npy_problem) for a in arguments]
+    result = run_cli(*arguments, "--no-progress", timeout=120)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.startswith("daskgd: error:")]
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_option_values_are_refused_by_the_parser():
+    result = run_cli("demo", "--samples", "-3")
+    assert result.returncode == 2
+    assert "expected a positive integer" in result.stderr

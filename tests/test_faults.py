@@ -1,0 +1,49 @@
+"""A worker killed during a fit: its chunks are recomputed from lineage, w is re-sent,
+and the fit returns the same coefficients as an undisturbed one."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import numpy as np
+import pytest
+
+import daskgd
+from daskgd.datasets import make_classification
+from daskgd.engine import Callback
+
+KILL_AT_ITERATION = 4
+
+
+class KillWorkerAt(Callback):
+    """Kills one worker process after a given iteration (its nanny restarts it)."""
+
+    def __init__(self, client, iteration):
+        self.client = client
+        self.iteration = iteration
+        self.killed = None
+
+    def on_iteration_end(self, record):
+        if record.iteration == self.iteration:
+            self.killed = sorted(self.client.scheduler_info()["workers"])[0]
+            pid = self.client.run(os.getpid, workers=[self.killed])[self.killed]
+            os.kill(pid, signal.SIGKILL)  # the nanny restarts it; its chunks are lost
+
+
+@pytest.mark.slow
+def test_fit_survives_a_killed_worker(client):
+    X, y = make_classification(40_000, 10, chunks=5_000, random_state=3)
+    options = {"solver": "gd", "learning_rate": 2.0, "max_iter": 15, "tol": 0.0}
+    with pytest.warns(daskgd.ConvergenceWarning):
+        undisturbed = daskgd.LogisticRegression(**options).fit(X, y)
+    killer = KillWorkerAt(client, KILL_AT_ITERATION)
+    with pytest.warns(daskgd.ConvergenceWarning):
+        disturbed = daskgd.LogisticRegression(**options).fit(X, y, callbacks=[killer])
+    assert killer.killed is not None
+    np.testing.assert_allclose(disturbed.coef_, undisturbed.coef_, rtol=1e-9)
+    np.testing.assert_allclose(disturbed.intercept_, undisturbed.intercept_, rtol=1e-9)
+    np.testing.assert_allclose(disturbed.trace_.loss, undisturbed.trace_.loss, rtol=1e-9)
+    # The kill shows in the trace: an evaluation had to be sent again, or took longer.
+    after = disturbed.trace_.sel(iteration=slice(KILL_AT_ITERATION + 1, None))
+    assert int(after.attempts.sum()) >= int(after.n_evaluations.sum())
