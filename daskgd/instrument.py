@@ -25,11 +25,11 @@ compute_seconds
     ``Client.get_task_stream``.
 communication_seconds
     Incoming transfers (partial sums; data chunks when a task ran away from its chunk),
-    the windows of the ``'transfer'`` startstops, deserialisation included; w arriving
-    by the scatter's replication, which ``Worker.gather`` logs on the sending side
-    only (the sender's window, which ends with the receiver's acknowledgement); and
-    outgoing transfers (partial sums or w to a peer, the total to the scheduler),
-    serialisation included.
+    the windows of the ``'transfer'`` startstops, deserialisation included; w copied
+    from a peer (``Scheduler.replicate`` behind ``scatter(broadcast=True)`` goes
+    through ``Worker.gather``, logged on the sending side only: the sender's window,
+    which ends with the receiver's acknowledgement); and outgoing transfers (partial
+    sums or w to a peer, the total to the scheduler), serialisation included.
 wait_seconds
     The evaluation's window on the cluster, first to last activity recorded for it
     (a task, a transfer of one of its keys), minus the worker's compute and
@@ -37,10 +37,11 @@ wait_seconds
     between w's broadcast and the first task, when the client submits the graph).
 bytes_sent, bytes_received
     The transfer logs' ``total`` (the keys' ``sizeof``, not compressed wire bytes),
-    each transfer once. The first hop of ``client.scatter`` (client -> scheduler ->
-    one worker, an ``update_data`` RPC) is logged nowhere: its bytes are the
-    scheduler's nbytes of w, received by each holder of w that no logged transfer
-    delivered it to; its time is not measured.
+    each transfer once. w put on a worker by an ``update_data`` RPC (the strategy's
+    broadcast from the client, or the first hop of ``client.scatter``) is logged
+    nowhere: its bytes are the nbytes the scheduler registered for w, received by each
+    holder of w that no logged transfer delivered it to; its time is not measured (it
+    is before the window; the client sees it in ``evaluation_seconds``).
 n_tasks, straggler
     Tasks of the evaluation the worker ran. Straggler: compute above both
     ``median + k * MAD`` and ``ratio * median`` of the *other* workers that ran tasks in
