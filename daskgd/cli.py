@@ -101,6 +101,22 @@ def _add_fit_options(parser: argparse.ArgumentParser, *, solver: str, max_iter: 
         help="where to save the trace (.nc netCDF or .zarr)",
     )
     group.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    group.add_argument(
+        "--dashboard",
+        action="store_true",
+        help="serve a live dashboard of the fit (Bokeh) and print its URL",
+    )
+    group.add_argument(
+        "--dashboard-address",
+        default="127.0.0.1:0",
+        metavar="HOST:PORT",
+        help="where the live dashboard listens (default: 127.0.0.1, free port)",
+    )
+    group.add_argument(
+        "--keep-open",
+        action="store_true",
+        help="with --dashboard: keep serving after the fit until Ctrl-C",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -269,26 +285,53 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _live_dashboard(args: argparse.Namespace, client: Any) -> Iterator[list]:
+    """``[LiveTrace]`` served on a Bokeh server while the block runs, or ``[]``."""
+    if not args.dashboard:
+        yield []
+        return
+    from daskgd.dashboard import LiveTrace, serve
+
+    host, _, port = args.dashboard_address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"--dashboard-address must be HOST:PORT, got {args.dashboard_address!r}")
+    live = LiveTrace()
+    with serve(live, host, int(port), client=client) as dashboard:
+        print(f"live dashboard: {dashboard.url}")
+        yield [live]
+
+
 def _fit_and_report(
     model: Any, X: Any, y: Any, args: argparse.Namespace, default_trace: str | None
+) -> None:
+    with _live_dashboard(args, model.client) as callbacks:
+        start = time.perf_counter()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model.fit(X, y, callbacks=callbacks)
+        total = time.perf_counter() - start
+        _report_fit(model, args, total, caught, default_trace)
+        if callbacks and args.keep_open:
+            print("dashboard still open; press Ctrl-C to stop")
+            with contextlib.suppress(KeyboardInterrupt):
+                while True:
+                    time.sleep(1)
+
+
+def _report_fit(
+    model: Any, args: argparse.Namespace, total: float, caught: list, default_trace: str | None
 ) -> None:
     from daskgd.summary import format_summary
     from daskgd.trace import save_trace
 
-    start = time.perf_counter()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        model.fit(X, y)
-    total = time.perf_counter() - start
     for warning in caught:
         print(f"warning: {warning.message}", file=sys.stderr)
     trace = model.trace_
     per_iteration = trace.wall_seconds.isel(iteration=slice(1, None))
     median_ms = float(per_iteration.median()) * 1e3 if per_iteration.size else float("nan")
-    print(
-        f"iterations: {int(trace.iteration[-1])} ({'converged' if model.converged_ else 'max_iter'}"
-        f" with tol={model.tol:g})"
-    )
+    outcome = "converged" if model.converged_ else "stopped before tol"
+    print(f"iterations: {int(trace.iteration[-1])} ({outcome} with tol={model.tol:g})")
     print(
         f"final loss: {float(trace.loss[-1]):.10g}   gradient inf-norm: "
         f"{float(trace.grad_norm[-1]):.3g}"

@@ -118,6 +118,9 @@ class _GradientDescentEstimator:
         if self.instrument and placed.client is not None:
             instrumentation = Instrumentation(placed.client)
             callbacks = [*callbacks, instrumentation]
+            for callback in callbacks:  # a LiveTrace shows the same measurements
+                if hasattr(callback, "use_instrumentation"):
+                    callback.use_instrumentation(instrumentation)
         with strategy.session(placed, model, self.fit_intercept) as session:
             objective = Objective(session, penalty, mask)
             result = minimize(

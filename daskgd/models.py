@@ -185,9 +185,11 @@ class Model:
         block_rows = BLOCK_ROWS
         for start in range(0, n_rows, block_rows):
             stop = min(start + block_rows, n_rows)
-            # A no-op for C-contiguous float64; otherwise one cache-sized float64 copy, so
-            # BLAS always gets a contiguous operand and sums are accumulated in float64.
-            block = np.ascontiguousarray(X[start:stop], dtype=np.float64)
+            # A no-op for aligned C-contiguous float64; otherwise one cache-sized float64
+            # copy, so BLAS gets a contiguous, aligned operand (a chunk received over the
+            # network can be misaligned: BLAS on it ran ~14x slower here) and sums are
+            # accumulated in float64.
+            block = np.require(X[start:stop], np.float64, ["C", "A"])
             z = block @ coef
             if intercept is not None:
                 z += intercept

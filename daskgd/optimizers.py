@@ -208,9 +208,15 @@ class LBFGS(Optimizer):
             raise ValueError(f"memory_size must be a positive integer, got {memory_size!r}")
         self.memory_size = memory_size
 
+    def initial_step(self, objective: Objective) -> float:
+        # No curvature pairs yet: the first trial step has unit length along -g (as in
+        # Nocedal & Wright 2006, sec. 7.2), so no round trip is spent estimating L.
+        return 1.0
+
     def init(self, w0: np.ndarray, objective: Objective) -> OptState:
         state = super().init(w0, objective)
-        return state._replace(memory=((), ()))
+        norm = float(np.linalg.norm(state.grad))
+        return state._replace(memory=((), ()), step_size=1.0 / norm if norm > 0 else 1.0)
 
     def update(self, state: OptState, objective: Objective) -> OptState:
         steps, changes = state.memory

@@ -25,6 +25,8 @@ from daskgd.models import Model, packed_loss_grad, unpack
 
 #: How often one evaluation is retried when a worker dies under it.
 MAX_ATTEMPTS = 4
+#: Seconds to deliver w to one worker before that worker is skipped for the iteration.
+BROADCAST_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -168,7 +170,7 @@ class Session:
             return self.client.compute(total, sync=True, optimize_graph=False), prefix
 
     def _broadcast(self, w: np.ndarray, prefix: str) -> Any:
-        """Put one copy of w on every worker holding chunks; return its future.
+        """Put one copy of w on every running worker; return its future.
 
         ``client.scatter(w, broadcast=True)`` replicates through
         ``Scheduler.replicate``, which fixes its target workers when it starts: a worker
@@ -178,8 +180,7 @@ class Session:
         chunk tasks that land elsewhere fetch w from a peer.
         """
         key = f"{prefix}-w"
-        addresses = sorted(set(self.data.placement or ())) or list(self.client.ncores())
-        delivered = self.client.sync(_send_to_workers, self.client, key, w, addresses)
+        delivered = self.client.sync(_send_to_workers, self.client, key, w)
         if not delivered:  # every holder is gone: fall back on the scheduler's scatter
             return self.client.scatter(w, broadcast=True, hash=False)
         from distributed import Future
@@ -258,14 +259,22 @@ def _pin_to_chunks(total: da.Array, data: Any) -> da.Array:
     return da.Array(graph, optimised.name, optimised.chunks, optimised.dtype)
 
 
-async def _send_to_workers(client: Any, key: str, w: np.ndarray, addresses: list) -> list:
-    """``update_data`` on every worker in parallel, then tell the scheduler who has w."""
+async def _send_to_workers(client: Any, key: str, w: np.ndarray) -> list:
+    """``update_data`` on every running worker at once, then tell the scheduler who has w.
+
+    The running workers are asked of the scheduler first (one small RPC): connecting to
+    a dead worker's address would be retried until distributed's connect timeout.
+    """
     import asyncio
 
     from distributed.protocol import to_serialize
 
+    addresses = list(await client.scheduler.ncores_running())
+
     async def send(address: str) -> str:
-        await client.rpc(address).update_data(data={key: to_serialize(w)})
+        await asyncio.wait_for(
+            client.rpc(address).update_data(data={key: to_serialize(w)}), BROADCAST_TIMEOUT
+        )
         return address
 
     results = await asyncio.gather(*(send(a) for a in addresses), return_exceptions=True)
