@@ -1,4 +1,4 @@
-"""Command line: ``daskgd demo``, ``daskgd run`` and ``daskgd report``.
+"""Command line: ``daskgd demo``, ``daskgd run``, ``daskgd report`` and ``daskgd scaling``.
 
 Errors are one line on stderr (``daskgd: error: ...``) and exit status 2.
 """
@@ -195,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cluster_options(run)
     run.set_defaults(handler=_run)
     _add_report_command(commands)
+    _add_scaling_command(commands)
     return parser
 
 
@@ -230,6 +231,52 @@ def _report(args: argparse.Namespace) -> int:
     write_report(trace, output)
     print(format_summary(trace))
     print(f"report written to {output.resolve()}")
+    return 0
+
+
+def _add_scaling_command(commands: Any) -> None:
+    scaling = commands.add_parser(
+        "scaling",
+        help="measure speedup and the time split on 1, 2, 4, ... worker processes",
+        description="Run the same generated logistic fit on a LocalCluster of each number of "
+        "worker processes; save T(m), speedup, efficiency and the compute / communication / "
+        "wait split per m, and write an HTML report next to it.",
+    )
+    scaling.add_argument("--workers", type=_positive_int, nargs="+", default=[1, 2], metavar="M")
+    scaling.add_argument("--samples", type=_positive_int, default=200_000, metavar="N")
+    scaling.add_argument("--features", type=_positive_int, default=50, metavar="D")
+    scaling.add_argument("--solver", default="gd", choices=["gd", "nesterov", "lbfgs", "sgd"])
+    scaling.add_argument("--max-iter", type=_positive_int, default=20, metavar="K")
+    scaling.add_argument("--chunks", type=_positive_int, default=None, metavar="ROWS")
+    scaling.add_argument("--seed", type=int, default=0)
+    scaling.add_argument(
+        "--out", type=Path, default=Path("scaling.nc"), help="netCDF file (default scaling.nc)"
+    )
+    scaling.add_argument(
+        "--report", type=Path, default=None, help="HTML report (default: OUT with .html)"
+    )
+    scaling.set_defaults(handler=_scaling)
+
+
+def _scaling(args: argparse.Namespace) -> int:
+    from daskgd.scaling import format_scaling, scaling, write_scaling_report
+
+    for path in (args.out, args.report):
+        if path is not None and not path.parent.is_dir():
+            raise FileNotFoundError(f"output folder {str(path.parent)!r} does not exist")
+    result = scaling(
+        args.workers,
+        n_samples=args.samples,
+        n_features=args.features,
+        solver=args.solver,
+        max_iter=args.max_iter,
+        chunks=args.chunks,
+        random_state=args.seed,
+    )
+    result.to_netcdf(args.out, engine="h5netcdf")
+    report = write_scaling_report(result, args.report or args.out.with_suffix(".html"))
+    print(format_scaling(result))
+    print(f"scaling written to {args.out.resolve()}, report to {report.resolve()}")
     return 0
 
 

@@ -1,0 +1,87 @@
+"""Speedup lab: ``daskgd.scaling`` on real LocalClusters of 1 and 2 worker processes."""
+
+from __future__ import annotations
+
+import pytest
+import xarray as xr
+
+from daskgd.cli import main
+from daskgd.scaling import format_scaling, scaling, write_scaling_report
+
+DOCUMENTED = (
+    "iteration_seconds",
+    "total_seconds",
+    "speedup",
+    "efficiency",
+    "seconds",
+    "share",
+    "n_iterations",
+    "final_loss",
+    "rows_per_worker",
+    "partial_bytes",
+    "bytes_per_iteration",
+    "compute_seconds",
+    "compute_spread_seconds",
+    "communication_seconds",
+)
+
+
+@pytest.fixture(scope="module")
+def measured() -> xr.Dataset:
+    return scaling((2, 1), n_samples=4_000, n_features=5, max_iter=4)
+
+
+def test_scaling_has_documented_variables(measured):
+    assert list(measured["workers"].values) == [1, 2]
+    assert list(measured["part"].values) == ["compute", "communication", "wait"]
+    for name in DOCUMENTED:
+        assert name in measured, name
+        assert measured[name].dims[0] == "workers"
+    assert float(measured.speedup.sel(workers=1)) == pytest.approx(1.0)
+    assert float(measured.efficiency.sel(workers=2)) == pytest.approx(
+        float(measured.speedup.sel(workers=2)) / 2
+    )
+    # The same data from the same seed: the same fit whatever m.
+    losses = measured.final_loss.values
+    assert losses[0] == pytest.approx(losses[1], rel=1e-9)
+    assert list(measured.rows_per_worker.values) == [4_000, 2_000]
+    assert (measured.iteration_seconds > 0).all()
+    shares = measured.share.sum("part").values
+    assert shares == pytest.approx([1.0, 1.0])
+
+
+def test_scaling_report_and_table(measured, tmp_path):
+    page = write_scaling_report(measured, tmp_path / "scaling.html").read_text()
+    assert "daskgd-speedup" in page and "daskgd-split" in page
+    assert "https://cdn.bokeh.org" not in page  # resources inlined
+    assert "speedup" in format_scaling(measured)
+
+
+@pytest.mark.parametrize(
+    ("counts", "error", "match"),
+    [
+        ((), ValueError, "empty"),
+        ((0, 1), ValueError, ">= 1"),
+        ((1, -2), ValueError, ">= 1"),
+        ((1, 1), ValueError, "distinct"),
+        ((1, 2.5), ValueError, "integers"),
+        (2, TypeError, "sequence"),
+    ],
+)
+def test_bad_worker_counts(counts, error, match):
+    with pytest.raises(error, match=match):
+        scaling(counts, n_samples=100, n_features=2)
+
+
+def test_bad_problem():
+    with pytest.raises(ValueError, match="n_samples"):
+        scaling((1,), n_samples=0, n_features=2)
+    with pytest.raises(ValueError, match="solver"):
+        scaling((1,), n_samples=10, n_features=2, solver="newton")
+
+
+def test_cli_rejects_zero_workers(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["scaling", "--workers", "0"])
+    assert exit_info.value.code == 2
+    assert "positive integer" in capsys.readouterr().err
