@@ -168,7 +168,7 @@ def test_statistics_and_dtypes(client, arrays):
     assert (data.n_samples, data.n_features, data.client) == (N_SAMPLES, N_FEATURES, client)
 
 
-def test_without_client_uses_the_local_scheduler(arrays):
+def test_without_client_uses_the_local_scheduler(arrays, local_scheduler):
     X, y = arrays
     assert current_client() is None
     data = distribute(X, y, chunks_per_worker=4)
@@ -178,11 +178,11 @@ def test_without_client_uses_the_local_scheduler(arrays):
     assert data.squared_norm == pytest.approx(np.sum(X**2))
 
 
-def test_current_client(client):
-    assert current_client(client) is client
+def test_current_client(cluster_client, local_scheduler):
+    assert current_client(cluster_client) is cluster_client
     assert current_client() is None
-    with client.as_current():
-        assert current_client() is client
+    with cluster_client.as_current():
+        assert current_client() is cluster_client
 
 
 def test_cluster_without_workers_raises_runtime_error(arrays):
