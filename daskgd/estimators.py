@@ -21,6 +21,8 @@ import dask.array as da
 import numpy as np
 
 from daskgd import data as data_module
+from daskgd.compression import get_codec
+from daskgd.emulation import Emulation, FailureInjector
 from daskgd.engine import Callback, ProgressBar, minimize
 from daskgd.instrument import Instrumentation
 from daskgd.models import LeastSquares, Logistic, Model, Multinomial
@@ -94,6 +96,11 @@ class _GradientDescentEstimator:
             raise TypeError(f"instrument must be True or False, got {self.instrument!r}")
         if isinstance(self.solver, str) and self.solver not in OPTIMIZERS:
             raise ValueError(f"unknown solver {self.solver!r}; choose one of {sorted(OPTIMIZERS)}")
+        get_codec(self.transfer_dtype)
+        if self.emulation is not None and not isinstance(self.emulation, Emulation):
+            raise TypeError(
+                f"emulation must be a daskgd.emulation.Emulation or None, got {self.emulation!r}"
+            )
 
     def _optimizer(self) -> Any:
         options: dict = {}
@@ -106,14 +113,25 @@ class _GradientDescentEstimator:
     # -- fitting ---------------------------------------------------------------
     def _fit_model(self, X: Any, y: Any, model: Model, penalty: Any, callbacks: list) -> None:
         client = data_module.current_client(self.client)
+        if self.emulation is not None:  # checked before the data moves
+            if client is None:
+                raise ValueError("emulation needs a distributed client (a cluster to slow down)")
+            self.emulation.resolve(list(client.scheduler_info()["workers"]))
         placed = data_module.distribute(X, y, client)
-        strategy = get_strategy("mapreduce", split_every=self.split_every)
+        strategy = get_strategy(
+            "mapreduce",
+            split_every=self.split_every,
+            transfer_dtype=self.transfer_dtype,
+            emulation=self.emulation,
+        )
         optimizer = self._optimizer()
         mask = model.penalty_mask(placed.n_features, self.fit_intercept)
         w0 = np.zeros(model.n_params(placed.n_features, self.fit_intercept))
         info = self._run_info(placed, model, penalty, optimizer, strategy)
         if self.verbose:
             callbacks = [ProgressBar(f"daskgd {optimizer.name}"), *callbacks]
+        if self.emulation is not None and self.emulation.failures:
+            callbacks = [*callbacks, FailureInjector(placed.client, self.emulation)]
         instrumentation = None
         if self.instrument and placed.client is not None:
             instrumentation = Instrumentation(placed.client)
@@ -166,6 +184,8 @@ class _GradientDescentEstimator:
             "optimizer": repr(optimizer),
             "penalty": type(penalty).__name__,
             "strategy": strategy.name,
+            "transfer_dtype": strategy.codec.name,
+            "emulation": self.emulation.to_attrs() if self.emulation is not None else None,
             "n_samples": int(placed.n_samples),
             "n_features": int(placed.n_features),
             "dtype": str(placed.X.dtype),
@@ -272,6 +292,13 @@ class LogisticRegression(_GradientDescentEstimator):
     instrument : bool, default=True
         With a distributed client, measure compute, communication, wait and bytes per
         worker and iteration (:mod:`daskgd.instrument`) into ``trace_``.
+    transfer_dtype : str, default='float64'
+        Codec of w and of the partial gradients on the network: 'float64' (exact),
+        'float32', 'float16', 'bfloat16', 'int8' or 'topk:F' (see
+        :mod:`daskgd.compression`).
+    emulation : daskgd.emulation.Emulation or None, default=None
+        Emulated latency, bandwidth, stragglers and worker failures during the fit
+        (see :mod:`daskgd.emulation`; needs a distributed client).
 
     Attributes
     ----------
@@ -301,6 +328,8 @@ class LogisticRegression(_GradientDescentEstimator):
         client: Any = None,
         verbose: bool = False,
         instrument: bool = True,
+        transfer_dtype: str = "float64",
+        emulation: Any = None,
     ):
         self.penalty = penalty
         self.C = C
@@ -315,6 +344,8 @@ class LogisticRegression(_GradientDescentEstimator):
         self.client = client
         self.verbose = verbose
         self.instrument = instrument
+        self.transfer_dtype = transfer_dtype
+        self.emulation = emulation
 
     def _penalty(self, n_samples: int) -> Any:
         if self.penalty not in PENALTIES:
@@ -394,7 +425,8 @@ class LinearRegression(_GradientDescentEstimator):
         Stop when the inf-norm of the gradient of mean(0.5 * residual^2) is <= tol.
     max_iter : int, default=1000
     solver : {'lbfgs', 'gd', 'nesterov', 'sgd'}, default='lbfgs'
-    learning_rate, split_every, random_state, client, verbose, instrument
+    learning_rate, split_every, random_state, client, verbose, instrument, transfer_dtype,
+    emulation
         As in :class:`LogisticRegression`.
     """
 
@@ -411,6 +443,8 @@ class LinearRegression(_GradientDescentEstimator):
         client: Any = None,
         verbose: bool = False,
         instrument: bool = True,
+        transfer_dtype: str = "float64",
+        emulation: Any = None,
     ):
         self.fit_intercept = fit_intercept
         self.tol = tol
@@ -422,6 +456,8 @@ class LinearRegression(_GradientDescentEstimator):
         self.client = client
         self.verbose = verbose
         self.instrument = instrument
+        self.transfer_dtype = transfer_dtype
+        self.emulation = emulation
 
     def _penalty(self, n_samples: int) -> Any:
         return make_penalty(None, 0.0)
@@ -461,7 +497,7 @@ class Ridge(LinearRegression):
     alpha : float, default=1.0
         Regularisation strength (>= 0).
     fit_intercept, tol, max_iter, solver, learning_rate, split_every, random_state,
-    client, verbose, instrument
+    client, verbose, instrument, transfer_dtype, emulation
         As in :class:`LinearRegression`.
     """
 
@@ -479,6 +515,8 @@ class Ridge(LinearRegression):
         client: Any = None,
         verbose: bool = False,
         instrument: bool = True,
+        transfer_dtype: str = "float64",
+        emulation: Any = None,
     ):
         super().__init__(
             fit_intercept=fit_intercept,
@@ -491,6 +529,8 @@ class Ridge(LinearRegression):
             client=client,
             verbose=verbose,
             instrument=instrument,
+            transfer_dtype=transfer_dtype,
+            emulation=emulation,
         )
         self.alpha = alpha
 

@@ -9,6 +9,7 @@ ring all-reduce, gossip) plug in beside :class:`MapReduce` without touching them
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -21,6 +22,7 @@ import numpy as np
 from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 
 from daskgd.cluster import amm_paused, tune_for_iterations
+from daskgd.compression import Codec, combine_partials, decode_partial, encode_partial, get_codec
 from daskgd.models import Model, packed_loss_grad, unpack
 
 #: How often one evaluation is retried when a worker dies under it.
@@ -93,15 +95,29 @@ class MapReduce(Strategy):
     tune_cluster : bool, default=True
         Shorten ``distributed``'s message batching and pause work stealing during the
         fit (see :func:`daskgd.cluster.tune_for_iterations`); restored afterwards.
+    transfer_dtype : str or Codec, default='float64'
+        Codec of w and of the partial sums on the network (:mod:`daskgd.compression`).
+    emulation : daskgd.emulation.Emulation or None
+        Network delays and stragglers applied inside the workers during the fit
+        (:mod:`daskgd.emulation`; failures are the engine callback's job).
     """
 
     name = "mapreduce"
 
-    def __init__(self, split_every: int | None = None, *, tune_cluster: bool = True):
+    def __init__(
+        self,
+        split_every: int | None = None,
+        *,
+        tune_cluster: bool = True,
+        transfer_dtype: str | Codec | None = None,
+        emulation: Any = None,
+    ):
         if split_every is not None and (not isinstance(split_every, int) or split_every < 2):
             raise ValueError(f"split_every must be an integer >= 2 or None, got {split_every!r}")
         self.split_every = split_every
         self.tune_cluster = tune_cluster
+        self.codec = get_codec(transfer_dtype)
+        self.emulation = emulation
 
     def session(self, data: Any, model: Model, fit_intercept: bool) -> Session:
         return Session(self, data, model, fit_intercept)
@@ -118,6 +134,8 @@ class Session:
         self.client = data.client
         self.n_params = model.n_params(data.n_features, fit_intercept)
         self.n_blocks = data.X.numblocks[0]
+        self.codec = strategy.codec
+        self.fit_id = uuid.uuid4().hex[:12]  # keys the error-feedback residuals on workers
         self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> Session:
@@ -125,7 +143,18 @@ class Session:
             self._stack.enter_context(amm_paused(self.client))
             if self.strategy.tune_cluster:
                 self._stack.callback(tune_for_iterations(self.client))
+            emulation = self.strategy.emulation
+            if emulation is not None and (emulation.network or emulation.slows_chunks):
+                from daskgd.emulation import register
+
+                name = register(self.client, emulation)
+                self._stack.callback(self.client.unregister_worker_plugin, name)
         return self
+
+    @property
+    def _slow_chunks(self) -> bool:
+        emulation = self.strategy.emulation
+        return self.client is not None and emulation is not None and emulation.slows_chunks
 
     def __exit__(self, *exc_info: Any) -> None:
         self._stack.close()
@@ -153,13 +182,16 @@ class Session:
                 # their graph by the scheduler; w is simply sent again.
                 if attempt == MAX_ATTEMPTS:
                     raise
+        if not self.codec.is_exact:
+            total = decode_partial(total, self.codec, self.n_params)
         loss_sum, grad_sum, n_rows = unpack(total)
         return Evaluation(loss_sum, grad_sum, n_rows, time.perf_counter() - start, attempt, prefix)
 
     def _evaluate_once(self, w: np.ndarray, blocks: Sequence[int] | None) -> tuple:
         prefix = f"daskgd-gradient-{uuid.uuid4().hex[:12]}"
         if self.client is None:
-            return self._graph(w, blocks, prefix).compute(scheduler="threads"), prefix
+            payload = self.codec.encode(w) if self.codec.compresses_w else w
+            return self._graph(payload, blocks, prefix).compute(scheduler="threads"), prefix
         from distributed import span
 
         # The span tags every task of this evaluation (map, reduce) with the prefix, so
@@ -180,6 +212,8 @@ class Session:
         chunk tasks that land elsewhere fetch w from a peer.
         """
         key = f"{prefix}-w"
+        if self.codec.compresses_w:  # the chunk tasks decode it
+            w = self.codec.encode(w)
         delivered = self.client.sync(_send_to_workers, self.client, key, w)
         if not delivered:  # every holder is gone: fall back on the scheduler's scatter
             return self.client.scatter(w, broadcast=True, hash=False)
@@ -189,9 +223,12 @@ class Session:
 
     def _graph(self, weights: Any, blocks: Sequence[int] | None, prefix: str) -> da.Array:
         X, y = self.data.X, self.data.y
+        index = list(range(self.n_blocks))
         if blocks is not None:
             index = list(blocks)
             X, y = X.blocks[index], y.blocks[index]
+        if not self.codec.is_exact or self._slow_chunks:
+            return self._coded_graph(X, y, weights, index, prefix)
         partials = da.map_blocks(
             packed_loss_grad,
             X,
@@ -204,6 +241,42 @@ class Session:
             name=prefix,
         )
         return partials.sum(axis=0, split_every=self.split_every)
+
+    def _coded_graph(self, X: da.Array, y: da.Array, weights: Any, index: list, prefix: str):
+        """The map step through :func:`_chunk_task` (codec, emulated slowdown), and a
+        reduction whose every node decodes, adds and re-encodes (float64 stays a sum)."""
+        codec, n = self.codec, self.n_params
+        width = n + 2 if codec.is_exact else 16 + codec.payload_nbytes(n)
+        partials = da.map_blocks(
+            _chunk_task,
+            X,
+            y,
+            weights,
+            model=self.model,
+            fit_intercept=self.fit_intercept,
+            codec=codec,
+            slow=self._slow_chunks,
+            fit_id=self.fit_id,
+            index=index,
+            chunks=(1, width),
+            dtype=np.float64 if codec.is_exact else np.uint8,
+            name=prefix,
+        )
+        if codec.is_exact:
+            return partials.sum(axis=0, split_every=self.split_every)
+        combine = functools.partial(combine_partials, codec=codec, n_params=n)
+        return da.reduction(
+            partials,
+            chunk=_identity,
+            combine=combine,
+            aggregate=combine,
+            axis=0,
+            keepdims=False,
+            dtype=np.uint8,
+            split_every=self.split_every,
+            concatenate=False,
+            name=f"{prefix}-sum",
+        )
 
     def top_gram_eigenvalue(self) -> float:
         """Largest eigenvalue of [X, 1]^T [X, 1] / n, estimated on the first and last chunk.
@@ -284,6 +357,26 @@ async def _send_to_workers(client: Any, key: str, w: np.ndarray) -> list:
             who_has={key: delivered}, nbytes={key: int(w.nbytes)}, client=client.id
         )
     return delivered
+
+
+def _chunk_task(X, y, w, *, model, fit_intercept, codec, slow, fit_id, index, block_id=None):
+    """``packed_loss_grad`` with w decoded, the result encoded and the emulated slowdown."""
+    if codec.compresses_w:
+        w = codec.decode(w, model.n_params(X.shape[1], fit_intercept))
+    start = time.perf_counter()
+    packed = packed_loss_grad(X, y, w, model=model, fit_intercept=fit_intercept)
+    if slow:
+        from daskgd.emulation import straggle
+
+        straggle(time.perf_counter() - start)
+    if codec.is_exact:
+        return packed
+    chunk = index[block_id[0]] if block_id is not None else None
+    return encode_partial(packed, codec, (fit_id, chunk) if chunk is not None else None)
+
+
+def _identity(x, axis=None, keepdims=True):
+    return x
 
 
 def _block_top_eigenvalue(X: np.ndarray, fit_intercept: bool) -> np.ndarray:
