@@ -1,0 +1,547 @@
+"""The lecture's cost model of one synchronous iteration, fitted to measured runs.
+
+One iteration on m workers takes
+
+    T(m) = overhead + compute(m) + alpha * messages(m) + beta * bytes(m) + sync(m)
+
+- ``compute(m) = rows_per_worker(m) / rate * max(1, m / cores)``: every worker passes
+  over its own rows at ``rate`` rows per second; with more worker processes than
+  ``cores`` they share the cores (``cores=None``: one core per worker).
+- communication, the alpha-beta (latency-bandwidth) model: ``alpha`` seconds per
+  message, paid per message whatever its size, and ``beta`` seconds per byte. What is
+  counted is the **critical path** of one iteration for the reduction used, with P the
+  bytes of one partial gradient (the size of w):
+
+  ==========  ======================================  ==================================
+  topology    messages                                bytes
+  ==========  ======================================  ==================================
+  flat        m (broadcast) + m (into the server)     2 m P
+  tree (s)    m (broadcast) + sum of the fan-ins      m P + P x (sum of the fan-ins + 1)
+              over ceil(log_s m) levels + 1 (root
+              to the server)
+  ring        2 (m - 1) steps (reduce-scatter,        2 (m - 1) P / m
+              all-gather); no server, no broadcast
+  ==========  ======================================  ==================================
+
+  Messages arriving at one node are counted one after the other: a receiver pays
+  alpha per message (that is why a flat reduction into one server costs m alphas and
+  a tree s per level). daskgd's MapReduce is "tree": w is sent by the client to each
+  worker, the partial sums are summed along a ``split_every`` tree.
+- ``sync(m) = spread * compute(m) * E[max of m standard normals]``: a synchronous
+  iteration waits for the slowest of m workers whose compute times scatter with a
+  relative standard deviation ``spread`` (fitted from the measured slowest-minus-mean
+  compute time; the expected maximum by Blom's approximation).
+- ``overhead``: what every iteration pays whatever m (the client's update, scheduling).
+
+:func:`fit_cost_model` fits ``rate`` to the workers' measured ``compute_seconds`` (a line
+through the origin), ``spread`` to their measured spread, then ``overhead``, ``alpha``
+and ``beta`` to what is left of the iteration time by non-negative least squares.
+alpha and beta can only be told apart when the runs move messages of different sizes
+(different ``n_features``), or from :func:`measure_messages`, which times real worker-to-worker
+transfers of different sizes; otherwise ``beta`` is reported as not identified and the
+bytes' cost goes into alpha.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+__all__ = [
+    "TOPOLOGIES",
+    "CostModel",
+    "critical_path",
+    "fit_cost_model",
+    "fit_messages",
+    "measure_messages",
+    "prediction_errors",
+    "predict",
+]
+
+TOPOLOGIES = ("flat", "tree", "ring")
+
+#: Worker counts predicted by default: 1, 2, 4, ..., 1024.
+DEFAULT_WORKERS = tuple(2**k for k in range(11))
+
+
+def _check_topology(topology: str) -> str:
+    if topology not in TOPOLOGIES:
+        raise ValueError(f"unknown topology {topology!r}; choose one of {list(TOPOLOGIES)}")
+    return topology
+
+
+def _check_counts(n_workers: Any) -> np.ndarray:
+    counts = np.atleast_1d(np.asarray(n_workers))
+    if counts.size == 0:
+        raise ValueError("no worker counts given")
+    if counts.dtype.kind not in "iu" and not (
+        counts.dtype.kind == "f" and np.all(np.isfinite(counts)) and np.all(counts == counts // 1)
+    ):
+        raise ValueError(f"worker counts must be integers >= 1, got {n_workers!r}")
+    if np.any(counts < 1):
+        raise ValueError(f"worker counts must be integers >= 1, got {n_workers!r}")
+    return counts.astype(np.int64)
+
+
+def _fan_ins(n_workers: int, split_every: int) -> list[int]:
+    """Fan-in of the receiving node at each level of a split_every-ary reduction tree."""
+    fans, n = [], n_workers
+    while n > 1:
+        fans.append(min(split_every, n))
+        n = math.ceil(n / split_every)
+    return fans
+
+
+def critical_path(
+    n_workers: Any, topology: str = "tree", *, message_bytes: float, split_every: int = 2
+) -> tuple[np.ndarray, np.ndarray]:
+    """Messages and bytes on the critical path of one iteration (see the module docs).
+
+    Returns
+    -------
+    messages, bytes : numpy.ndarray of float, shaped like ``n_workers``
+    """
+    _check_topology(topology)
+    counts = _check_counts(n_workers)
+    if isinstance(split_every, bool) or not isinstance(split_every, numbers.Integral):
+        raise ValueError(f"split_every must be an integer >= 2, got {split_every!r}")
+    if split_every < 2:
+        raise ValueError(f"split_every must be an integer >= 2, got {split_every!r}")
+    p = float(message_bytes)
+    messages, volume = [], []
+    for m in counts.tolist():
+        if topology == "flat":
+            messages.append(2.0 * m)
+            volume.append(2.0 * m * p)
+        elif topology == "tree":
+            received = sum(_fan_ins(m, int(split_every))) + 1
+            messages.append(float(m + received))
+            volume.append((m + received) * p)
+        else:
+            messages.append(2.0 * (m - 1))
+            volume.append(2.0 * (m - 1) * p / m)
+    return np.array(messages), np.array(volume)
+
+
+def expected_max_normal(n_workers: Any) -> np.ndarray:
+    """E[max of m standard normals], Blom's approximation (0 for m = 1)."""
+    from scipy.stats import norm
+
+    counts = _check_counts(n_workers).astype(float)
+    return np.where(counts > 1, norm.ppf((counts - 0.375) / (counts + 0.25)), 0.0)
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """Fitted parameters of the iteration-time model (units in the names).
+
+    ``topology``/``split_every`` describe the runs it was fitted to; ``predict`` can
+    use any topology. ``r2`` and ``relative_errors`` compare the fitted T(m) with the
+    measured one on the runs (``workers``, in their order).
+    """
+
+    alpha_seconds: float
+    beta_seconds_per_byte: float
+    rate_rows_per_second: float
+    overhead_seconds: float = 0.0
+    spread: float = 0.0
+    cores: int | None = None
+    topology: str = "tree"
+    split_every: int = 2
+    beta_identified: bool = True
+    r2: float = float("nan")
+    workers: tuple[int, ...] = ()
+    relative_errors: tuple[float, ...] = ()
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def compute_seconds(self, rows_per_worker: Any, n_workers: Any) -> np.ndarray:
+        counts = _check_counts(n_workers).astype(float)
+        share = np.maximum(1.0, counts / self.cores) if self.cores else np.ones_like(counts)
+        return np.asarray(rows_per_worker, dtype=float) / self.rate_rows_per_second * share
+
+    def iteration_seconds(
+        self,
+        n_workers: Any,
+        *,
+        n_samples: float,
+        message_bytes: float,
+        topology: str | None = None,
+        split_every: int | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Predicted parts of one iteration: compute, communication, sync, overhead, total."""
+        counts = _check_counts(n_workers)
+        topology = self.topology if topology is None else _check_topology(topology)
+        split_every = self.split_every if split_every is None else split_every
+        messages, volume = critical_path(
+            counts, topology, message_bytes=message_bytes, split_every=split_every
+        )
+        compute = self.compute_seconds(np.ceil(n_samples / counts), counts)
+        parts = {
+            "compute": compute,
+            "communication": self.alpha_seconds * messages + self.beta_seconds_per_byte * volume,
+            "sync": self.spread * compute * expected_max_normal(counts),
+            "overhead": np.full(counts.shape, self.overhead_seconds),
+        }
+        parts["total"] = sum(parts.values())
+        return parts
+
+
+def _lstsq_nonnegative(columns: list[np.ndarray], target: np.ndarray) -> np.ndarray:
+    from scipy.optimize import nnls
+
+    matrix = np.column_stack(columns)
+    scale = np.where(np.abs(matrix).max(axis=0) > 0, np.abs(matrix).max(axis=0), 1.0)
+    solution, _ = nnls(matrix / scale, target)
+    return solution / scale
+
+
+def _as_runs(measured: xr.Dataset | Sequence[xr.Dataset]) -> xr.Dataset:
+    """One Dataset with dim ``run`` from one or several scaling Datasets."""
+    if isinstance(measured, xr.Dataset):
+        measured = [measured]
+    if len(measured) == 0:
+        raise ValueError("no measured runs given")
+    pieces = []
+    for dataset in measured:
+        if "workers" not in dataset.dims:
+            raise ValueError("measured runs need a 'workers' dimension (daskgd.scaling output)")
+        missing = {"iteration_seconds", "rows_per_worker", "partial_bytes"} - set(dataset)
+        if missing:
+            raise ValueError(f"measured runs lack {sorted(missing)}")
+        flat = dataset.drop_dims("part", errors="ignore").reset_coords(drop=True)
+        flat = flat.assign(n_workers=flat["workers"]).rename({"workers": "run"})
+        pieces.append(flat.drop_vars("run"))
+    return xr.concat(pieces, dim="run", data_vars="all", coords="minimal", compat="override")
+
+
+def _fit_rate(runs: xr.Dataset, cores: int | None) -> float:
+    """rate (rows/s) from the workers' measured compute time, a line through the origin.
+
+    Through the origin: a fixed per-task cost would otherwise be extrapolated to every
+    worker of a 1024-worker cluster; it is in ``overhead`` instead. NaN when no compute
+    time was measured.
+    """
+    counts = runs["n_workers"].values.astype(float)
+    share = np.maximum(1.0, counts / cores) if cores else np.ones_like(counts)
+    work = runs["rows_per_worker"].values * share
+    compute = runs["compute_seconds"].values if "compute_seconds" in runs else None
+    if compute is None or not np.all(np.isfinite(compute)):
+        return float("nan")
+    per_row = float(np.sum(compute * work) / np.sum(work * work))
+    return 1.0 / per_row if per_row > 0 else float("inf")
+
+
+def _fit_spread(runs: xr.Dataset, compute: np.ndarray) -> float:
+    if "compute_spread_seconds" not in runs:
+        return 0.0
+    counts = runs["n_workers"].values
+    expected = expected_max_normal(counts)
+    spread = runs["compute_spread_seconds"].values
+    usable = (counts > 1) & np.isfinite(spread) & (compute > 0)
+    if not usable.any():
+        return 0.0
+    return float(np.median(spread[usable] / (compute[usable] * expected[usable])))
+
+
+def fit_cost_model(
+    measured: xr.Dataset | Sequence[xr.Dataset],
+    *,
+    topology: str = "tree",
+    split_every: int = 2,
+    cores: int | None = None,
+    messages: tuple[float, float] | None = None,
+) -> CostModel:
+    """Fit rate, spread, overhead, alpha and beta to measured runs.
+
+    Parameters
+    ----------
+    measured : xarray.Dataset or sequence of them
+        Output of :func:`daskgd.scaling.scaling` (dim ``workers``): ``iteration_seconds``,
+        ``rows_per_worker``, ``partial_bytes``, and where measured ``compute_seconds``
+        and ``compute_spread_seconds``. Several Datasets (e.g. different n_features)
+        are fitted together.
+    topology : {"flat", "tree", "ring"}, default "tree"
+        The reduction the runs used (daskgd's MapReduce: "tree").
+    split_every : int, default 2
+        Fan-in of the tree.
+    cores : int, optional
+        Cores the workers shared (e.g. ``os.cpu_count()`` for a LocalCluster).
+    messages : (alpha_seconds, beta_seconds_per_byte), optional
+        Latency and inverse bandwidth measured separately (:func:`fit_messages`); then
+        only overhead is fitted to the iteration times besides rate and spread.
+    """
+    _check_topology(topology)
+    runs = _as_runs(measured)
+    counts = _check_counts(runs["n_workers"].values)
+    rate = _fit_rate(runs, cores)
+    notes = []
+    if np.isnan(rate):
+        rate = float("inf")
+        notes.append("no compute_seconds measured: compute is fitted as 0")
+    model = CostModel(0.0, 0.0, rate, cores=cores, topology=topology, split_every=split_every)
+    compute = model.compute_seconds(runs["rows_per_worker"].values, counts)
+    spread = _fit_spread(runs, compute)
+    sync = spread * compute * expected_max_normal(counts)
+    message_count, volume = np.array([]), np.array([])
+    for m, p in zip(counts, runs["partial_bytes"].values, strict=True):
+        one_messages, one_volume = critical_path(
+            m, topology, message_bytes=p, split_every=split_every
+        )
+        message_count, volume = (
+            np.append(message_count, one_messages),
+            np.append(volume, one_volume),
+        )
+    rest = runs["iteration_seconds"].values - compute - sync
+    ones = np.ones_like(rest)
+    identified = True
+    if messages is not None:
+        alpha, beta = (float(v) for v in messages)
+        (overhead,) = _lstsq_nonnegative([ones], rest - alpha * message_count - beta * volume)
+        notes.append("alpha and beta from separate message measurements")
+    elif np.linalg.matrix_rank(np.column_stack([ones, message_count, volume]), tol=1e-9) >= 3:
+        overhead, alpha, beta = _lstsq_nonnegative([ones, message_count, volume], rest)
+    else:
+        overhead, alpha = _lstsq_nonnegative([ones, message_count], rest)
+        beta, identified = 0.0, False
+        notes.append(
+            "beta not identified: every run sent messages of one size; the bytes' cost is in "
+            "alpha (vary n_features or pass messages=fit_messages(measure_messages(...)))"
+        )
+    fitted = replace(
+        model,
+        alpha_seconds=float(alpha),
+        beta_seconds_per_byte=float(beta),
+        overhead_seconds=float(overhead),
+        spread=spread,
+        beta_identified=identified,
+        notes=tuple(notes),
+    )
+    predicted = _predict_runs(
+        fitted, counts, runs["rows_per_worker"].values, runs["partial_bytes"].values
+    )
+    observed = runs["iteration_seconds"].values
+    residual = np.sum((observed - predicted) ** 2)
+    total = np.sum((observed - observed.mean()) ** 2)
+    r2 = 1.0 - residual / total if total > 0 else (1.0 if residual == 0 else float("nan"))
+    return replace(
+        fitted,
+        r2=float(r2),
+        workers=tuple(int(m) for m in counts),
+        relative_errors=tuple(float(e) for e in (predicted - observed) / observed),
+    )
+
+
+def predict(
+    model: CostModel,
+    *,
+    n_samples: float,
+    message_bytes: float,
+    workers: Any = DEFAULT_WORKERS,
+    topologies: Sequence[str] = TOPOLOGIES,
+    split_every: int | None = None,
+) -> xr.Dataset:
+    """Predicted T(m), its parts, speedup and efficiency per topology and worker count.
+
+    Strong scaling: ``n_samples`` rows split over m workers. Speedup is each topology's
+    T(1) over its T(m).
+    """
+    counts = _check_counts(workers)
+    if len(topologies) == 0:
+        raise ValueError("no topologies given")
+    tables = {name: [] for name in ("total", "compute", "communication", "sync", "overhead")}
+    for topology in topologies:
+        parts = model.iteration_seconds(
+            counts,
+            n_samples=n_samples,
+            message_bytes=message_bytes,
+            topology=_check_topology(topology),
+            split_every=split_every,
+        )
+        for name, values in tables.items():
+            values.append(parts[name])
+    dims = ("topology", "workers")
+    result = xr.Dataset(
+        {
+            "iteration_seconds": (dims, np.array(tables["total"]), {"units": "s"}),
+            **{
+                f"{name}_seconds": (dims, np.array(tables[name]), {"units": "s"})
+                for name in ("compute", "communication", "sync", "overhead")
+            },
+        },
+        coords={"topology": list(topologies), "workers": counts},
+    )
+    one = xr.DataArray(
+        [
+            model.iteration_seconds(
+                1, n_samples=n_samples, message_bytes=message_bytes, topology=t
+            )["total"][0]
+            for t in topologies
+        ],
+        dims="topology",
+    )
+    result["speedup"] = (one / result["iteration_seconds"]).assign_attrs(units="1")
+    result["efficiency"] = (result["speedup"] / result["workers"]).assign_attrs(units="1")
+    result.attrs.update(parameters(model))
+    return result
+
+
+def parameters(model: CostModel) -> dict[str, Any]:
+    """The fitted figures as a flat dict (for attrs, tables and printing)."""
+    return {
+        "alpha_seconds": model.alpha_seconds,
+        "beta_seconds_per_byte": model.beta_seconds_per_byte,
+        "rate_rows_per_second": model.rate_rows_per_second,
+        "overhead_seconds": model.overhead_seconds,
+        "spread": model.spread,
+        "r2": model.r2,
+        "beta_identified": int(model.beta_identified),
+    }
+
+
+def _predict_runs(model: CostModel, counts, rows, partial_bytes) -> np.ndarray:
+    """Predicted T of runs with their own rows per worker and partial-gradient bytes."""
+    counts = _check_counts(counts)
+    compute = model.compute_seconds(rows, counts)
+    totals = []
+    for index, m in enumerate(counts):
+        messages, volume = critical_path(
+            m, model.topology, message_bytes=partial_bytes[index], split_every=model.split_every
+        )
+        communication = model.alpha_seconds * messages[0] + model.beta_seconds_per_byte * volume[0]
+        sync = model.spread * compute[index] * expected_max_normal(m)[0]
+        totals.append(model.overhead_seconds + compute[index] + communication + sync)
+    return np.array(totals)
+
+
+def prediction_errors(model: CostModel, measured: xr.Dataset) -> xr.Dataset:
+    """Measured against predicted T(m) and speedup on a scaling Dataset (dim ``workers``)."""
+    counts = _check_counts(measured["workers"].values)
+    predicted = _predict_runs(
+        model, counts, measured["rows_per_worker"].values, measured["partial_bytes"].values
+    )
+    observed = measured["iteration_seconds"].values
+    return xr.Dataset(
+        {
+            "measured_seconds": ("workers", observed, {"units": "s"}),
+            "predicted_seconds": ("workers", predicted, {"units": "s"}),
+            "relative_error": ("workers", (predicted - observed) / observed, {"units": "1"}),
+            "measured_speedup": ("workers", observed[0] / observed * counts[0], {"units": "1"}),
+            "predicted_speedup": ("workers", predicted[0] / predicted * counts[0], {"units": "1"}),
+        },
+        coords={"workers": counts},
+    )
+
+
+def prediction_figure(errors: xr.Dataset) -> Any:
+    """Bokeh figure: measured and predicted T(m) against m."""
+    from bokeh.plotting import figure
+
+    m = errors["workers"].values
+    fig = figure(
+        title="Iteration time: model against measurement",
+        x_axis_label="workers m",
+        y_axis_label="ms per iteration",
+        width=480,
+        height=320,
+        name="daskgd-costmodel",
+    )
+    fig.line(m, errors["predicted_seconds"].values * 1e3, legend_label="predicted", line_width=2)
+    fig.scatter(
+        m, errors["measured_seconds"].values * 1e3, size=9, color="#d62728", legend_label="measured"
+    )
+    fig.legend.location = "top_left"
+    return fig
+
+
+# ----------------------------------------------------------------------------------
+# Latency and bandwidth from real transfers
+# ----------------------------------------------------------------------------------
+
+
+def _incoming_log(dask_worker: Any = None) -> list[tuple[float, float, list[str]]]:
+    return [
+        (float(entry["total"]), float(entry["duration"]), [str(k) for k in entry["keys"]])
+        for entry in dask_worker.transfer_incoming_log
+    ]
+
+
+def _make_payload(n_bytes: int) -> np.ndarray:
+    return np.ones(max(1, n_bytes // 8))
+
+
+def _touch(payload: np.ndarray) -> int:
+    return int(payload.size)
+
+
+def measure_messages(
+    client: Any, sizes: Sequence[int] = (8, 8_000, 800_000, 8_000_000), *, repeats: int = 5
+) -> xr.Dataset:
+    """Time real worker-to-worker transfers of messages of different sizes.
+
+    For each size and repeat an array is made on the first worker and a tiny task on the
+    second worker reads it, so the array crosses the network once; the duration is the
+    receiving worker's own record of the transfer (``transfer_incoming_log``), without
+    scheduling. Needs a client with at least 2 workers.
+
+    Returns
+    -------
+    xarray.Dataset
+        Dim ``message``: ``bytes`` and ``seconds`` of each transfer.
+    """
+    from dask.base import tokenize
+
+    workers = sorted(client.scheduler_info(n_workers=-1)["workers"])
+    if len(workers) < 2:
+        raise ValueError("measure_messages needs a cluster with at least 2 workers")
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats!r}")
+    source, target = workers[0], workers[1]
+    wanted = []
+    for size in sizes:
+        if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
+            raise ValueError(f"message sizes must be positive integers, got {size!r}")
+        for repeat in range(repeats):
+            key = f"daskgd-message-{tokenize(size, repeat, time.time())}"
+            payload = client.submit(_make_payload, int(size), key=key, workers=[source])
+            client.submit(_touch, payload, workers=[target], pure=False).result()
+            wanted.append(key)
+            del payload
+    logs = client.run(_incoming_log, workers=[target])[target]
+    found = {}
+    for n_bytes, seconds, keys in logs:
+        for key in keys:
+            if key in wanted:
+                found[key] = (n_bytes, seconds)
+    rows = [found[key] for key in wanted if key in found]
+    if not rows:
+        raise RuntimeError("no transfer was recorded: are the two workers on one process?")
+    data = np.array(rows)
+    return xr.Dataset(
+        {
+            "bytes": ("message", data[:, 0], {"units": "bytes"}),
+            "seconds": ("message", data[:, 1], {"units": "s"}),
+        }
+    )
+
+
+def fit_messages(measured: xr.Dataset) -> tuple[float, float, float]:
+    """alpha (s), beta (s/byte) and R^2 of ``seconds = alpha + beta * bytes``.
+
+    Medians per message size first, so a few slow transfers do not decide the line.
+    """
+    frame = measured.to_dataframe().groupby("bytes")["seconds"].median()
+    n_bytes, seconds = frame.index.values.astype(float), frame.values
+    if n_bytes.size < 2:
+        raise ValueError("fit_messages needs messages of at least 2 different sizes")
+    alpha, beta = _lstsq_nonnegative([np.ones_like(n_bytes), n_bytes], seconds)
+    predicted = alpha + beta * n_bytes
+    total = np.sum((seconds - seconds.mean()) ** 2)
+    r2 = 1.0 - np.sum((seconds - predicted) ** 2) / total if total > 0 else float("nan")
+    return float(alpha), float(beta), float(r2)
