@@ -19,6 +19,7 @@ from typing import Any
 import dask
 import dask.array as da
 import numpy as np
+from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 
 from daskgd.cluster import amm_paused, tune_for_iterations
@@ -27,6 +28,8 @@ from daskgd.models import Model, packed_loss_grad, unpack
 
 #: How often one evaluation is retried when a worker dies under it.
 MAX_ATTEMPTS = 4
+#: Up to this many chunks, the default reduction is one flat sum (one tree level).
+FLAT_REDUCTION_CHUNKS = 32
 #: Seconds to deliver w to one worker before that worker is skipped for the iteration.
 BROADCAST_TIMEOUT = 10.0
 
@@ -91,7 +94,8 @@ class MapReduce(Strategy):
     Parameters
     ----------
     split_every : int or None, default=None
-        Fan-in of the reduction tree; None uses the number of chunks per worker (>= 2).
+        Fan-in of the reduction tree; None sums up to 32 chunks in one step (see
+        :attr:`Session.split_every`).
     tune_cluster : bool, default=True
         Shorten ``distributed``'s message batching and pause work stealing during the
         fit (see :func:`daskgd.cluster.tune_for_iterations`); restored afterwards.
@@ -161,13 +165,21 @@ class Session:
 
     @property
     def split_every(self) -> int:
+        """The fan-in of the reduction: the strategy's, or a flat sum up to 32 chunks.
+
+        Each level of the tree costs a scheduler round trip, which outweighs adding
+        a few dozen small vectors on one worker (measured here, 8 chunks on 2 workers:
+        32 ms per evaluation flat against 42 ms with a per-worker level first). Beyond
+        32 chunks the first level still sums contiguous chunks, that is mostly chunks
+        of one worker, locally.
+        """
         if self.strategy.split_every is not None:
             return self.strategy.split_every
-        placement = self.data.placement
-        if not placement:
-            return max(2, self.n_blocks)
-        per_worker = max(placement.count(address) for address in set(placement))
-        return max(2, per_worker)
+        per_worker = 1
+        if self.data.placement:
+            placement = self.data.placement
+            per_worker = max(placement.count(address) for address in set(placement))
+        return max(2, per_worker, min(self.n_blocks, FLAT_REDUCTION_CHUNKS))
 
     def evaluate(self, w: np.ndarray, blocks: Sequence[int] | None = None) -> Evaluation:
         """Totals of loss, gradient and rows at ``w`` over all chunks (or ``blocks``)."""
@@ -300,7 +312,7 @@ class Session:
         return float(np.max(values))
 
 
-def _pin_to_chunks(total: da.Array, data: Any) -> da.Array:
+def _pin_to_chunks(total: da.Array, data: Any) -> Any:
     """The optimised graph of ``total`` with each chunk task restricted to its chunk's worker.
 
     Every worker holds w after the broadcast, so without a restriction the scheduler
@@ -329,7 +341,10 @@ def _pin_to_chunks(total: da.Array, data: Any) -> da.Array:
     }
     dependencies = {"daskgd-map": set(), "daskgd-reduce": {"daskgd-map"}}
     graph = HighLevelGraph(layers, dependencies)
-    return da.Array(graph, optimised.name, optimised.chunks, optimised.dtype)
+    # The total is one block: computing its key directly, not the Array, spares the
+    # finalize task (one more scheduler round trip per iteration).
+    (key,) = dask.core.flatten(optimised.__dask_keys__())
+    return Delayed(key, graph, layer="daskgd-reduce")
 
 
 async def _send_to_workers(client: Any, key: str, w: np.ndarray) -> list:
