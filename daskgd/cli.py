@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 #: Problem of ``daskgd demo``: about half a minute of gd on a 2-core laptop.
-DEMO_SAMPLES = 400_000
+DEMO_SAMPLES = 1_000_000
 DEMO_FEATURES = 100
 DEMO_CHUNKS = 8
 DEMO_MAX_ITER = 300
+DEMO_TOL = 1e-8
 
 USER_ERRORS = (ValueError, TypeError, FileNotFoundError, ConnectionError, FloatingPointError)
 
@@ -67,7 +68,9 @@ def _add_cluster_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_fit_options(parser: argparse.ArgumentParser, *, solver: str, max_iter: int) -> None:
+def _add_fit_options(
+    parser: argparse.ArgumentParser, *, solver: str, max_iter: int, tol: float = 1e-5
+) -> None:
     group = parser.add_argument_group("fit")
     group.add_argument(
         "--solver",
@@ -85,8 +88,8 @@ def _add_fit_options(parser: argparse.ArgumentParser, *, solver: str, max_iter: 
     group.add_argument(
         "--tol",
         type=_float,
-        default=1e-5,
-        help="stop when the inf-norm of the gradient is <= TOL (default: 1e-5)",
+        default=tol,
+        help=f"stop when the inf-norm of the gradient is <= TOL (default: {tol:g})",
     )
     group.add_argument(
         "--learning-rate",
@@ -144,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"number of row chunks (default: {DEMO_CHUNKS})",
     )
     demo.add_argument("--seed", type=int, default=0)
-    _add_fit_options(demo, solver="gd", max_iter=DEMO_MAX_ITER)
+    _add_fit_options(demo, solver="gd", max_iter=DEMO_MAX_ITER, tol=DEMO_TOL)
     _add_cluster_options(demo)
     demo.set_defaults(handler=_demo)
 
