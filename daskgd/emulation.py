@@ -170,7 +170,11 @@ def parse_straggler(text: str) -> dict | RandomDelay:
     random = re.fullmatch(r"(exp|exponential|lognormal)\s*:\s*([^:]+?)(?:\s*:\s*seed=(\d+))?", spec)
     if random:
         name = "lognormal" if random.group(1) == "lognormal" else "exponential"
-        return RandomDelay(name, parse_duration(random.group(2)), int(random.group(3) or 0))
+        try:
+            mean = parse_duration(random.group(2))
+        except ValueError as error:
+            raise ValueError(f"straggler {text!r}: {error}") from None
+        return RandomDelay(name, mean, int(random.group(3) or 0))
     worker, _, factor = spec.rpartition(":")
     match = re.fullmatch(r"\s*" + _NUMBER + r"\s*x?\s*", factor)
     if not worker or not match:

@@ -1,0 +1,201 @@
+"""Emulated latency, stragglers and failures on a real LocalCluster, and the parsers."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+
+import daskgd
+from daskgd.datasets import make_classification
+from daskgd.emulation import (
+    Emulation,
+    KillAt,
+    KillRandomly,
+    RandomDelay,
+    parse_bandwidth,
+    parse_duration,
+    parse_failure,
+    parse_straggler,
+)
+
+# -- parsers -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("5ms", 0.005), ("0.2s", 0.2), ("150us", 150e-6), ("2", 2.0), (" 1e-3 s ", 1e-3)],
+)
+def test_parse_duration(text, seconds):
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize(
+    ("text", "rate"),
+    [("100MB/s", 1e8), ("1Gbit/s", 1.25e8), ("512KiB/s", 512 * 1024), ("10 MB", 1e7)],
+)
+def test_parse_bandwidth(text, rate):
+    assert parse_bandwidth(text) == pytest.approx(rate)
+
+
+def test_parse_straggler_and_failure():
+    assert parse_straggler("1:3x") == {1: 3.0}
+    assert parse_straggler("tcp://127.0.0.1:4000:2") == {"tcp://127.0.0.1:4000": 2.0}
+    assert parse_straggler("exp:20ms") == RandomDelay("exponential", 0.02, 0)
+    assert parse_straggler("lognormal:5ms:seed=4") == RandomDelay("lognormal", 0.005, 4)
+    assert parse_failure("p=0.01") == KillRandomly(0.01, 0)
+    assert parse_failure("p=0.2,seed=3") == KillRandomly(0.2, 3)
+    assert parse_failure("1@20") == KillAt(1, 20)
+
+
+@pytest.mark.parametrize(
+    ("parse", "text"),
+    [
+        (parse_duration, "-5ms"),
+        (parse_duration, "5 fortnights"),
+        (parse_duration, "fast"),
+        (parse_bandwidth, "100MB/h"),
+        (parse_bandwidth, "0MB/s"),
+        (parse_bandwidth, "-1MB/s"),
+        (parse_straggler, "1:0.5x"),
+        (parse_straggler, "slow"),
+        (parse_straggler, "exp:-2ms"),
+        (parse_failure, "p=1.5"),
+        (parse_failure, "p=-0.1"),
+        (parse_failure, "p=often"),
+        (parse_failure, "x@3"),
+        (parse_failure, "1@"),
+    ],
+)
+def test_nonsense_strings_are_rejected_naming_the_input(parse, text):
+    with pytest.raises(ValueError) as error:
+        parse(text)
+    assert repr(text) in str(error.value) or text.strip() in str(error.value)
+
+
+def test_nonsense_settings_are_rejected():
+    with pytest.raises(ValueError, match="latency"):
+        Emulation(latency_seconds=-0.001)
+    with pytest.raises(ValueError, match="bandwidth"):
+        Emulation(bandwidth_bytes_per_second=0)
+    with pytest.raises(ValueError, match=">= 1"):
+        Emulation(stragglers={0: 0.5})
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        KillRandomly(2.0)
+    with pytest.raises(ValueError, match="either"):
+        Emulation.from_strings(stragglers=["1:3x", "exp:1ms"])
+
+
+def test_unknown_worker_is_rejected_before_the_fit_starts(cluster_client):
+    X, y = make_classification(2_000, 3, chunks=500, random_state=0)
+    for emulation in (Emulation(stragglers={5: 2.0}), Emulation(failures=[KillAt(2, 1)])):
+        model = daskgd.LogisticRegression(client=cluster_client, emulation=emulation)
+        with pytest.raises(ValueError, match="unknown worker index"):
+            model.fit(X, y)
+        assert not hasattr(model, "trace_")
+    with pytest.raises(TypeError, match="emulation"):
+        daskgd.LogisticRegression(client=cluster_client, emulation="5ms").fit(X, y)
+
+
+# -- on the cluster ------------------------------------------------------------------------
+
+GD = {"solver": "gd", "learning_rate": 2.0, "tol": 0.0}
+
+
+def _fit(client, X, y, emulation=None, max_iter=8, **options):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", daskgd.ConvergenceWarning)
+        model = daskgd.LogisticRegression(
+            client=client, emulation=emulation, max_iter=max_iter, **GD, **options
+        )
+        return model.fit(X, y)
+
+
+def _median_iteration(model) -> float:
+    return float(model.trace_.wall_seconds.isel(iteration=slice(1, None)).median())
+
+
+#: Messages on an iteration's critical path with one evaluation per iteration: w to the
+#: workers (update_data, in parallel), one partial sum worker -> worker (get_data), the
+#: total to the scheduler for the client (get_data).
+CRITICAL_MESSAGES = 3
+
+
+def test_latency_adds_about_one_latency_per_message_on_the_critical_path(cluster_client):
+    X, y = make_classification(20_000, 10, chunks=2_500, random_state=1)
+    latency = 0.04
+    base = _fit(cluster_client, X, y)
+    slow = _fit(cluster_client, X, y, Emulation(latency_seconds=latency))
+    np.testing.assert_allclose(slow.coef_, base.coef_, rtol=1e-12)
+    added = _median_iteration(slow) - _median_iteration(base)
+    assert 0.7 * CRITICAL_MESSAGES < added / latency < 1.4 * CRITICAL_MESSAGES, added
+    assert slow.trace_.attrs["emulation"].startswith("{")
+    assert '"latency_seconds": 0.04' in slow.trace_.attrs["emulation"]
+
+
+def test_bandwidth_delays_bigger_transfers_more(cluster_client):
+    X, y = make_classification(10_000, 400, chunks=2_500, random_state=1)
+    # 401 float64 = 3.2 kB per message at 50 kB/s: 64 ms per message.
+    slow = _fit(cluster_client, X, y, Emulation(bandwidth_bytes_per_second=50e3), max_iter=4)
+    half = _fit(
+        cluster_client,
+        X,
+        y,
+        Emulation(bandwidth_bytes_per_second=50e3),
+        max_iter=4,
+        transfer_dtype="float16",
+    )
+    assert _median_iteration(half) < 0.6 * _median_iteration(slow)
+
+
+def test_a_straggler_is_flagged_and_the_other_worker_waits(cluster_client):
+    X, y = make_classification(100_000, 100, chunks=12_500, random_state=2)
+    factor = 5.0
+    base = _fit(cluster_client, X, y, max_iter=10)
+    slowed = _fit(cluster_client, X, y, Emulation(stragglers={1: factor}), max_iter=10)
+    np.testing.assert_allclose(slowed.coef_, base.coef_, rtol=1e-12)
+    trace, base_trace = (m.trace_.isel(iteration=slice(1, None)) for m in (slowed, base))
+    straggler, other = sorted(trace.worker.values)[1], sorted(trace.worker.values)[0]
+    flagged = trace.straggler.mean("iteration")
+    # Timings on a shared 2-core machine are noisy: most iterations, not all.
+    assert float(flagged.sel(worker=straggler)) >= 0.6
+    assert float(flagged.sel(worker=other)) <= 0.2
+    normal = float(base_trace.compute_seconds.sel(worker=straggler).median())
+    slow = float(trace.compute_seconds.sel(worker=straggler).median())
+    assert slow > 0.5 * factor * normal
+    # The other worker idles while the straggler computes about (factor - 1) x longer.
+    wait = float(trace.wait_seconds.sel(worker=other).median())
+    base_wait = float(base_trace.wait_seconds.sel(worker=other).median())
+    assert wait > base_wait + 0.5 * (factor - 1) * normal
+
+
+def test_random_delays_slow_every_worker(cluster_client):
+    X, y = make_classification(10_000, 10, chunks=2_500, random_state=1)
+    base = _fit(cluster_client, X, y, max_iter=4)
+    delayed = _fit(cluster_client, X, y, Emulation(stragglers=RandomDelay("exponential", 0.02)))
+    # Two chunks in series per worker, the max of two workers: well above one mean delay.
+    assert _median_iteration(delayed) > _median_iteration(base) + 0.02
+
+
+@pytest.mark.slow
+def test_a_failure_at_iteration_t_gives_the_undisturbed_coefficients(client):
+    X, y = make_classification(40_000, 10, chunks=5_000, random_state=3)
+    undisturbed = _fit(client, X, y, max_iter=10)
+    before = set(client.scheduler_info()["workers"])
+    disturbed = _fit(client, X, y, Emulation(failures=[KillAt(0, 4)]), max_iter=10)
+    np.testing.assert_allclose(disturbed.coef_, undisturbed.coef_, rtol=1e-9)
+    np.testing.assert_allclose(disturbed.trace_.loss, undisturbed.trace_.loss, rtol=1e-9)
+    # The killed worker was restarted by its nanny under a new address.
+    client.wait_for_workers(2, timeout=30)
+    assert set(client.scheduler_info()["workers"]) != before
+    assert "failures" in disturbed.trace_.attrs["emulation"]
+
+
+def test_attrs_of_an_undisturbed_fit(cluster_client):
+    X, y = make_classification(2_000, 3, chunks=500, random_state=0)
+    model = _fit(cluster_client, X, y, max_iter=2)
+    assert model.trace_.attrs["emulation"] == "None"
+    assert model.trace_.attrs["transfer_dtype"] == "float64"
+    assert math.isfinite(float(model.trace_.loss[-1]))
