@@ -15,18 +15,18 @@ One iteration on m workers takes
   ==========  ======================================  ==================================
   topology    messages                                bytes
   ==========  ======================================  ==================================
-  flat        m (broadcast) + m (into the server)     2 m P
-  tree (s)    m (broadcast) + sum of the fan-ins      m P + P x (sum of the fan-ins + 1)
-              over ceil(log_s m) levels + 1 (root
-              to the server)
+  flat        m into the server + m out (broadcast)   2 m P
+  tree (s)    2 (L + 1): L = ceil(log_s m) levels      2 (s L + 1) P
+              down and up, and the hop between the
+              root and the server each way
   ring        2 (m - 1) steps (reduce-scatter,        2 (m - 1) P / m
               all-gather); no server, no broadcast
   ==========  ======================================  ==================================
 
-  Messages arriving at one node are counted one after the other: a receiver pays
-  alpha per message (that is why a flat reduction into one server costs m alphas and
-  a tree s per level). daskgd's MapReduce is "tree": w is sent by the client to each
-  worker, the partial sums are summed along a ``split_every`` tree.
+  A server receives (and sends) its m messages one after the other, so a flat
+  reduction pays m latencies; the s children of a tree node send in parallel, so a tree
+  pays one latency per level, but the s partial sums share the receiver's link (s P
+  bytes per level). daskgd's MapReduce reduces along a ``split_every`` tree.
 - ``sync(m) = spread * compute(m) * E[max of m standard normals]``: a synchronous
   iteration waits for the slowest of m workers whose compute times scatter with a
   relative standard deviation ``spread`` (fitted from the measured slowest-minus-mean
@@ -91,7 +91,7 @@ def _check_counts(n_workers: Any) -> np.ndarray:
 
 
 def _fan_ins(n_workers: int, split_every: int) -> list[int]:
-    """Fan-in of the receiving node at each level of a split_every-ary reduction tree."""
+    """Fan-in at each level of a split_every-ary reduction tree: ceil(log_s m) levels."""
     fans, n = [], n_workers
     while n > 1:
         fans.append(min(split_every, n))
@@ -121,9 +121,9 @@ def critical_path(
             messages.append(2.0 * m)
             volume.append(2.0 * m * p)
         elif topology == "tree":
-            received = sum(_fan_ins(m, int(split_every))) + 1
-            messages.append(float(m + received))
-            volume.append((m + received) * p)
+            levels = len(_fan_ins(m, int(split_every)))
+            messages.append(2.0 * (levels + 1))
+            volume.append(2.0 * (split_every * levels + 1) * p)
         else:
             messages.append(2.0 * (m - 1))
             volume.append(2.0 * (m - 1) * p / m)

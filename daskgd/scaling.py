@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -104,9 +104,11 @@ def _rows_per_worker(trace: xr.Dataset) -> float:
 
 
 def _partial_bytes(trace: xr.Dataset) -> float:
-    """Bytes of one partial gradient (float64 vector of the parameters, plus loss, rows)."""
-    n_features = int(trace.attrs.get("n_features", 0))
-    return 8.0 * (n_features + 1 + 2)
+    """Bytes of one partial gradient: loss and rows (float64) and the encoded gradient."""
+    from daskgd.compression import get_codec, partial_nbytes
+
+    n_params = int(trace.attrs.get("n_features", 0)) + 1
+    return float(partial_nbytes(get_codec(trace.attrs.get("transfer_dtype")), n_params))
 
 
 def _run_figures(trace: xr.Dataset) -> dict[str, Any]:
@@ -189,7 +191,7 @@ def scaling_dataset(traces: Sequence[xr.Dataset], worker_counts: Sequence[int]) 
         units="1", long_name="speedup / m"
     )
     result.attrs.update(baseline_workers=baseline, daskgd_scaling_version=1)
-    for key in ("model", "solver", "n_samples", "n_features", "strategy"):
+    for key in ("model", "solver", "n_samples", "n_features", "strategy", "transfer_dtype"):
         if key in traces[0].attrs:
             result.attrs[key] = traces[0].attrs[key]
     return result
@@ -205,6 +207,7 @@ def scaling(
     chunks: int | None = None,
     split_every: int | None = None,
     random_state: int = 0,
+    estimator_options: Mapping[str, Any] | None = None,
     return_traces: bool = False,
 ) -> xr.Dataset | tuple[xr.Dataset, list[xr.Dataset]]:
     """Run the same logistic-regression fit on each number of worker processes.
@@ -226,6 +229,9 @@ def scaling(
         Fan-in of the reduction tree (the estimator's default when None).
     random_state : int, default 0
         Seed of the data; every run sees the same data.
+    estimator_options : mapping, optional
+        More parameters of :class:`daskgd.LogisticRegression` for every fit, e.g.
+        ``{"emulation": Emulation(latency_seconds=0.005), "transfer_dtype": "float16"}``.
     return_traces : bool, default False
         Also return the traces of the fits, in the order of ``workers``.
 
@@ -248,6 +254,11 @@ def scaling(
         raise ValueError(f"n_samples={n_samples} is fewer than the {max(counts)} workers")
     chunks = _default_chunk_rows(n_samples, counts) if chunks is None else chunks
     options = {"solver": solver, "max_iter": max_iter, "tol": 0.0, "split_every": split_every}
+    extra = dict(estimator_options or {})
+    fixed = sorted(set(extra) & {*options, "client"})
+    if fixed:
+        raise ValueError(f"estimator_options cannot set {fixed}: they are scaling() arguments")
+    options.update(extra)
     traces = [
         _one_run(
             m,

@@ -26,8 +26,13 @@ N_SAMPLES = 400_000
 
 
 def _tree_messages(m: int) -> int:
-    """Hand count for split_every=2: m sends of w, the fan-ins, the root to the server."""
-    return {1: 1 + 1, 2: 2 + 2 + 1, 4: 4 + 2 + 2 + 1, 8: 8 + 2 + 2 + 2 + 1}[m]
+    """Hand count for split_every=2: log2(m) levels each way and the server's hop."""
+    return {1: 2, 2: 2 * (1 + 1), 4: 2 * (2 + 1), 8: 2 * (3 + 1)}[m]
+
+
+def _tree_bytes(m: int, p: float) -> float:
+    """Each level carries the fan-in's 2 partial sums, each way; P more to the server."""
+    return {1: 2 * p, 2: 2 * (2 + 1) * p, 4: 2 * (4 + 1) * p, 8: 2 * (6 + 1) * p}[m]
 
 
 def synthetic_runs(partial_bytes: float, counts=COUNTS) -> xr.Dataset:
@@ -37,7 +42,8 @@ def synthetic_runs(partial_bytes: float, counts=COUNTS) -> xr.Dataset:
     compute = rows / RATE
     messages = np.array([_tree_messages(k) for k in counts])
     sync = SPREAD * compute * expected_max_normal(m)
-    seconds = OVERHEAD + compute + ALPHA * messages + BETA * messages * partial_bytes + sync
+    volume = np.array([_tree_bytes(k, partial_bytes) for k in counts])
+    seconds = OVERHEAD + compute + ALPHA * messages + BETA * volume + sync
     return xr.Dataset(
         {
             "iteration_seconds": ("workers", seconds),
@@ -54,15 +60,15 @@ def test_critical_paths_by_hand():
     m = np.array([1, 2, 4, 8])
     messages, volume = critical_path(m, "tree", message_bytes=10.0, split_every=2)
     assert list(messages) == [_tree_messages(k) for k in m]
-    assert list(volume) == [10.0 * _tree_messages(k) for k in m]
+    assert list(volume) == [_tree_bytes(k, 10.0) for k in m]
     messages, volume = critical_path(m, "flat", message_bytes=10.0)
     assert list(messages) == list(2 * m) and list(volume) == list(20.0 * m)
     messages, volume = critical_path(m, "ring", message_bytes=10.0)
     assert list(messages) == list(2 * (m - 1))
     assert volume == pytest.approx(2 * (m - 1) * 10.0 / m)
-    # A tree whose fan-in covers every worker is a flat reduction plus the root's hop.
-    tree, _ = critical_path(8, "tree", message_bytes=1.0, split_every=8)
-    assert tree[0] == 8 + 8 + 1
+    # A tree whose fan-in covers every worker has one level: one latency, 8 P bytes.
+    tree, volume = critical_path(8, "tree", message_bytes=1.0, split_every=8)
+    assert tree[0] == 2 * (1 + 1) and volume[0] == 2 * (8 + 1)
 
 
 def test_expected_max_normal():
@@ -91,7 +97,8 @@ def test_fit_with_one_message_size_reports_beta_unidentified():
     assert not model.beta_identified and model.beta_seconds_per_byte == 0.0
     assert any("beta not identified" in note for note in model.notes)
     # The bytes' cost moved into alpha; the fitted times still match.
-    assert model.alpha_seconds == pytest.approx(ALPHA + 64.0 * BETA, rel=1e-6)
+    # tree bytes = P (2 messages - 2): 2 P beta per message moves into alpha.
+    assert model.alpha_seconds == pytest.approx(ALPHA + 2 * 64.0 * BETA, rel=1e-6)
     assert model.r2 == pytest.approx(1.0, abs=1e-9)
 
 
