@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 
@@ -29,8 +30,16 @@ def test_help_everywhere(command):
 def test_demo_fits_and_saves_a_trace(tmp_path):
     trace_path = tmp_path / "demo.nc"
     result = run_cli(
-        "demo", "--samples", 20_000, "--features", 10, "--max-iter", 25,
-        "--trace-out", trace_path, "--no-progress",
+        "demo",
+        "--samples",
+        20_000,
+        "--features",
+        10,
+        "--max-iter",
+        25,
+        "--trace-out",
+        trace_path,
+        "--no-progress",
     )
     assert result.returncode == 0, result.stderr
     assert "LocalCluster: 2 workers" in result.stdout
@@ -42,8 +51,9 @@ def test_demo_fits_and_saves_a_trace(tmp_path):
 
 
 def test_demo_default_trace_lands_in_the_working_directory(tmp_path):
-    result = run_cli("demo", "--samples", 5_000, "--features", 5, "--max-iter", 3,
-                     "--no-progress", cwd=tmp_path)
+    result = run_cli(
+        "demo", "--samples", 5_000, "--features", 5, "--max-iter", 3, "--no-progress", cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "daskgd-demo-trace.nc").exists()
 
@@ -62,8 +72,15 @@ def npy_problem(tmp_path_factory):
 def test_run_against_scheduler_and_worker_processes(scheduler_processes, npy_problem, tmp_path):
     trace_path = tmp_path / "run.nc"
     result = run_cli(
-        "run", npy_problem / "X.npy", "--target", npy_problem / "y.npy",
-        "--scheduler", scheduler_processes, "--trace-out", trace_path, "--no-progress",
+        "run",
+        npy_problem / "X.npy",
+        "--target",
+        npy_problem / "y.npy",
+        "--scheduler",
+        scheduler_processes,
+        "--trace-out",
+        trace_path,
+        "--no-progress",
     )
     assert result.returncode == 0, result.stderr
     trace = load_trace(trace_path)
@@ -77,11 +94,33 @@ def test_run_against_scheduler_and_worker_processes(scheduler_processes, npy_pro
     ("arguments", "message"),
     [
         (["run", "missing.npy", "--target", "y.npy"], "data path 'missing.npy' does not exist"),
-        (["run", "{folder}/X.npy", "--target", "{folder}/y.npy", "--scheduler", "127.0.0.1:9",
-          "--timeout", "2"], "cannot reach the Dask scheduler at '127.0.0.1:9'"),
+        (
+            [
+                "run",
+                "{folder}/X.npy",
+                "--target",
+                "{folder}/y.npy",
+                "--scheduler",
+                "127.0.0.1:9",
+                "--timeout",
+                "2",
+            ],
+            "cannot reach the Dask scheduler at '127.0.0.1:9'",
+        ),
         (["run", "{folder}/X.npy", "--target", "{folder}/y.npy", "--C", "-1"], "C must be > 0"),
-        (["run", "{folder}/X.npy", "--target", "{folder}/y.npy", "--solver", "lbfgs",
-          "--penalty", "l1"], "lbfgs"),
+        (
+            [
+                "run",
+                "{folder}/X.npy",
+                "--target",
+                "{folder}/y.npy",
+                "--solver",
+                "lbfgs",
+                "--penalty",
+                "l1",
+            ],
+            "lbfgs",
+        ),
         (["run", "{folder}/X.npy", "--target", "{folder}/X.npy"], "y must be 1-D"),
     ],
 )
@@ -98,3 +137,40 @@ def test_bad_option_values_are_refused_by_the_parser():
     result = run_cli("demo", "--samples", "-3")
     assert result.returncode == 2
     assert "expected a positive integer" in result.stderr
+
+
+def test_demo_serves_a_live_dashboard(tmp_path):
+    import urllib.request
+
+    process = subprocess.Popen(
+        [
+            *map(
+                str,
+                [*CLI, "demo", "--samples", 20_000, "--features", 10, "--max-iter", 20, "--tol", 0],
+            ),
+            "--no-progress",
+            "--dashboard",
+            "--keep-open",
+            "--trace-out",
+            str(tmp_path / "t.nc"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
+    )
+    try:
+        url = None
+        for line in process.stdout:
+            if line.startswith("live dashboard: "):
+                url = line.split(": ", 1)[1].strip()
+            if "press Ctrl-C to stop" in line:
+                break
+        assert url is not None and url.startswith("http://127.0.0.1:")
+        # After the fit, the page is still served (--keep-open).
+        with urllib.request.urlopen(url, timeout=30) as response:
+            assert response.status == 200
+            assert "bokeh" in response.read().decode().lower()
+    finally:
+        process.send_signal(signal.SIGINT)  # what Ctrl-C sends: the CLI closes its cluster
+        assert process.wait(timeout=60) == 0
