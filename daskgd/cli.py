@@ -122,6 +122,70 @@ def _add_fit_options(
     )
 
 
+def _checked(parse: Any) -> Any:
+    """An argparse ``type`` from a daskgd.emulation parser (its ValueError as usage error)."""
+
+    def check(text: str) -> str:
+        try:
+            parse(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+        return text
+
+    return check
+
+
+def _add_emulation_options(parser: argparse.ArgumentParser) -> None:
+    from daskgd import compression, emulation
+
+    group = parser.add_argument_group("emulation and compression (docs/emulation.md)")
+    group.add_argument(
+        "--latency",
+        type=_checked(emulation.parse_duration),
+        metavar="TIME",
+        help="latency added to every transfer of w or a partial sum, e.g. 5ms",
+    )
+    group.add_argument(
+        "--bandwidth",
+        type=_checked(emulation.parse_bandwidth),
+        metavar="RATE",
+        help="emulated link bandwidth, e.g. 100MB/s or 1Gbit/s",
+    )
+    group.add_argument(
+        "--straggler",
+        action="append",
+        type=_checked(emulation.parse_straggler),
+        metavar="SPEC",
+        help="slow worker: INDEX:FACTORx (e.g. 1:3x), or exp:MEAN / lognormal:MEAN[:seed=N] "
+        "random delays per chunk (repeatable)",
+    )
+    group.add_argument(
+        "--fail",
+        action="append",
+        type=_checked(emulation.parse_failure),
+        metavar="SPEC",
+        help="kill worker INDEX after iteration T (INDEX@T), or each worker with "
+        "probability p per iteration (p=0.01[,seed=N]) (repeatable)",
+    )
+    group.add_argument(
+        "--transfer-dtype",
+        type=_checked(compression.get_codec),
+        default="float64",
+        metavar="CODEC",
+        help="codec of w and partial gradients: float64 (default), float32, float16, "
+        "bfloat16, int8, topk:F",
+    )
+
+
+def _emulation(args: argparse.Namespace) -> Any:
+    """The Emulation the flags ask for, or None."""
+    if not (args.latency or args.bandwidth or args.straggler or args.fail):
+        return None
+    from daskgd.emulation import Emulation
+
+    return Emulation.from_strings(args.latency, args.bandwidth, args.straggler, args.fail)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``daskgd`` argument parser with its sub-commands."""
     parser = argparse.ArgumentParser(
@@ -149,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     _add_fit_options(demo, solver="gd", max_iter=DEMO_MAX_ITER, tol=DEMO_TOL)
     _add_cluster_options(demo)
+    _add_emulation_options(demo)
     demo.set_defaults(handler=_demo)
 
     run = commands.add_parser(
@@ -196,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-intercept", action="store_true", help="fit without an intercept")
     _add_fit_options(run, solver="lbfgs", max_iter=1000)
     _add_cluster_options(run)
+    _add_emulation_options(run)
     run.set_defaults(handler=_run)
     _add_report_command(commands)
     _add_scaling_command(commands)
@@ -313,6 +379,7 @@ def _demo(args: argparse.Namespace) -> int:
     from daskgd.datasets import make_classification
     from daskgd.estimators import LogisticRegression
 
+    emulation = _emulation(args)
     with _client(args) as client:
         chunk_rows = -(-args.samples // args.chunks)
         X, y = make_classification(
@@ -330,6 +397,8 @@ def _demo(args: argparse.Namespace) -> int:
             learning_rate=args.learning_rate,
             client=client,
             verbose=not args.no_progress,
+            transfer_dtype=args.transfer_dtype,
+            emulation=emulation,
         )
         _fit_and_report(model, X, y, args, default_trace="daskgd-demo-trace.nc")
     return 0
@@ -408,6 +477,8 @@ def _run(args: argparse.Namespace) -> int:
         "solver": args.solver,
         "learning_rate": args.learning_rate,
         "verbose": not args.no_progress,
+        "transfer_dtype": args.transfer_dtype,
+        "emulation": _emulation(args),
     }
     if args.model == "logistic":
         penalty = None if args.penalty == "none" else args.penalty

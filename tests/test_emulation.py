@@ -199,3 +199,33 @@ def test_attrs_of_an_undisturbed_fit(cluster_client):
     assert model.trace_.attrs["emulation"] == "None"
     assert model.trace_.attrs["transfer_dtype"] == "float64"
     assert math.isfinite(float(model.trace_.loss[-1]))
+
+
+def test_cli_flags_build_the_emulation():
+    from daskgd import cli
+
+    args = cli.build_parser().parse_args(
+        ["demo", "--latency", "5ms", "--bandwidth", "100MB/s", "--straggler", "1:3x",
+         "--fail", "p=0.01", "--fail", "0@20", "--transfer-dtype", "float16"]
+    )  # fmt: skip
+    emulation = cli._emulation(args)
+    assert emulation.latency_seconds == pytest.approx(0.005)
+    assert emulation.bandwidth_bytes_per_second == pytest.approx(1e8)
+    assert emulation.stragglers == {1: 3.0}
+    assert emulation.failures == (KillRandomly(0.01), KillAt(0, 20))
+    assert args.transfer_dtype == "float16"
+    assert cli._emulation(cli.build_parser().parse_args(["demo"])) is None
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [["--latency=-5ms"], ["--bandwidth", "fast"], ["--fail", "p=3"], ["--straggler", "1:x"],
+     ["--transfer-dtype", "float8"]],
+)  # fmt: skip
+def test_cli_rejects_nonsense_before_starting_a_cluster(flags, capsys):
+    from daskgd import cli
+
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["demo", *flags])
+    assert exit_.value.code == 2
+    assert "error" in capsys.readouterr().err
