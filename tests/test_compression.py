@@ -108,7 +108,7 @@ def test_bytes_per_iteration_drop_by_the_codec_factor(fits):
     assert 0.24 < total < 0.27
 
 
-#: Documented tolerance (docs/compression.md): max |coef - exact| / max |exact coef|
+#: Documented tolerance (docs/emulation.md): max |coef - exact| / max |exact coef|
 #: after the same 40 gd iterations.
 TOLERANCE = {"float32": 1e-5, "float16": 2e-3, "bfloat16": 2e-2, "int8": 2e-2, "topk:0.25": 0.15}
 
