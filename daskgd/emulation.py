@@ -396,7 +396,9 @@ class EmulationPlugin(WorkerPlugin):
         return self.latency + (nbytes / self.bandwidth if math.isfinite(self.bandwidth) else 0.0)
 
     def setup(self, worker: Any) -> None:
-        index = self.workers.index(worker.address) if worker.address in self.workers else -1
+        # a worker that joined later (a restarted one) draws from a generator of its own
+        workers = self.workers
+        index = workers.index(worker.address) if worker.address in workers else len(workers)
         state = _WorkerState(self.slowdowns.get(worker.address, 1.0), self.delay, index)
         setattr(worker, STATE_ATTRIBUTE, state)
         self._originals = {name: worker.handlers[name] for name in ("update_data", "get_data")}
