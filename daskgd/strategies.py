@@ -152,7 +152,7 @@ class Session:
                 from daskgd.emulation import register
 
                 name = register(self.client, emulation)
-                self._stack.callback(self.client.unregister_worker_plugin, name)
+                self._stack.callback(_unregister, self.client, name)
         return self
 
     @property
@@ -388,6 +388,21 @@ def _chunk_task(X, y, w, *, model, fit_intercept, codec, slow, fit_id, index, bl
         return packed
     chunk = index[block_id[0]] if block_id is not None else None
     return encode_partial(packed, codec, (fit_id, chunk) if chunk is not None else None)
+
+
+def _unregister(client: Any, name: str) -> None:
+    """Remove the emulation plugin (its teardown restores the workers' handlers)."""
+    try:
+        client.unregister_worker_plugin(name)
+    except Exception as error:  # noqa: BLE001 - the fit's result must not be lost
+        import warnings
+
+        warnings.warn(
+            f"could not remove the emulation plugin {name!r} from the workers ({error}); "
+            "later fits on this cluster may still be slowed: restart the workers",
+            RuntimeWarning,
+            stacklevel=2,
+        )
 
 
 def _identity(x, axis=None, keepdims=True):
