@@ -4,9 +4,10 @@ One iteration on m workers takes
 
     T(m) = overhead + compute(m) + alpha * messages(m) + beta * bytes(m) + sync(m)
 
-- ``compute(m) = rows_per_worker(m) / rate * max(1, m / cores)``: every worker passes
-  over its own rows at ``rate`` rows per second; with more worker processes than
-  ``cores`` they share the cores (``cores=None``: one core per worker).
+- ``compute(m) = rows_per_worker(m) * n_features / rate * max(1, m / cores)``: every
+  worker passes over its own rows at ``rate`` values (entries of X) per second, so the
+  cost grows with samples and with features; with more worker processes than ``cores``
+  they share the cores (``cores=None``: one core per worker).
 - communication, the alpha-beta (latency-bandwidth) model: ``alpha`` seconds per
   message, paid per message whatever its size, and ``beta`` seconds per byte. What is
   counted is the **critical path** of one iteration for the reduction used, with P the
@@ -58,6 +59,7 @@ __all__ = [
     "TOPOLOGIES",
     "CostModel",
     "critical_path",
+    "default_message_bytes",
     "fit_cost_model",
     "fit_messages",
     "measure_messages",
@@ -138,6 +140,11 @@ def expected_max_normal(n_workers: Any) -> np.ndarray:
     return np.where(counts > 1, norm.ppf((counts - 0.375) / (counts + 0.25)), 0.0)
 
 
+def default_message_bytes(n_features: int) -> float:
+    """Bytes of a float64 partial sum: the gradient with the intercept, loss and rows."""
+    return 8.0 * (n_features + 1) + 16.0
+
+
 @dataclass(frozen=True)
 class CostModel:
     """Fitted parameters of the iteration-time model (units in the names).
@@ -149,7 +156,7 @@ class CostModel:
 
     alpha_seconds: float
     beta_seconds_per_byte: float
-    rate_rows_per_second: float
+    rate_values_per_second: float
     overhead_seconds: float = 0.0
     spread: float = 0.0
     cores: int | None = None
@@ -161,28 +168,36 @@ class CostModel:
     relative_errors: tuple[float, ...] = ()
     notes: tuple[str, ...] = field(default_factory=tuple)
 
-    def compute_seconds(self, rows_per_worker: Any, n_workers: Any) -> np.ndarray:
+    def compute_seconds(self, rows_per_worker: Any, n_workers: Any, n_features: Any = 1):
+        """Predicted compute seconds of one worker holding ``rows_per_worker`` rows."""
         counts = _check_counts(n_workers).astype(float)
         share = np.maximum(1.0, counts / self.cores) if self.cores else np.ones_like(counts)
-        return np.asarray(rows_per_worker, dtype=float) / self.rate_rows_per_second * share
+        values = np.asarray(rows_per_worker, dtype=float) * np.asarray(n_features, dtype=float)
+        return values / self.rate_values_per_second * share
 
     def iteration_seconds(
         self,
         n_workers: Any,
         *,
         n_samples: float,
-        message_bytes: float,
+        n_features: int,
+        message_bytes: float | None = None,
         topology: str | None = None,
         split_every: int | None = None,
     ) -> dict[str, np.ndarray]:
-        """Predicted parts of one iteration: compute, communication, sync, overhead, total."""
+        """Predicted parts of one iteration: compute, communication, sync, overhead, total.
+
+        ``message_bytes`` defaults to a float64 partial sum: ``8 (n_features + 1) + 16``.
+        """
         counts = _check_counts(n_workers)
+        if message_bytes is None:
+            message_bytes = default_message_bytes(n_features)
         topology = self.topology if topology is None else _check_topology(topology)
         split_every = self.split_every if split_every is None else split_every
         messages, volume = critical_path(
             counts, topology, message_bytes=message_bytes, split_every=split_every
         )
-        compute = self.compute_seconds(np.ceil(n_samples / counts), counts)
+        compute = self.compute_seconds(np.ceil(n_samples / counts), counts, n_features)
         parts = {
             "compute": compute,
             "communication": self.alpha_seconds * messages + self.beta_seconds_per_byte * volume,
@@ -216,13 +231,17 @@ def _as_runs(measured: xr.Dataset | Sequence[xr.Dataset]) -> xr.Dataset:
         if missing:
             raise ValueError(f"measured runs lack {sorted(missing)}")
         flat = dataset.drop_dims("part", errors="ignore").reset_coords(drop=True)
-        flat = flat.assign(n_workers=flat["workers"]).rename({"workers": "run"})
+        n_features = float(dataset.attrs.get("n_features", 1))
+        if "n_features" in flat:
+            n_features = flat["n_features"]
+        flat = flat.assign(n_workers=flat["workers"], n_features=n_features)
+        flat = flat.rename({"workers": "run"})
         pieces.append(flat.drop_vars("run"))
     return xr.concat(pieces, dim="run", data_vars="all", coords="minimal", compat="override")
 
 
 def _fit_rate(runs: xr.Dataset, cores: int | None) -> float:
-    """rate (rows/s) from the workers' measured compute time, a line through the origin.
+    """rate (values of X per second) from the workers' compute time: a line through 0.
 
     Through the origin: a fixed per-task cost would otherwise be extrapolated to every
     worker of a 1024-worker cluster; it is in ``overhead`` instead. NaN when no compute
@@ -230,7 +249,7 @@ def _fit_rate(runs: xr.Dataset, cores: int | None) -> float:
     """
     counts = runs["n_workers"].values.astype(float)
     share = np.maximum(1.0, counts / cores) if cores else np.ones_like(counts)
-    work = runs["rows_per_worker"].values * share
+    work = runs["rows_per_worker"].values * runs["n_features"].values * share
     compute = runs["compute_seconds"].values if "compute_seconds" in runs else None
     if compute is None or not np.all(np.isfinite(compute)):
         return float("nan")
@@ -286,7 +305,9 @@ def fit_cost_model(
         rate = float("inf")
         notes.append("no compute_seconds measured: compute is fitted as 0")
     model = CostModel(0.0, 0.0, rate, cores=cores, topology=topology, split_every=split_every)
-    compute = model.compute_seconds(runs["rows_per_worker"].values, counts)
+    compute = model.compute_seconds(
+        runs["rows_per_worker"].values, counts, runs["n_features"].values
+    )
     spread = _fit_spread(runs, compute)
     sync = spread * compute * expected_max_normal(counts)
     message_count, volume = np.array([]), np.array([])
@@ -323,9 +344,7 @@ def fit_cost_model(
         beta_identified=identified,
         notes=tuple(notes),
     )
-    predicted = _predict_runs(
-        fitted, counts, runs["rows_per_worker"].values, runs["partial_bytes"].values
-    )
+    predicted = _predict_runs(fitted, counts, runs)
     observed = runs["iteration_seconds"].values
     residual = np.sum((observed - predicted) ** 2)
     total = np.sum((observed - observed.mean()) ** 2)
@@ -342,14 +361,16 @@ def predict(
     model: CostModel,
     *,
     n_samples: float,
-    message_bytes: float,
+    n_features: int,
+    message_bytes: float | None = None,
     workers: Any = DEFAULT_WORKERS,
     topologies: Sequence[str] = TOPOLOGIES,
     split_every: int | None = None,
 ) -> xr.Dataset:
     """Predicted T(m), its parts, speedup and efficiency per topology and worker count.
 
-    Strong scaling: ``n_samples`` rows split over m workers. Speedup is each topology's
+    Strong scaling: ``n_samples`` rows of ``n_features`` split over m workers; messages
+    of ``message_bytes`` (default: a float64 partial sum). Speedup is each topology's
     T(1) over its T(m).
     """
     counts = _check_counts(workers)
@@ -360,6 +381,7 @@ def predict(
         parts = model.iteration_seconds(
             counts,
             n_samples=n_samples,
+            n_features=n_features,
             message_bytes=message_bytes,
             topology=_check_topology(topology),
             split_every=split_every,
@@ -380,7 +402,12 @@ def predict(
     one = xr.DataArray(
         [
             model.iteration_seconds(
-                1, n_samples=n_samples, message_bytes=message_bytes, topology=t
+                1,
+                n_samples=n_samples,
+                n_features=n_features,
+                message_bytes=message_bytes,
+                topology=t,
+                split_every=split_every,
             )["total"][0]
             for t in topologies
         ],
@@ -397,7 +424,7 @@ def parameters(model: CostModel) -> dict[str, Any]:
     return {
         "alpha_seconds": model.alpha_seconds,
         "beta_seconds_per_byte": model.beta_seconds_per_byte,
-        "rate_rows_per_second": model.rate_rows_per_second,
+        "rate_values_per_second": model.rate_values_per_second,
         "overhead_seconds": model.overhead_seconds,
         "spread": model.spread,
         "r2": model.r2,
@@ -405,10 +432,13 @@ def parameters(model: CostModel) -> dict[str, Any]:
     }
 
 
-def _predict_runs(model: CostModel, counts, rows, partial_bytes) -> np.ndarray:
-    """Predicted T of runs with their own rows per worker and partial-gradient bytes."""
+def _predict_runs(model: CostModel, counts: Any, runs: xr.Dataset) -> np.ndarray:
+    """Predicted T of runs (dim ``run``) with their own rows, features and message bytes."""
     counts = _check_counts(counts)
-    compute = model.compute_seconds(rows, counts)
+    compute = model.compute_seconds(
+        runs["rows_per_worker"].values, counts, runs["n_features"].values
+    )
+    partial_bytes = runs["partial_bytes"].values
     totals = []
     for index, m in enumerate(counts):
         messages, volume = critical_path(
@@ -423,9 +453,7 @@ def _predict_runs(model: CostModel, counts, rows, partial_bytes) -> np.ndarray:
 def prediction_errors(model: CostModel, measured: xr.Dataset) -> xr.Dataset:
     """Measured against predicted T(m) and speedup on a scaling Dataset (dim ``workers``)."""
     counts = _check_counts(measured["workers"].values)
-    predicted = _predict_runs(
-        model, counts, measured["rows_per_worker"].values, measured["partial_bytes"].values
-    )
+    predicted = _predict_runs(model, counts, _as_runs(measured))
     observed = measured["iteration_seconds"].values
     return xr.Dataset(
         {

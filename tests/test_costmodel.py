@@ -35,11 +35,11 @@ def _tree_bytes(m: int, p: float) -> float:
     return {1: 2 * p, 2: 2 * (2 + 1) * p, 4: 2 * (4 + 1) * p, 8: 2 * (6 + 1) * p}[m]
 
 
-def synthetic_runs(partial_bytes: float, counts=COUNTS) -> xr.Dataset:
+def synthetic_runs(partial_bytes: float, counts=COUNTS, n_features: int = 1) -> xr.Dataset:
     """A scaling Dataset whose iteration times follow the model exactly (the oracle)."""
     m = np.array(counts)
     rows = N_SAMPLES / m
-    compute = rows / RATE
+    compute = rows * n_features / RATE
     messages = np.array([_tree_messages(k) for k in counts])
     sync = SPREAD * compute * expected_max_normal(m)
     volume = np.array([_tree_bytes(k, partial_bytes) for k in counts])
@@ -53,6 +53,7 @@ def synthetic_runs(partial_bytes: float, counts=COUNTS) -> xr.Dataset:
             "compute_spread_seconds": ("workers", sync),
         },
         coords={"workers": m},
+        attrs={"n_features": n_features},
     )
 
 
@@ -79,10 +80,12 @@ def test_expected_max_normal():
 
 
 def test_fit_recovers_known_parameters():
-    model = fit_cost_model([synthetic_runs(64.0), synthetic_runs(40_000.0)])
+    model = fit_cost_model(
+        [synthetic_runs(64.0, n_features=5), synthetic_runs(40_000.0, n_features=40)]
+    )
     assert model.alpha_seconds == pytest.approx(ALPHA, rel=1e-6)
     assert model.beta_seconds_per_byte == pytest.approx(BETA, rel=1e-6)
-    assert model.rate_rows_per_second == pytest.approx(RATE, rel=1e-9)
+    assert model.rate_values_per_second == pytest.approx(RATE, rel=1e-9)
     assert model.overhead_seconds == pytest.approx(OVERHEAD, rel=1e-6)
     assert model.spread == pytest.approx(SPREAD, rel=1e-9)
     assert model.beta_identified
@@ -123,7 +126,9 @@ def test_fit_messages_exact():
 @pytest.mark.parametrize("topology", TOPOLOGIES)
 def test_predictions_finite_and_monotone_to_1024(topology):
     model = fit_cost_model([synthetic_runs(64.0), synthetic_runs(40_000.0)])
-    predicted = predict(model, n_samples=N_SAMPLES, message_bytes=808.0, topologies=[topology])
+    predicted = predict(
+        model, n_samples=N_SAMPLES, n_features=1, message_bytes=808.0, topologies=[topology]
+    )
     one = predicted.sel(topology=topology)
     assert list(one.workers.values) == list(DEFAULT_WORKERS)
     for name in ("iteration_seconds", "speedup", "efficiency", "communication_seconds"):
@@ -140,7 +145,9 @@ def test_ring_wins_on_bytes_tree_on_latency():
     model = fit_cost_model([synthetic_runs(64.0), synthetic_runs(40_000.0)])
 
     def at_1024(message_bytes):
-        predicted = predict(model, n_samples=N_SAMPLES, message_bytes=message_bytes, workers=[1024])
+        predicted = predict(
+            model, n_samples=N_SAMPLES, n_features=1, message_bytes=message_bytes, workers=[1024]
+        )
         seconds = predicted.iteration_seconds.sel(workers=1024)
         return {t: float(seconds.sel(topology=t)) for t in TOPOLOGIES}
 
@@ -177,11 +184,11 @@ def test_bad_input(call, match):
 def test_predict_rejects_bad_workers_and_topologies():
     model = fit_cost_model(synthetic_runs(64.0))
     with pytest.raises(ValueError, match=">= 1"):
-        predict(model, n_samples=10, message_bytes=8, workers=[0, 1])
+        predict(model, n_samples=10, n_features=1, message_bytes=8, workers=[0, 1])
     with pytest.raises(ValueError, match="unknown topology"):
-        predict(model, n_samples=10, message_bytes=8, topologies=["torus"])
+        predict(model, n_samples=10, n_features=1, message_bytes=8, topologies=["torus"])
     with pytest.raises(ValueError, match="no topologies"):
-        predict(model, n_samples=10, message_bytes=8, topologies=[])
+        predict(model, n_samples=10, n_features=1, message_bytes=8, topologies=[])
 
 
 def test_measure_messages_on_a_real_cluster(cluster_client):

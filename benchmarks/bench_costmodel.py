@@ -1,0 +1,103 @@
+"""How well the lecture's cost model predicts measured iteration times, per worker count.
+
+For each feature count in ``--features`` (two sizes, so that the messages' latency and
+their bytes can be told apart), :func:`daskgd.scaling.scaling` runs the same logistic
+fit (solver gd, ``--iterations`` updates, ``--samples`` rows) on LocalClusters of each
+worker count in ``--workers`` (default 1..8), with emulated network latency and
+bandwidth (:mod:`daskgd.emulation`) so that communication is visible against
+localhost's sub-millisecond transfers. :func:`daskgd.costmodel.fit_cost_model` is
+fitted to all runs together (``cores`` = this machine's cores: more worker processes
+than cores share them), and the table gives, per m, measured and predicted T(m) and
+the relative error (target: within 20 %).
+
+Honest caveats: on a 2-core machine 4 to 8 worker processes (plus scheduler and
+client) oversubscribe the cores, and other processes on the machine add noise; T(m)
+is the median iteration of one run.
+
+Run ``PYTHONPATH=. python benchmarks/bench_costmodel.py`` from the repository root
+(about a minute and a half with the defaults).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import numpy as np
+
+from daskgd.costmodel import fit_cost_model, parameters, predict, prediction_errors
+from daskgd.emulation import Emulation, parse_bandwidth, parse_duration
+from daskgd.scaling import scaling
+
+TARGET = 0.20
+
+
+def _arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workers", type=int, nargs="+", default=list(range(1, 9)))
+    parser.add_argument("--samples", type=int, default=100_000)
+    parser.add_argument("--features", type=int, nargs="+", default=[10, 2_000])
+    parser.add_argument("--iterations", type=int, default=15)
+    parser.add_argument("--latency", default="5ms", help="emulated latency ('0' for none)")
+    parser.add_argument("--bandwidth", default="20MB/s", help="emulated bandwidth ('inf')")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = _arguments()
+    bandwidth = float("inf") if args.bandwidth == "inf" else parse_bandwidth(args.bandwidth)
+    emulation = Emulation(
+        latency_seconds=parse_duration(args.latency), bandwidth_bytes_per_second=bandwidth
+    )
+    print(f"emulation: latency {args.latency}, bandwidth {args.bandwidth}; cores {os.cpu_count()}")
+    runs = [
+        scaling(
+            args.workers,
+            n_samples=args.samples,
+            n_features=d,
+            max_iter=args.iterations,
+            estimator_options={"emulation": emulation},
+        )
+        for d in args.features
+    ]
+    split_every = 2  # one chunk per worker at the largest m: daskgd's default fan-in
+    model = fit_cost_model(runs, split_every=split_every, cores=os.cpu_count())
+    fitted = parameters(model)
+    print(
+        "fitted: alpha {:.3g} s, beta {:.3g} s/byte (1/beta {:.3g} MB/s), rate {:.3g} values/s, "
+        "overhead {:.3g} s, spread {:.2f}, R^2 {:.3f}".format(
+            fitted["alpha_seconds"],
+            fitted["beta_seconds_per_byte"],
+            1e-6 / fitted["beta_seconds_per_byte"] if fitted["beta_seconds_per_byte"] else np.inf,
+            fitted["rate_values_per_second"],
+            fitted["overhead_seconds"],
+            fitted["spread"],
+            fitted["r2"],
+        )
+    )
+    for note in model.notes:
+        print("note:", note)
+    worst = 0.0
+    for d, run in zip(args.features, runs, strict=True):
+        errors = prediction_errors(model, run)
+        print(f"\nn_features={d} (partial sum {int(run.partial_bytes[0])} bytes)")
+        print(f"{'m':>3} {'measured ms':>12} {'predicted ms':>13} {'error':>8} {'speedup':>8}")
+        for m in errors.workers.values:
+            e = errors.sel(workers=m)
+            print(
+                f"{m:>3} {float(e.measured_seconds) * 1e3:>12.2f} "
+                f"{float(e.predicted_seconds) * 1e3:>13.2f} {float(e.relative_error):>+8.1%} "
+                f"{float(e.measured_speedup):>8.2f}"
+            )
+        worst = max(worst, float(np.abs(errors.relative_error).max()))
+    verdict = "within" if worst <= TARGET else "OUTSIDE"
+    print(f"\nlargest |relative error| {worst:.1%}: {verdict} the {TARGET:.0%} target")
+    predicted = predict(
+        model, n_samples=args.samples, n_features=args.features[0], split_every=split_every,
+    )  # fmt: skip
+    print("\npredicted speedup, n_features =", args.features[0])
+    print(predicted.speedup.to_pandas().T.round(2).to_string())
+
+
+if __name__ == "__main__":
+    main()
