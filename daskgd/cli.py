@@ -324,6 +324,7 @@ def _add_scaling_command(commands: Any) -> None:
     scaling.add_argument(
         "--report", type=Path, default=None, help="HTML report (default: OUT with .html)"
     )
+    _add_emulation_options(scaling)
     scaling.set_defaults(handler=_scaling)
 
 
@@ -341,6 +342,7 @@ def _scaling(args: argparse.Namespace) -> int:
         max_iter=args.max_iter,
         chunks=args.chunks,
         random_state=args.seed,
+        estimator_options={"emulation": _emulation(args), "transfer_dtype": args.transfer_dtype},
     )
     result.to_netcdf(args.out, engine="h5netcdf")
     report = write_scaling_report(result, args.report or args.out.with_suffix(".html"))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import xarray as xr
 
 from daskgd.cli import main
+from daskgd.costmodel import fit_cost_model, predict, prediction_errors, prediction_figure
 from daskgd.scaling import format_scaling, scaling, write_scaling_report
 
 DOCUMENTED = (
@@ -85,3 +87,23 @@ def test_cli_rejects_zero_workers(capsys):
         main(["scaling", "--workers", "0"])
     assert exit_info.value.code == 2
     assert "positive integer" in capsys.readouterr().err
+
+
+def test_report_with_model_predictions(measured, tmp_path):
+    model = fit_cost_model(measured, split_every=2)
+    predicted = predict(model, n_samples=4_000, n_features=5, workers=[1, 2, 4])
+    page = write_scaling_report(measured, tmp_path / "s.html", predicted).read_text()
+    assert "model tree" in page
+    errors = prediction_errors(model, measured)
+    assert np.all(np.isfinite(errors.relative_error.values))
+    assert prediction_figure(errors).name == "daskgd-costmodel"
+
+
+def test_cli_scaling_writes_dataset_and_report(tmp_path, capsys):
+    out = tmp_path / "scaling.nc"
+    argv = ["scaling", "--workers", "1", "--samples", "2000", "--features", "3"]
+    assert main([*argv, "--max-iter", "2", "--out", str(out)]) == 0
+    with xr.open_dataset(out, engine="h5netcdf") as saved:
+        assert list(saved.workers.values) == [1] and "speedup" in saved
+    assert out.with_suffix(".html").exists()
+    assert "T(m) ms" in capsys.readouterr().out
