@@ -229,3 +229,40 @@ def test_cli_rejects_nonsense_before_starting_a_cluster(flags, capsys):
         cli.main(["demo", *flags])
     assert exit_.value.code == 2
     assert "error" in capsys.readouterr().err
+
+
+class _FakeClient:
+    def __init__(self, workers):
+        self.workers = workers
+
+    def scheduler_info(self):
+        return {"workers": dict.fromkeys(self.workers, {})}
+
+
+def test_random_failures_are_seeded_and_spare_one_worker(monkeypatch):
+    from types import SimpleNamespace
+
+    from daskgd import emulation as module
+
+    killed = []
+    monkeypatch.setattr(module, "kill_worker", lambda client, address: killed.append(address))
+    client = _FakeClient(["tcp://a:1", "tcp://b:1", "tcp://c:1"])
+
+    def run(p, seed, iterations=20):
+        killed.clear()
+        injector = module.FailureInjector(client, Emulation(failures=KillRandomly(p, seed)))
+        for i in range(iterations):
+            injector.on_iteration_end(SimpleNamespace(iteration=i))
+        return list(killed), injector.killed
+
+    assert run(0.0, 1)[0] == []
+    always, log = run(1.0, 1, iterations=3)
+    assert len(always) == 3 * 2  # all workers but one, every iteration
+    assert [i for i, _ in log] == [0, 0, 1, 1, 2, 2]
+    assert run(0.3, 7) == run(0.3, 7)
+    assert run(0.3, 7)[0] != run(0.3, 8)[0]
+    injector = module.FailureInjector(client, Emulation(failures=[KillAt(2, 5), KillAt(9, 1)]))
+    killed.clear()
+    for i in range(8):
+        injector.on_iteration_end(SimpleNamespace(iteration=i))
+    assert killed == ["tcp://c:1"]  # index 9 is gone by then: skipped, not an error
