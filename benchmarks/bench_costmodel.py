@@ -37,7 +37,7 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--workers", type=int, nargs="+", default=list(range(1, 9)))
     parser.add_argument("--samples", type=int, default=100_000)
     parser.add_argument("--features", type=int, nargs="+", default=[10, 2_000])
-    parser.add_argument("--iterations", type=int, default=15)
+    parser.add_argument("--iterations", type=int, default=30)
     parser.add_argument("--latency", default="5ms", help="emulated latency ('0' for none)")
     parser.add_argument("--bandwidth", default="20MB/s", help="emulated bandwidth ('inf')")
     return parser.parse_args()
@@ -60,7 +60,7 @@ def main() -> None:
         )
         for d in args.features
     ]
-    split_every = 2  # one chunk per worker at the largest m: daskgd's default fan-in
+    split_every = 2  # for predictions; each run records the fan-in it used
     model = fit_cost_model(runs, split_every=split_every, cores=os.cpu_count())
     fitted = parameters(model)
     print(

@@ -22,12 +22,16 @@ One iteration on m workers takes
               root and the server each way
   ring        2 (m - 1) steps (reduce-scatter,        2 (m - 1) P / m
               all-gather); no server, no broadcast
+  mapreduce   L + 2: w to all workers at once, L      (m + s L + 1) P
+              tree levels, the total to the client
   ==========  ======================================  ==================================
 
   A server receives (and sends) its m messages one after the other, so a flat
   reduction pays m latencies; the s children of a tree node send in parallel, so a tree
   pays one latency per level, but the s partial sums share the receiver's link (s P
-  bytes per level). daskgd's MapReduce reduces along a ``split_every`` tree.
+  bytes per level). "mapreduce" is what daskgd's MapReduce does: the client sends w to
+  every worker at once (one latency, m copies through its link), the partial sums go up
+  a ``split_every`` tree, the total back to the client.
 - ``sync(m) = spread * compute(m) * E[max of m standard normals]``: a synchronous
   iteration waits for the slowest of m workers whose compute times scatter with a
   relative standard deviation ``spread`` (fitted from the measured slowest-minus-mean
@@ -67,7 +71,7 @@ __all__ = [
     "predict",
 ]
 
-TOPOLOGIES = ("flat", "tree", "ring")
+TOPOLOGIES = ("flat", "tree", "ring", "mapreduce")
 
 #: Worker counts predicted by default: 1, 2, 4, ..., 1024.
 DEFAULT_WORKERS = tuple(2**k for k in range(11))
@@ -126,9 +130,13 @@ def critical_path(
             levels = len(_fan_ins(m, int(split_every)))
             messages.append(2.0 * (levels + 1))
             volume.append(2.0 * (split_every * levels + 1) * p)
-        else:
+        elif topology == "ring":
             messages.append(2.0 * (m - 1))
             volume.append(2.0 * (m - 1) * p / m)
+        else:
+            levels = len(_fan_ins(m, int(split_every)))
+            messages.append(levels + 2.0)
+            volume.append((m + split_every * levels + 1.0) * p)
     return np.array(messages), np.array(volume)
 
 
@@ -160,7 +168,7 @@ class CostModel:
     overhead_seconds: float = 0.0
     spread: float = 0.0
     cores: int | None = None
-    topology: str = "tree"
+    topology: str = "mapreduce"
     split_every: int = 2
     beta_identified: bool = True
     r2: float = float("nan")
@@ -272,7 +280,7 @@ def _fit_spread(runs: xr.Dataset, compute: np.ndarray) -> float:
 def fit_cost_model(
     measured: xr.Dataset | Sequence[xr.Dataset],
     *,
-    topology: str = "tree",
+    topology: str = "mapreduce",
     split_every: int = 2,
     cores: int | None = None,
     messages: tuple[float, float] | None = None,
@@ -286,10 +294,11 @@ def fit_cost_model(
         ``rows_per_worker``, ``partial_bytes``, and where measured ``compute_seconds``
         and ``compute_spread_seconds``. Several Datasets (e.g. different n_features)
         are fitted together.
-    topology : {"flat", "tree", "ring"}, default "tree"
-        The reduction the runs used (daskgd's MapReduce: "tree").
+    topology : {"flat", "tree", "ring", "mapreduce"}, default "mapreduce"
+        The reduction the runs used (daskgd's MapReduce: "mapreduce").
     split_every : int, default 2
-        Fan-in of the tree.
+        Fan-in of the tree, for runs without a ``split_every`` variable (scaling
+        Datasets record the fan-in each run used) and for predictions.
     cores : int, optional
         Cores the workers shared (e.g. ``os.cpu_count()`` for a LocalCluster).
     messages : (alpha_seconds, beta_seconds_per_byte), optional
@@ -311,10 +320,9 @@ def fit_cost_model(
     spread = _fit_spread(runs, compute)
     sync = spread * compute * expected_max_normal(counts)
     message_count, volume = np.array([]), np.array([])
-    for m, p in zip(counts, runs["partial_bytes"].values, strict=True):
-        one_messages, one_volume = critical_path(
-            m, topology, message_bytes=p, split_every=split_every
-        )
+    fan_ins = _run_split_every(runs, split_every)
+    for m, p, s in zip(counts, runs["partial_bytes"].values, fan_ins, strict=True):
+        one_messages, one_volume = critical_path(m, topology, message_bytes=p, split_every=s)
         message_count, volume = (
             np.append(message_count, one_messages),
             np.append(volume, one_volume),
@@ -425,6 +433,12 @@ def parameters(model: CostModel) -> dict[str, Any]:
     }
 
 
+def _run_split_every(runs: xr.Dataset, default: int) -> list[int]:
+    if "split_every" in runs:
+        return [int(v) for v in runs["split_every"].values]
+    return [int(default)] * runs.sizes["run"]
+
+
 def _predict_runs(model: CostModel, counts: Any, runs: xr.Dataset) -> np.ndarray:
     """Predicted T of runs (dim ``run``) with their own rows, features and message bytes."""
     counts = _check_counts(counts)
@@ -432,10 +446,11 @@ def _predict_runs(model: CostModel, counts: Any, runs: xr.Dataset) -> np.ndarray
         runs["rows_per_worker"].values, counts, runs["n_features"].values
     )
     partial_bytes = runs["partial_bytes"].values
+    fan_ins = _run_split_every(runs, model.split_every)
     totals = []
     for index, m in enumerate(counts):
         messages, volume = critical_path(
-            m, model.topology, message_bytes=partial_bytes[index], split_every=model.split_every
+            m, model.topology, message_bytes=partial_bytes[index], split_every=fan_ins[index]
         )
         communication = model.alpha_seconds * messages[0] + model.beta_seconds_per_byte * volume[0]
         sync = model.spread * compute[index] * expected_max_normal(m)[0]

@@ -103,6 +103,16 @@ def _rows_per_worker(trace: xr.Dataset) -> float:
     return float(trace.attrs.get("n_samples", np.nan))
 
 
+def _fan_in(trace: xr.Dataset, split_every: int | None) -> int:
+    """The reduction tree's fan-in: daskgd's default is the chunks per worker (>= 2)."""
+    if split_every is not None:
+        return int(split_every)
+    from daskgd.summary import worker_holdings
+
+    holdings = worker_holdings(trace)
+    return max(2, max((chunks for chunks, _ in holdings.values()), default=2))
+
+
 def _partial_bytes(trace: xr.Dataset) -> float:
     """Bytes of one partial gradient: loss and rows (float64) and the encoded gradient."""
     from daskgd.compression import get_codec, partial_nbytes
@@ -111,7 +121,7 @@ def _partial_bytes(trace: xr.Dataset) -> float:
     return float(partial_nbytes(get_codec(trace.attrs.get("transfer_dtype")), n_params))
 
 
-def _run_figures(trace: xr.Dataset) -> dict[str, Any]:
+def _run_figures(trace: xr.Dataset, split_every: int | None = None) -> dict[str, Any]:
     """Per-run scalars (and the per-part split) from one trace."""
     steps = trace.isel(iteration=slice(1, None)) if trace.sizes["iteration"] > 1 else trace
     parts = split(steps)
@@ -122,6 +132,7 @@ def _run_figures(trace: xr.Dataset) -> dict[str, Any]:
         "final_loss": float(trace["loss"].values[-1]),
         "rows_per_worker": _rows_per_worker(trace),
         "partial_bytes": _partial_bytes(trace),
+        "split_every": _fan_in(trace, split_every),
         "seconds": parts["seconds"].median("iteration").values,
     }
     figures["bytes_per_iteration"] = (
@@ -149,6 +160,7 @@ _UNITS = {
     "final_loss": ("1", "objective at the end of the fit"),
     "rows_per_worker": ("1", "rows held by the busiest worker"),
     "partial_bytes": ("bytes", "bytes of one partial gradient"),
+    "split_every": ("1", "fan-in of the reduction tree"),
     "bytes_per_iteration": ("bytes", "median bytes moved per iteration"),
     "compute_seconds": ("s", "median over iterations of the mean worker compute"),
     "compute_spread_seconds": ("s", "median over iterations of slowest minus mean compute"),
@@ -156,13 +168,15 @@ _UNITS = {
 }
 
 
-def scaling_dataset(traces: Sequence[xr.Dataset], worker_counts: Sequence[int]) -> xr.Dataset:
+def scaling_dataset(
+    traces: Sequence[xr.Dataset], worker_counts: Sequence[int], split_every: int | None = None
+) -> xr.Dataset:
     """The scaling Dataset (dim ``workers``) from one trace per worker count."""
     counts = _check_worker_counts(list(worker_counts))
     if len(traces) != len(counts):
         raise ValueError(f"{len(traces)} traces for {len(counts)} worker counts")
     order = np.argsort(list(worker_counts))
-    rows = [_run_figures(traces[i]) for i in order]
+    rows = [_run_figures(traces[i], split_every) for i in order]
     data = {}
     for name, (units, long_name) in _UNITS.items():
         data[name] = xr.DataArray(
@@ -241,7 +255,7 @@ def scaling(
         Dimension ``workers`` (and ``part`` for the split): ``iteration_seconds``,
         ``total_seconds``, ``speedup``, ``efficiency``, ``seconds``, ``share``,
         ``n_iterations``, ``final_loss``, ``rows_per_worker``, ``partial_bytes``,
-        ``bytes_per_iteration``, ``compute_seconds``, ``compute_spread_seconds``,
+        ``split_every``, ``bytes_per_iteration``, ``compute_seconds``, ``compute_spread_seconds``,
         ``communication_seconds``.
     """
     counts = _check_worker_counts(worker_counts)
@@ -270,7 +284,7 @@ def scaling(
         )
         for m in counts
     ]
-    result = scaling_dataset(traces, counts)
+    result = scaling_dataset(traces, counts, split_every)
     result.attrs["chunk_rows"] = int(chunks)
     return (result, traces) if return_traces else result
 

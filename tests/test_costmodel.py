@@ -57,6 +57,11 @@ def synthetic_runs(partial_bytes: float, counts=COUNTS, n_features: int = 1) -> 
     )
 
 
+def fit(runs, **options):
+    """The synthetic runs follow the "tree" topology."""
+    return fit_cost_model(runs, topology="tree", **options)
+
+
 def test_critical_paths_by_hand():
     m = np.array([1, 2, 4, 8])
     messages, volume = critical_path(m, "tree", message_bytes=10.0, split_every=2)
@@ -67,6 +72,9 @@ def test_critical_paths_by_hand():
     messages, volume = critical_path(m, "ring", message_bytes=10.0)
     assert list(messages) == list(2 * (m - 1))
     assert volume == pytest.approx(2 * (m - 1) * 10.0 / m)
+    messages, volume = critical_path(m, "mapreduce", message_bytes=10.0, split_every=2)
+    assert list(messages) == [2, 3, 4, 5]
+    assert list(volume) == [10.0 * (k + 2 * math.log2(k) + 1) for k in m]
     # A tree whose fan-in covers every worker has one level: one latency, 8 P bytes.
     tree, volume = critical_path(8, "tree", message_bytes=1.0, split_every=8)
     assert tree[0] == 2 * (1 + 1) and volume[0] == 2 * (8 + 1)
@@ -80,9 +88,7 @@ def test_expected_max_normal():
 
 
 def test_fit_recovers_known_parameters():
-    model = fit_cost_model(
-        [synthetic_runs(64.0, n_features=5), synthetic_runs(40_000.0, n_features=40)]
-    )
+    model = fit([synthetic_runs(64.0, n_features=5), synthetic_runs(40_000.0, n_features=40)])
     assert model.alpha_seconds == pytest.approx(ALPHA, rel=1e-6)
     assert model.beta_seconds_per_byte == pytest.approx(BETA, rel=1e-6)
     assert model.rate_values_per_second == pytest.approx(RATE, rel=1e-9)
@@ -96,7 +102,7 @@ def test_fit_recovers_known_parameters():
 
 
 def test_fit_with_one_message_size_reports_beta_unidentified():
-    model = fit_cost_model(synthetic_runs(64.0))
+    model = fit(synthetic_runs(64.0))
     assert not model.beta_identified and model.beta_seconds_per_byte == 0.0
     assert any("beta not identified" in note for note in model.notes)
     # The bytes' cost moved into alpha; the fitted times still match.
@@ -106,7 +112,7 @@ def test_fit_with_one_message_size_reports_beta_unidentified():
 
 
 def test_fit_with_separately_measured_messages():
-    model = fit_cost_model(synthetic_runs(64.0), messages=(ALPHA, BETA))
+    model = fit(synthetic_runs(64.0), messages=(ALPHA, BETA))
     assert model.overhead_seconds == pytest.approx(OVERHEAD, rel=1e-6)
     assert model.alpha_seconds == ALPHA and model.beta_seconds_per_byte == BETA
 
@@ -125,7 +131,7 @@ def test_fit_messages_exact():
 
 @pytest.mark.parametrize("topology", TOPOLOGIES)
 def test_predictions_finite_and_monotone_to_1024(topology):
-    model = fit_cost_model([synthetic_runs(64.0), synthetic_runs(40_000.0)])
+    model = fit([synthetic_runs(64.0), synthetic_runs(40_000.0)])
     predicted = predict(
         model, n_samples=N_SAMPLES, n_features=1, message_bytes=808.0, topologies=[topology]
     )
@@ -144,7 +150,7 @@ def test_predictions_finite_and_monotone_to_1024(topology):
 
 def test_ring_wins_on_bytes_tree_on_latency():
     """Ring all-reduce: 2(m-1) latencies but only 2P bytes; the tree: fewer latencies."""
-    model = fit_cost_model([synthetic_runs(64.0), synthetic_runs(40_000.0)])
+    model = fit([synthetic_runs(64.0), synthetic_runs(40_000.0)])
 
     def at_1024(message_bytes):
         predicted = predict(
@@ -159,7 +165,7 @@ def test_ring_wins_on_bytes_tree_on_latency():
 
 
 def test_cores_limit_compute_speedup():
-    model = fit_cost_model(synthetic_runs(64.0))
+    model = fit(synthetic_runs(64.0))
     shared = type(model)(**{**model.__dict__, "cores": 2})
     assert shared.compute_seconds(100.0, 8)[0] == pytest.approx(
         4 * model.compute_seconds(100, 8)[0]
@@ -184,7 +190,7 @@ def test_bad_input(call, match):
 
 
 def test_predict_rejects_bad_workers_and_topologies():
-    model = fit_cost_model(synthetic_runs(64.0))
+    model = fit(synthetic_runs(64.0))
     with pytest.raises(ValueError, match=">= 1"):
         predict(model, n_samples=10, n_features=1, message_bytes=8, workers=[0, 1])
     with pytest.raises(ValueError, match="unknown topology"):

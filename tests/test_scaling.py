@@ -21,6 +21,7 @@ DOCUMENTED = (
     "final_loss",
     "rows_per_worker",
     "partial_bytes",
+    "split_every",
     "bytes_per_iteration",
     "compute_seconds",
     "compute_spread_seconds",
@@ -47,6 +48,7 @@ def test_scaling_has_documented_variables(measured):
     losses = measured.final_loss.values
     assert losses[0] == pytest.approx(losses[1], rel=1e-9)
     assert list(measured.rows_per_worker.values) == [4_000, 2_000]
+    assert list(measured.split_every.values) == [2, 2]  # 2 chunks: 2 on one, then 1 each
     assert (measured.iteration_seconds > 0).all()
     shares = measured.share.sum("part").values
     assert shares == pytest.approx([1.0, 1.0])
@@ -90,10 +92,10 @@ def test_cli_rejects_zero_workers(capsys):
 
 
 def test_report_with_model_predictions(measured, tmp_path):
-    model = fit_cost_model(measured, split_every=2)
+    model = fit_cost_model(measured, topology="tree")
     predicted = predict(model, n_samples=4_000, n_features=5, workers=[1, 2, 4])
     page = write_scaling_report(measured, tmp_path / "s.html", predicted).read_text()
-    assert "model tree" in page
+    assert "model tree" in page and "model mapreduce" in page
     errors = prediction_errors(model, measured)
     assert np.all(np.isfinite(errors.relative_error.values))
     assert prediction_figure(errors).name == "daskgd-costmodel"
