@@ -308,10 +308,24 @@ def _add_scaling_command(commands: Any) -> None:
         "scaling",
         help="measure speedup and the time split on 1, 2, 4, ... worker processes",
         description="Run the same generated logistic fit on a LocalCluster of each number of "
-        "worker processes; save T(m), speedup, efficiency and the compute / communication / "
-        "wait split per m, and write an HTML report next to it.",
+        "worker processes (or on the first M workers of --scheduler); save T(m), speedup, "
+        "efficiency and the compute / communication / wait split per m, and write an HTML "
+        "report next to it.",
     )
     scaling.add_argument("--workers", type=_positive_int, nargs="+", default=[1, 2], metavar="M")
+    scaling.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="a running Dask scheduler: use the first M of its workers for each M "
+        "(default: a LocalCluster of M processes)",
+    )
+    scaling.add_argument(
+        "--timeout",
+        type=_float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long to try to reach --scheduler (default: 10)",
+    )
     scaling.add_argument("--samples", type=_positive_int, default=200_000, metavar="N")
     scaling.add_argument("--features", type=_positive_int, default=50, metavar="D")
     scaling.add_argument("--solver", default="gd", choices=["gd", "nesterov", "lbfgs", "sgd"])
@@ -334,16 +348,25 @@ def _scaling(args: argparse.Namespace) -> int:
     for path in (args.out, args.report):
         if path is not None and not path.parent.is_dir():
             raise FileNotFoundError(f"output folder {str(path.parent)!r} does not exist")
-    result = scaling(
-        args.workers,
-        n_samples=args.samples,
-        n_features=args.features,
-        solver=args.solver,
-        max_iter=args.max_iter,
-        chunks=args.chunks,
-        random_state=args.seed,
-        estimator_options={"emulation": _emulation(args), "transfer_dtype": args.transfer_dtype},
-    )
+    options = {
+        "n_samples": args.samples,
+        "n_features": args.features,
+        "solver": args.solver,
+        "max_iter": args.max_iter,
+        "chunks": args.chunks,
+        "random_state": args.seed,
+        "estimator_options": {
+            "emulation": _emulation(args),
+            "transfer_dtype": args.transfer_dtype,
+        },
+    }
+    if args.scheduler:
+        from daskgd.cluster import connect
+
+        with connect(args.scheduler, timeout_seconds=args.timeout) as client:
+            result = scaling(args.workers, client=client, **options)
+    else:
+        result = scaling(args.workers, **options)
     result.to_netcdf(args.out, engine="h5netcdf")
     report = write_scaling_report(result, args.report or args.out.with_suffix(".html"))
     print(format_scaling(result))

@@ -237,7 +237,7 @@ def current_client(client=None):
         return None
 
 
-def distribute(X, y, client=None, *, chunks_per_worker=None):
+def distribute(X, y, client=None, *, chunks_per_worker=None, workers=None):
     """Validate, place and persist X and y on the workers.
 
     Contiguous ranges of chunks go to each worker (chunks 0..k-1 on the first worker,
@@ -257,6 +257,9 @@ def distribute(X, y, client=None, *, chunks_per_worker=None):
         Re-chunk the rows into ``chunks_per_worker * n_workers`` nearly equal chunks
         (n_workers is 1 without a client). Default: keep X's chunks, unless there are
         fewer chunks than workers; then split the rows into one chunk per worker.
+    workers : sequence of str, optional
+        Addresses of the workers to place the chunks on (default: every worker of the
+        cluster); n_workers above is then their number. Needs a distributed client.
 
     Returns
     -------
@@ -265,7 +268,8 @@ def distribute(X, y, client=None, *, chunks_per_worker=None):
     Raises
     ------
     ValueError
-        Bad inputs (see `as_dask_arrays`), or NaN / infinity in X or y.
+        Bad inputs (see `as_dask_arrays`), NaN / infinity in X or y, or ``workers``
+        empty, given without a client, or naming addresses the scheduler does not know.
     RuntimeError
         The cluster has no workers.
     """
@@ -273,7 +277,9 @@ def distribute(X, y, client=None, *, chunks_per_worker=None):
     if y is None:
         raise ValueError("y is required: pass it, or target= with a Dataset or zarr group")
     client = current_client(client)
-    threads = _worker_threads(client) if client is not None else None
+    if workers is not None and client is None:
+        raise ValueError("workers needs a distributed client (a cluster to place the data on)")
+    threads = _worker_threads(client, workers) if client is not None else None
     n_workers = len(threads) if threads else 1
     if chunks_per_worker is not None:
         per_worker = _check_positive_int(chunks_per_worker, "chunks_per_worker")
@@ -301,9 +307,25 @@ def distribute(X, y, client=None, *, chunks_per_worker=None):
     )
 
 
-def _worker_threads(client):
-    """Return {address: nthreads} sorted by address, or raise if there are no workers."""
+def _worker_threads(client, workers=None):
+    """Return {address: nthreads} sorted by address, or raise if there are no workers.
+
+    With ``workers``, only those workers (validated: a non-empty sequence of addresses
+    the scheduler knows).
+    """
     threads = client.nthreads()
+    if workers is not None:
+        if isinstance(workers, (str, bytes)) or not hasattr(workers, "__iter__"):
+            raise ValueError(f"workers must be a sequence of worker addresses, got {workers!r}")
+        workers = list(dict.fromkeys(workers))
+        if not workers:
+            raise ValueError("workers is empty: give at least one worker address")
+        unknown = [address for address in workers if address not in threads]
+        if unknown:
+            raise ValueError(
+                f"workers not known to the scheduler: {unknown}; known: {sorted(threads)}"
+            )
+        threads = {address: threads[address] for address in workers}
     if not threads:
         raise RuntimeError("the Dask cluster has no workers: start some (client.wait_for_workers)")
     return dict(sorted(threads.items()))

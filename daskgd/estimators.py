@@ -101,6 +101,16 @@ class _GradientDescentEstimator:
             raise TypeError(
                 f"emulation must be a daskgd.emulation.Emulation or None, got {self.emulation!r}"
             )
+        if self.workers is not None and (
+            isinstance(self.workers, (str, bytes))
+            or not hasattr(self.workers, "__iter__")
+            or len(list(self.workers)) == 0
+            or not all(isinstance(address, str) for address in self.workers)
+        ):
+            raise ValueError(
+                f"workers must be a non-empty sequence of worker addresses or None, "
+                f"got {self.workers!r}"
+            )
 
     def _optimizer(self) -> Any:
         options: dict = {}
@@ -117,7 +127,9 @@ class _GradientDescentEstimator:
             if client is None:
                 raise ValueError("emulation needs a distributed client (a cluster to slow down)")
             self.emulation.resolve(list(client.scheduler_info()["workers"]))
-        placed = data_module.distribute(X, y, client)
+        if self.workers is not None and client is None:
+            raise ValueError("workers needs a distributed client (a cluster to place data on)")
+        placed = data_module.distribute(X, y, client, workers=self.workers)
         strategy = get_strategy(
             "mapreduce",
             split_every=self.split_every,
@@ -299,6 +311,10 @@ class LogisticRegression(_GradientDescentEstimator):
     emulation : daskgd.emulation.Emulation or None, default=None
         Emulated latency, bandwidth, stragglers and worker failures during the fit
         (see :mod:`daskgd.emulation`; needs a distributed client).
+    workers : sequence of str or None, default=None
+        Addresses of the workers to place the data on and compute with (None: every
+        worker of the cluster; see :func:`daskgd.data.distribute`; needs a distributed
+        client).
 
     Attributes
     ----------
@@ -330,6 +346,7 @@ class LogisticRegression(_GradientDescentEstimator):
         instrument: bool = True,
         transfer_dtype: str = "float64",
         emulation: Any = None,
+        workers: Any = None,
     ):
         self.penalty = penalty
         self.C = C
@@ -346,6 +363,7 @@ class LogisticRegression(_GradientDescentEstimator):
         self.instrument = instrument
         self.transfer_dtype = transfer_dtype
         self.emulation = emulation
+        self.workers = workers
 
     def _penalty(self, n_samples: int) -> Any:
         if self.penalty not in PENALTIES:
@@ -426,7 +444,7 @@ class LinearRegression(_GradientDescentEstimator):
     max_iter : int, default=1000
     solver : {'lbfgs', 'gd', 'nesterov', 'sgd'}, default='lbfgs'
     learning_rate, split_every, random_state, client, verbose, instrument, transfer_dtype,
-    emulation
+    emulation, workers
         As in :class:`LogisticRegression`.
     """
 
@@ -445,6 +463,7 @@ class LinearRegression(_GradientDescentEstimator):
         instrument: bool = True,
         transfer_dtype: str = "float64",
         emulation: Any = None,
+        workers: Any = None,
     ):
         self.fit_intercept = fit_intercept
         self.tol = tol
@@ -458,6 +477,7 @@ class LinearRegression(_GradientDescentEstimator):
         self.instrument = instrument
         self.transfer_dtype = transfer_dtype
         self.emulation = emulation
+        self.workers = workers
 
     def _penalty(self, n_samples: int) -> Any:
         return make_penalty(None, 0.0)
@@ -497,7 +517,7 @@ class Ridge(LinearRegression):
     alpha : float, default=1.0
         Regularisation strength (>= 0).
     fit_intercept, tol, max_iter, solver, learning_rate, split_every, random_state,
-    client, verbose, instrument, transfer_dtype, emulation
+    client, verbose, instrument, transfer_dtype, emulation, workers
         As in :class:`LinearRegression`.
     """
 
@@ -517,6 +537,7 @@ class Ridge(LinearRegression):
         instrument: bool = True,
         transfer_dtype: str = "float64",
         emulation: Any = None,
+        workers: Any = None,
     ):
         super().__init__(
             fit_intercept=fit_intercept,
@@ -531,6 +552,7 @@ class Ridge(LinearRegression):
             instrument=instrument,
             transfer_dtype=transfer_dtype,
             emulation=emulation,
+            workers=workers,
         )
         self.alpha = alpha
 

@@ -3,8 +3,9 @@
 The lecture defines speedup as the time on one node over the time on m nodes; with
 computation alone it would be m, communication and synchronisation make it smaller.
 :func:`scaling` measures it: for each worker count m it starts a
-:class:`distributed.LocalCluster` of m worker processes (one thread each), generates the
-same data on its workers (same seed, same chunks), runs the same fit, and records
+:class:`distributed.LocalCluster` of m worker processes (one thread each), or uses the
+first m workers of an existing cluster (``client=``), generates the same data on those
+workers (same seed, same chunks), runs the same fit, and records
 
 - ``iteration_seconds``: T(m), the median wall time of one iteration (the initial
   evaluation, iteration 0, is left out: it also pays for warming up);
@@ -72,26 +73,41 @@ def _one_run(
     chunks: int,
     random_state: int,
     estimator_options: dict,
+    client: Any = None,
 ) -> xr.Dataset:
-    """Fit on a fresh LocalCluster of ``n_workers`` processes; return the trace."""
+    """Fit on a fresh LocalCluster of ``n_workers`` processes, or on the first
+    ``n_workers`` workers (sorted addresses) of ``client``'s cluster; return the trace."""
+    if client is not None:
+        workers = _cluster_workers(client)[:n_workers]
+        return _fit(client, workers, n_samples, n_features, chunks, random_state, estimator_options)
+
     from distributed import Client
 
     from daskgd.cluster import make_local_cluster
-    from daskgd.datasets import make_classification
-    from daskgd.estimators import ConvergenceWarning, LogisticRegression
 
     with (
         make_local_cluster(n_workers, dashboard_address=None) as cluster,
         Client(cluster) as client,
     ):
         client.wait_for_workers(n_workers)
-        X, y = make_classification(n_samples, n_features, chunks=chunks, random_state=random_state)
-        estimator = LogisticRegression(client=client, **estimator_options)
-        with warnings.catch_warnings():
-            # A fixed number of iterations is the point here, not convergence.
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            estimator.fit(X, y)
-        return estimator.trace_
+        return _fit(client, None, n_samples, n_features, chunks, random_state, estimator_options)
+
+
+def _cluster_workers(client: Any) -> list[str]:
+    return sorted(client.scheduler_info()["workers"])
+
+
+def _fit(client, workers, n_samples, n_features, chunks, random_state, estimator_options):
+    from daskgd.datasets import make_classification
+    from daskgd.estimators import ConvergenceWarning, LogisticRegression
+
+    X, y = make_classification(n_samples, n_features, chunks=chunks, random_state=random_state)
+    estimator = LogisticRegression(client=client, workers=workers, **estimator_options)
+    with warnings.catch_warnings():
+        # A fixed number of iterations is the point here, not convergence.
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        estimator.fit(X, y)
+    return estimator.trace_
 
 
 def _rows_per_worker(trace: xr.Dataset) -> float:
@@ -223,6 +239,7 @@ def scaling(
     random_state: int = 0,
     estimator_options: Mapping[str, Any] | None = None,
     return_traces: bool = False,
+    client: Any = None,
 ) -> xr.Dataset | tuple[xr.Dataset, list[xr.Dataset]]:
     """Run the same logistic-regression fit on each number of worker processes.
 
@@ -248,6 +265,12 @@ def scaling(
         ``{"emulation": Emulation(latency_seconds=0.005), "transfer_dtype": "float16"}``.
     return_traces : bool, default False
         Also return the traces of the fits, in the order of ``workers``.
+    client : distributed.Client, optional
+        An existing cluster to measure on instead of a fresh LocalCluster per m: the
+        fit with m workers places the data on the first m of its workers (sorted
+        addresses; see ``workers`` of :func:`daskgd.data.distribute`). The other
+        workers stay idle but connected, and the cluster's workers may have any number
+        of threads.
 
     Returns
     -------
@@ -266,10 +289,17 @@ def scaling(
         raise ValueError(f"unknown solver {solver!r}; choose one of {list(_SOLVER_OPTIONS)}")
     if n_samples < max(counts):
         raise ValueError(f"n_samples={n_samples} is fewer than the {max(counts)} workers")
+    if client is not None:
+        available = len(_cluster_workers(client))
+        if max(counts) > available:
+            raise ValueError(
+                f"worker count {max(counts)} exceeds the {available} workers of the cluster "
+                f"at {client.scheduler.address}"
+            )
     chunks = _default_chunk_rows(n_samples, counts) if chunks is None else chunks
     options = {"solver": solver, "max_iter": max_iter, "tol": 0.0, "split_every": split_every}
     extra = dict(estimator_options or {})
-    fixed = sorted(set(extra) & {*options, "client"})
+    fixed = sorted(set(extra) & {*options, "client", "workers"})
     if fixed:
         raise ValueError(f"estimator_options cannot set {fixed}: they are scaling() arguments")
     options.update(extra)
@@ -281,6 +311,7 @@ def scaling(
             chunks=chunks,
             random_state=random_state,
             estimator_options=options,
+            client=client,
         )
         for m in counts
     ]

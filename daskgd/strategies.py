@@ -83,7 +83,7 @@ class Strategy:
 class MapReduce(Strategy):
     """The lecture's client-server iteration as a Dask graph.
 
-    1. broadcast: ``client.scatter(w, broadcast=True)`` copies w to every worker;
+    1. broadcast: w is copied to every worker holding chunks;
     2. map: ``da.map_blocks`` runs the model's one-pass chunk function on every chunk
        where the chunk lives;
     3. reduce: ``da.sum(axis=0, split_every=k)`` sums the partial results along a tree;
@@ -214,19 +214,21 @@ class Session:
             return self.client.compute(total, sync=True, optimize_graph=False), prefix
 
     def _broadcast(self, w: np.ndarray, prefix: str) -> Any:
-        """Put one copy of w on every running worker; return its future.
+        """Put one copy of w on every running worker holding chunks; return its future.
 
         ``client.scatter(w, broadcast=True)`` replicates through
         ``Scheduler.replicate``, which fixes its target workers when it starts: a worker
         dying during the copy makes it retry that worker forever (seen here: a fit hung
         when a worker was killed). So the client sends w to each worker itself, all at
         once, and registers the copies that arrived; a dead worker is skipped, and the
-        chunk tasks that land elsewhere fetch w from a peer.
+        chunk tasks that land elsewhere fetch w from a peer. Only the workers of the
+        placement get w (data placed on some workers of a cluster leaves the others out).
         """
         key = f"{prefix}-w"
         if self.codec.compresses_w:  # the chunk tasks decode it
             w = self.codec.encode(w)
-        delivered = self.client.sync(_send_to_workers, self.client, key, w)
+        holders = set(self.data.placement) if self.data.placement else None
+        delivered = self.client.sync(_send_to_workers, self.client, key, w, holders)
         if not delivered:  # every holder is gone: fall back on the scheduler's scatter
             return self.client.scatter(w, broadcast=True, hash=False)
         from distributed import Future
@@ -315,7 +317,7 @@ class Session:
 def _pin_to_chunks(total: da.Array, data: Any) -> Any:
     """The optimised graph of ``total`` with each chunk task restricted to its chunk's worker.
 
-    Every worker holds w after the broadcast, so without a restriction the scheduler
+    Every chunk holder has w after the broadcast, so without a restriction the scheduler
     may run a chunk task on the other worker when the holder is busy, moving the
     100 MB chunk instead of 800 bytes (seen here: 4 of 8 chunk tasks moved on freshly
     placed data). ``allow_other_workers`` keeps the fit going when a worker dies.
@@ -347,17 +349,23 @@ def _pin_to_chunks(total: da.Array, data: Any) -> Any:
     return Delayed(key, graph, layer="daskgd-reduce")
 
 
-async def _send_to_workers(client: Any, key: str, w: np.ndarray) -> list:
+async def _send_to_workers(
+    client: Any, key: str, w: np.ndarray, holders: set[str] | None = None
+) -> list:
     """``update_data`` on every running worker at once, then tell the scheduler who has w.
 
     The running workers are asked of the scheduler first (one small RPC): connecting to
-    a dead worker's address would be retried until distributed's connect timeout.
+    a dead worker's address would be retried until distributed's connect timeout. With
+    ``holders`` (the workers holding chunks), only the running ones among them get w, or
+    every running worker when none of them is running.
     """
     import asyncio
 
     from distributed.protocol import to_serialize
 
     addresses = list(await client.scheduler.ncores_running())
+    if holders:
+        addresses = [a for a in addresses if a in holders] or addresses
 
     async def send(address: str) -> str:
         await asyncio.wait_for(

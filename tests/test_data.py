@@ -100,6 +100,42 @@ def test_seven_chunks_on_three_workers_are_three_two_two(client3, arrays):
     _assert_placed(client3, data)
 
 
+def test_workers_restricts_placement_to_those_workers(client, arrays):
+    X, y = arrays
+    first, second = sorted(client.nthreads())
+    data = distribute(*as_dask_arrays(X, y, chunks=10), client, workers=[second])
+    assert data.placement == (second,) * 8
+    _assert_placed(client, data)
+    np.testing.assert_array_equal(client.compute(data.X).result(), X)
+    # chunks_per_worker counts only the chosen workers
+    data = distribute(X, y, client, chunks_per_worker=3, workers=[first])
+    assert data.placement == (first,) * 3
+
+
+def test_workers_must_be_known_and_non_empty(client, arrays):
+    X, y = arrays
+    (first, _) = sorted(client.nthreads())
+    with pytest.raises(ValueError, match="tcp://10.255.0.1:1"):
+        distribute(X, y, client, workers=[first, "tcp://10.255.0.1:1"])
+    with pytest.raises(ValueError, match="empty"):
+        distribute(X, y, client, workers=[])
+    with pytest.raises(ValueError, match="sequence of worker addresses"):
+        distribute(X, y, client, workers=first)
+
+
+def test_w_is_broadcast_only_to_the_workers_holding_chunks(client, arrays):
+    from daskgd.models import LeastSquares
+    from daskgd.strategies import MapReduce
+
+    X, y = arrays
+    _, second = sorted(client.nthreads())
+    data = distribute(X, y, client, workers=[second])
+    with MapReduce(tune_cluster=False).session(data, LeastSquares(), True) as session:
+        weights = session._broadcast(np.zeros(N_FEATURES + 1), "daskgd-test-broadcast")
+        assert client.who_has([weights])[weights.key] == [second]
+        assert session.evaluate(np.zeros(N_FEATURES + 1)).n_rows == N_SAMPLES
+
+
 def test_chunks_per_worker_rechunks_into_nearly_equal_blocks(client, arrays):
     X, y = arrays
     data = distribute(X[:79], y[:79], client, chunks_per_worker=3)

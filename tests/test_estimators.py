@@ -152,3 +152,34 @@ def test_get_and_set_params_follow_scikit_learn():
     assert "C=3.0" in repr(model)
     with pytest.raises(ValueError, match="invalid parameter 'gamma'"):
         model.set_params(gamma=1)
+
+
+def test_fit_on_one_worker_of_two_matches_the_fit_on_both(cluster_client, breast_cancer):
+    from daskgd.summary import attr_list
+
+    X, y = breast_cancer
+    first, _ = sorted(cluster_client.nthreads())
+    options = {"client": cluster_client, "solver": "gd", "max_iter": 10, "tol": 0.0}
+    with pytest.warns(daskgd.estimators.ConvergenceWarning):
+        both = daskgd.LogisticRegression(**options).fit(*as_dask(X, y))
+    with pytest.warns(daskgd.estimators.ConvergenceWarning):
+        one = daskgd.LogisticRegression(workers=[first], **options).fit(*as_dask(X, y))
+    assert one.get_params()["workers"] == [first]
+    np.testing.assert_allclose(one.coef_, both.coef_, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(one.intercept_, both.intercept_, rtol=1e-10, atol=1e-12)
+    assert set(attr_list(one.trace_, "chunk_workers")) == {first}
+    assert len(set(attr_list(both.trace_, "chunk_workers"))) == 2
+
+
+@pytest.mark.parametrize("workers", [[], "tcp://127.0.0.1:1", [1]])
+def test_bad_workers_are_rejected(cluster_client, diabetes, workers):
+    X, y = diabetes
+    with pytest.raises(ValueError, match="workers"):
+        daskgd.LinearRegression(client=cluster_client, workers=workers).fit(X, y)
+
+
+def test_unknown_worker_is_rejected(cluster_client, diabetes):
+    X, y = diabetes
+    model = daskgd.Ridge(client=cluster_client, workers=["tcp://10.255.0.1:1"])
+    with pytest.raises(ValueError, match="not known to the scheduler"):
+        model.fit(X, y)

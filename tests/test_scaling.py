@@ -109,3 +109,46 @@ def test_cli_scaling_writes_dataset_and_report(tmp_path, capsys):
         assert list(saved.workers.values) == [1] and "speedup" in saved
     assert out.with_suffix(".html").exists()
     assert "T(m) ms" in capsys.readouterr().out
+
+
+def test_scaling_on_the_workers_of_an_existing_cluster(cluster_client):
+    result, traces = scaling(
+        (1, 2),
+        n_samples=2_000,
+        n_features=4,
+        max_iter=3,
+        client=cluster_client,
+        return_traces=True,
+    )
+    assert list(result["workers"].values) == [1, 2]
+    assert list(result["rows_per_worker"].values) == [2_000, 1_000]
+    first = sorted(cluster_client.scheduler_info()["workers"])[0]
+    assert traces[0].attrs["n_workers"] == 1 and first in traces[0].attrs["chunk_workers"]
+    assert traces[1].attrs["n_workers"] == 2
+    assert len(cluster_client.scheduler_info()["workers"]) == 2  # the cluster is left as it was
+
+
+def test_scaling_rejects_more_workers_than_the_cluster_has(cluster_client):
+    with pytest.raises(ValueError, match="exceeds the 2 workers"):
+        scaling((1, 3), n_samples=100, n_features=2, client=cluster_client)
+    with pytest.raises(ValueError, match="workers"):
+        scaling(
+            (1,),
+            n_samples=100,
+            n_features=2,
+            client=cluster_client,
+            estimator_options={"workers": ["x"]},
+        )
+
+
+def test_cli_scaling_on_a_running_scheduler(cluster_client, tmp_path, capsys):
+    out = tmp_path / "scaling.nc"
+    address = cluster_client.scheduler.address
+    argv = ["scaling", "--workers", "1", "2", "--scheduler", address, "--samples", "2000"]
+    assert main([*argv, "--features", "3", "--max-iter", "2", "--out", str(out)]) == 0
+    with xr.open_dataset(out, engine="h5netcdf") as saved:
+        assert list(saved.workers.values) == [1, 2]
+    capsys.readouterr()
+    assert main([*argv[:4], "3", *argv[4:], "--out", str(out)]) == 2
+    assert "exceeds the 2 workers" in capsys.readouterr().err
+    assert len(cluster_client.scheduler_info()["workers"]) == 2
