@@ -12,7 +12,7 @@ import contextlib
 import functools
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -436,10 +436,3 @@ def get_strategy(name: str | Strategy, **options: Any) -> Strategy:
     if name not in STRATEGIES:
         raise ValueError(f"unknown strategy {name!r}; choose one of {sorted(STRATEGIES)}")
     return STRATEGIES[name](**options)
-
-
-@contextlib.contextmanager
-def bound(strategy: Strategy, data: Any, model: Model, fit_intercept: bool) -> Iterator[Session]:
-    """``with bound(strategy, data, model, fit_intercept) as session: ...``"""
-    with strategy.session(data, model, fit_intercept) as session:
-        yield session
