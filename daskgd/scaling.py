@@ -383,21 +383,29 @@ def split_figure(result: xr.Dataset) -> Any:
     return fig
 
 
-def _table_html(result: xr.Dataset) -> str:
+def _table_cells(result: xr.Dataset) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the scaling table, shared by the HTML and the text forms."""
+    head = ["m", "T(m) ms", "speedup", "efficiency", *PARTS]
     rows = []
     for m in result["workers"].values:
         r = result.sel(workers=m)
-        cells = [
-            str(m),
-            f"{float(r.iteration_seconds) * 1e3:.2f}",
-            f"{float(r.speedup):.2f}",
-            f"{float(r.efficiency):.0%}",
-            *(f"{float(r.share.sel(part=p)):.0%}" for p in PARTS),
-        ]
-        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    head = ["m", "T(m) ms", "speedup", "efficiency", *PARTS]
+        rows.append(
+            [
+                str(m),
+                f"{float(r.iteration_seconds) * 1e3:.2f}",
+                f"{float(r.speedup):.2f}",
+                f"{float(r.efficiency):.0%}",
+                *(f"{float(r.share.sel(part=p)):.0%}" for p in PARTS),
+            ]
+        )
+    return head, rows
+
+
+def _table_html(result: xr.Dataset) -> str:
+    head, rows = _table_cells(result)
     header = "<tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"
-    return f"<table border=1 cellpadding=4>{header}{''.join(rows)}</table>"
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>" for cells in rows)
+    return f"<table border=1 cellpadding=4>{header}{body}</table>"
 
 
 def scaling_document(result: xr.Dataset, predicted: xr.Dataset | None = None) -> Any:
@@ -426,16 +434,8 @@ def write_scaling_report(result: xr.Dataset, path: Any, predicted: xr.Dataset | 
 
 def format_scaling(result: xr.Dataset) -> str:
     """A plain-text table: m, T(m), speedup, efficiency and the split shares."""
-    head = ["m", "T(m) ms", "speedup", "efficiency", *PARTS]
+    head, rows = _table_cells(result)
     lines = ["  ".join(f"{h:>13}" for h in head)]
-    for m in result["workers"].values:
-        r = result.sel(workers=m)
-        cells = [
-            str(m),
-            f"{float(r.iteration_seconds) * 1e3:.2f}",
-            f"{float(r.speedup):.2f}",
-            f"{float(r.efficiency):.0%}",
-            *(f"{float(r.share.sel(part=p)):.0%}" for p in PARTS),
-        ]
+    for cells in rows:
         lines.append("  ".join(f"{c:>13}" for c in cells))
     return "\n".join(lines)
