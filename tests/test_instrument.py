@@ -188,6 +188,16 @@ class SnapshotEveryIteration(Callback):
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
 
+    def on_iteration_end(self, record) -> None:
+        # Hold the fit (at most 10 s) until a background poll has landed, so that a fit
+        # faster than the poll interval still has snapshots taken while it runs.
+        if record.iteration == 3:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not any(
+                "worker" in snapshot.dims for snapshot in list(self.snapshots)
+            ):
+                time.sleep(0.05)
+
     def on_fit_end(self, result) -> None:
         self._stop.set()
         self._thread.join()
