@@ -1,11 +1,11 @@
 """How well the lecture's cost model predicts measured iteration times, per worker count.
 
 For each feature count in ``--features`` (two sizes, so that the messages' latency and
-their bytes can be told apart), :func:`daskgd.scaling.scaling` runs the same logistic
+their bytes can be told apart), :func:`daskgd.lab.scaling.scaling` runs the same logistic
 fit (solver gd, ``--iterations`` updates, ``--samples`` rows) on LocalClusters of each
 worker count in ``--workers`` (default 1..8), with emulated network latency and
-bandwidth (:mod:`daskgd.emulation`) so that communication is visible against
-localhost's sub-millisecond transfers. :func:`daskgd.costmodel.fit_cost_model` is
+bandwidth (:mod:`daskgd.runtime.emulation`) so that communication is visible against
+localhost's sub-millisecond transfers. :func:`daskgd.lab.costmodel.fit_cost_model` is
 fitted to all runs together (``cores`` = this machine's cores: more worker processes
 than cores share them), and the table gives, per m, measured and predicted T(m) and
 the relative error (target: within 20 %).
@@ -34,9 +34,9 @@ import os
 
 import numpy as np
 
-from daskgd.costmodel import fit_cost_model, parameters, predict, prediction_errors
-from daskgd.emulation import Emulation, parse_bandwidth, parse_duration
-from daskgd.scaling import scaling
+from daskgd.lab.costmodel import fit_cost_model, parameters, predict, prediction_errors
+from daskgd.lab.scaling import scaling
+from daskgd.runtime.emulation import Emulation, parse_bandwidth, parse_duration
 
 TARGET = 0.20
 

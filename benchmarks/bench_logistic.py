@@ -41,10 +41,10 @@ import scipy.special
 from threadpoolctl import threadpool_info, threadpool_limits
 
 import daskgd
-from daskgd.cluster import make_local_cluster
-from daskgd.datasets import make_classification
-from daskgd.engine import Callback
-from daskgd.estimators import LogisticRegression
+from daskgd.cluster.local import make_local_cluster
+from daskgd.data.synthetic import make_classification
+from daskgd.engine.driver import Callback
+from daskgd.estimators.linear import LogisticRegression
 
 TARGET_GAP = 1e-8
 TARGET_ITERATION_RATIO = 0.66

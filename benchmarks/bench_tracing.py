@@ -2,7 +2,7 @@
 
 L2 logistic regression, n=1,000,000 x d=100 float64 in 8 row chunks placed on a
 LocalCluster of 2 workers x 1 thread, solver gd with a fixed step, ``--iterations``
-updates per fit. Fits with and without :class:`daskgd.instrument.Instrumentation`
+updates per fit. Fits with and without :class:`daskgd.observe.instrument.Instrumentation`
 alternate on the same placed data (the order flips every repetition, so drift of a
 busy machine hits both alike); the figure is the median per-iteration wall time
 (``wall_seconds`` of iterations 1..n) of each, and their ratio (target <= 1.05).
@@ -25,16 +25,16 @@ import time
 import numpy as np
 from distributed import Client
 
-from daskgd.cluster import make_local_cluster
+from daskgd.cluster.local import make_local_cluster
 from daskgd.data import distribute
-from daskgd.datasets import make_classification
-from daskgd.engine import minimize
-from daskgd.instrument import Instrumentation, SpanRecorder
-from daskgd.models import Logistic
-from daskgd.objective import Objective
-from daskgd.optimizers import get_optimizer
-from daskgd.penalties import make_penalty
-from daskgd.strategies import MapReduce
+from daskgd.data.synthetic import make_classification
+from daskgd.engine.driver import minimize
+from daskgd.models.losses import Logistic
+from daskgd.models.objective import Objective
+from daskgd.models.penalties import make_penalty
+from daskgd.observe.instrument import Instrumentation, SpanRecorder
+from daskgd.optim.optimizers import get_optimizer
+from daskgd.strategies.mapreduce import MapReduce
 
 TARGET_RATIO = 1.05
 REG_STRENGTH = 1e-4

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import daskgd
-from daskgd.cluster import connect
+from daskgd.cluster.local import connect
 
 RNG = np.random.default_rng(0)
 X_GOOD = RNG.standard_normal((200, 3))
@@ -23,7 +23,9 @@ def with_nan(array, value=np.nan):
 CASES = {
     "nan in X": (with_nan(X_GOOD), Y_GOOD, ValueError, r"X contains NaN or inf"),
     "inf in X (dask)": (
-        da.from_array(with_nan(X_GOOD, np.inf), chunks=(50, 3)), Y_GOOD, ValueError,
+        da.from_array(with_nan(X_GOOD, np.inf), chunks=(50, 3)),
+        Y_GOOD,
+        ValueError,
         r"X contains NaN or inf",
     ),
     "nan in y": (X_GOOD, with_nan(Y_GOOD), ValueError, r"y contains NaN or inf"),

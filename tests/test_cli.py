@@ -9,9 +9,9 @@ import sys
 import numpy as np
 import pytest
 
-from daskgd.trace import load_trace
+from daskgd.observe.trace import load_trace
 
-CLI = [sys.executable, "-m", "daskgd.cli"]
+CLI = [sys.executable, "-m", "daskgd.cli.app"]
 
 
 def run_cli(*arguments, timeout=240, cwd=None):

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import daskgd
-from daskgd.compression import Codec, decode_partial, encode_partial, get_codec
-from daskgd.datasets import make_classification
+from daskgd.data.synthetic import make_classification
+from daskgd.runtime.codecs import Codec, decode_partial, encode_partial, get_codec
 
 #: Relative precision of each codec, measured against the vector's largest entry.
 PRECISION = {"float64": 0.0, "float32": 6e-8, "float16": 5e-4, "bfloat16": 4e-3, "int8": 4e-3}

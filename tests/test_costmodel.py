@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from daskgd.costmodel import (
+from daskgd.lab.costmodel import (
     DEFAULT_WORKERS,
     TOPOLOGIES,
     critical_path,

@@ -20,7 +20,9 @@ import numpy as np
 import pytest
 from synthetic_traces import WORKERS, make_trace, without_workers
 
-from daskgd.dashboard import (
+from daskgd.engine.driver import IterationRecord
+from daskgd.observe.summary import split
+from daskgd.viz.dashboard import (
     DASK_PAGES,
     LiveTrace,
     as_source,
@@ -30,10 +32,8 @@ from daskgd.dashboard import (
     serve,
     unregister_dask_pages,
 )
-from daskgd.engine import IterationRecord
-from daskgd.plots import TraceDashboard, bytes_columns, heatmap_columns, loss_columns
-from daskgd.report import write_report
-from daskgd.summary import split
+from daskgd.viz.plots import TraceDashboard, bytes_columns, heatmap_columns, loss_columns
+from daskgd.viz.report import write_report
 
 TESTS = Path(__file__).resolve().parent
 PLOTS = ("loss-iteration", "loss-elapsed", "split", "stragglers", "bytes", "bytes-cumulative")
@@ -351,7 +351,7 @@ def own_client():
 
 def test_live_page_follows_a_real_fit(browser, own_client):
     import daskgd
-    from daskgd.datasets import make_classification
+    from daskgd.data.synthetic import make_classification
 
     client = own_client
     X, y = make_classification(20_000, 20, chunks=2_500, random_state=0)
@@ -417,7 +417,7 @@ def test_notebook_view_updates_while_a_cell_blocks():
 
         shown = run(
             "from synthetic_traces import make_trace\n"
-            "from daskgd.dashboard import notebook_view\n"
+            "from daskgd.viz.dashboard import notebook_view\n"
             "import time\n"
             "full, state = make_trace(100), {'n': 2}\n"
             "view = notebook_view(lambda: full.isel(iteration=slice(0, state['n'])),"
@@ -454,8 +454,8 @@ def test_notebook_view_updates_while_a_cell_blocks():
 
 
 def test_cli_report_writes_the_html_and_prints_the_summary(tmp_path, capsys):
-    from daskgd.cli import main
-    from daskgd.trace import save_trace
+    from daskgd.cli.app import main
+    from daskgd.observe.trace import save_trace
 
     trace_path = save_trace(make_trace(10), tmp_path / "trace.nc")
     assert main(["report", str(trace_path), "-o", str(tmp_path / "out.html")]) == 0
@@ -467,7 +467,7 @@ def test_cli_report_writes_the_html_and_prints_the_summary(tmp_path, capsys):
 
 
 def _other_version(path: Path) -> Path:
-    from daskgd.trace import save_trace
+    from daskgd.observe.trace import save_trace
 
     trace = make_trace(2)
     trace.attrs["daskgd_trace_version"] = 99
@@ -484,7 +484,7 @@ def _other_version(path: Path) -> Path:
     ids=["missing", "not-a-trace", "other-version"],
 )
 def test_cli_report_errors_are_one_line(tmp_path, capsys, make, message):
-    from daskgd.cli import main
+    from daskgd.cli.app import main
 
     path = make(tmp_path)
     assert main(["report", str(path), "-o", str(tmp_path / "r.html")]) == 2
@@ -495,8 +495,8 @@ def test_cli_report_errors_are_one_line(tmp_path, capsys, make, message):
 
 
 def test_cli_report_into_a_missing_folder(tmp_path, capsys):
-    from daskgd.cli import main
-    from daskgd.trace import save_trace
+    from daskgd.cli.app import main
+    from daskgd.observe.trace import save_trace
 
     trace_path = save_trace(make_trace(2), tmp_path / "trace.nc")
     assert main(["report", str(trace_path), "-o", str(tmp_path / "no" / "r.html")]) == 2

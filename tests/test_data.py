@@ -124,8 +124,8 @@ def test_workers_must_be_known_and_non_empty(client, arrays):
 
 
 def test_w_is_broadcast_only_to_the_workers_holding_chunks(client, arrays):
-    from daskgd.models import LeastSquares
-    from daskgd.strategies import MapReduce
+    from daskgd.models.losses import LeastSquares
+    from daskgd.strategies.mapreduce import MapReduce
 
     X, y = arrays
     _, second = sorted(client.nthreads())

@@ -1,4 +1,4 @@
-"""Tests of daskgd.datasets: reproducible synthetic data generated on the workers."""
+"""Tests of daskgd.data.synthetic: reproducible synthetic data generated on the workers."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from distributed import Client, LocalCluster
 
 from daskgd.data import distribute
-from daskgd.datasets import make_classification, make_regression
+from daskgd.data.synthetic import make_classification, make_regression
 
 # dashboard_address=None still starts the scheduler's HTTP server, by default on 8787.
 pytestmark = pytest.mark.filterwarnings("ignore:Port .* is already in use:UserWarning")

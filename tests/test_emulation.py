@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 import daskgd
-from daskgd.datasets import make_classification
-from daskgd.emulation import (
+from daskgd.data.synthetic import make_classification
+from daskgd.engine.failures import FailureInjector
+from daskgd.runtime.emulation import (
     Emulation,
     KillAt,
     KillRandomly,
@@ -204,7 +205,7 @@ def test_attrs_of_an_undisturbed_fit(cluster_client):
 
 
 def test_cli_flags_build_the_emulation():
-    from daskgd import cli
+    from daskgd.cli import app as cli
 
     args = cli.build_parser().parse_args(
         ["demo", "--latency", "5ms", "--bandwidth", "100MB/s", "--straggler", "1:3x",
@@ -225,7 +226,7 @@ def test_cli_flags_build_the_emulation():
      ["--transfer-dtype", "float8"]],
 )  # fmt: skip
 def test_cli_rejects_nonsense_before_starting_a_cluster(flags, capsys):
-    from daskgd import cli
+    from daskgd.cli import app as cli
 
     with pytest.raises(SystemExit) as exit_:
         cli.main(["demo", *flags])
@@ -244,7 +245,7 @@ class _FakeClient:
 def test_random_failures_are_seeded_and_spare_one_worker(monkeypatch):
     from types import SimpleNamespace
 
-    from daskgd import emulation as module
+    from daskgd.engine import failures as module
 
     killed = []
     monkeypatch.setattr(module, "kill_worker", lambda client, address: killed.append(address))
@@ -252,7 +253,7 @@ def test_random_failures_are_seeded_and_spare_one_worker(monkeypatch):
 
     def run(p, seed, iterations=20):
         killed.clear()
-        injector = module.FailureInjector(client, Emulation(failures=KillRandomly(p, seed)))
+        injector = FailureInjector(client, Emulation(failures=KillRandomly(p, seed)))
         for i in range(iterations):
             injector.on_iteration_end(SimpleNamespace(iteration=i))
         return list(killed), injector.killed
@@ -263,7 +264,7 @@ def test_random_failures_are_seeded_and_spare_one_worker(monkeypatch):
     assert [i for i, _ in log] == [0, 0, 1, 1, 2, 2]
     assert run(0.3, 7) == run(0.3, 7)
     assert run(0.3, 7)[0] != run(0.3, 8)[0]
-    injector = module.FailureInjector(client, Emulation(failures=[KillAt(2, 5), KillAt(9, 1)]))
+    injector = FailureInjector(client, Emulation(failures=[KillAt(2, 5), KillAt(9, 1)]))
     killed.clear()
     for i in range(8):
         injector.on_iteration_end(SimpleNamespace(iteration=i))

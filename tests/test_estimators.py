@@ -155,14 +155,14 @@ def test_get_and_set_params_follow_scikit_learn():
 
 
 def test_fit_on_one_worker_of_two_matches_the_fit_on_both(cluster_client, breast_cancer):
-    from daskgd.summary import attr_list
+    from daskgd.observe.summary import attr_list
 
     X, y = breast_cancer
     first, _ = sorted(cluster_client.nthreads())
     options = {"client": cluster_client, "solver": "gd", "max_iter": 10, "tol": 0.0}
-    with pytest.warns(daskgd.estimators.ConvergenceWarning):
+    with pytest.warns(daskgd.estimators.linear.ConvergenceWarning):
         both = daskgd.LogisticRegression(**options).fit(*as_dask(X, y))
-    with pytest.warns(daskgd.estimators.ConvergenceWarning):
+    with pytest.warns(daskgd.estimators.linear.ConvergenceWarning):
         one = daskgd.LogisticRegression(workers=[first], **options).fit(*as_dask(X, y))
     assert one.get_params()["workers"] == [first]
     np.testing.assert_allclose(one.coef_, both.coef_, rtol=1e-10, atol=1e-12)

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import daskgd
-from daskgd.datasets import make_classification
-from daskgd.engine import Callback
+from daskgd.data.synthetic import make_classification
+from daskgd.engine.driver import Callback
 
 KILL_AT_ITERATION = 4
 

@@ -1,4 +1,4 @@
-"""Per-worker measurements (daskgd.instrument) on a real LocalCluster of 2 workers."""
+"""Per-worker measurements (daskgd.observe.instrument) on a real LocalCluster of 2 workers."""
 
 from __future__ import annotations
 
@@ -11,15 +11,15 @@ import xarray as xr
 from distributed import get_task_stream, get_worker
 
 from daskgd.data import distribute
-from daskgd.engine import Callback, minimize
-from daskgd.estimators import LogisticRegression
-from daskgd.instrument import Instrumentation, straggler_flags
-from daskgd.models import Logistic
-from daskgd.objective import Objective
-from daskgd.optimizers import get_optimizer
-from daskgd.penalties import make_penalty
-from daskgd.strategies import MapReduce
-from daskgd.trace import load_trace, save_trace
+from daskgd.engine.driver import Callback, minimize
+from daskgd.estimators.linear import LogisticRegression
+from daskgd.models.losses import Logistic
+from daskgd.models.objective import Objective
+from daskgd.models.penalties import make_penalty
+from daskgd.observe.instrument import Instrumentation, straggler_flags
+from daskgd.observe.trace import load_trace, save_trace
+from daskgd.optim.optimizers import get_optimizer
+from daskgd.strategies.mapreduce import MapReduce
 
 N_SAMPLES, N_FEATURES = 20_000, 10
 N_PARAMS = N_FEATURES + 1

@@ -1,4 +1,4 @@
-"""Tests of the chunk maths (daskgd.models) and the penalties (daskgd.penalties)."""
+"""Tests of the chunk maths (daskgd.models.losses) and the penalties (daskgd.models.penalties)."""
 
 import dask.array as da
 import numpy as np
@@ -8,8 +8,8 @@ from hypothesis import strategies as st
 from scipy.special import expit, softmax
 from sklearn.metrics import log_loss
 
-from daskgd import models
-from daskgd.models import (
+from daskgd.models import losses as models
+from daskgd.models.losses import (
     MODELS,
     LeastSquares,
     Logistic,
@@ -18,7 +18,7 @@ from daskgd.models import (
     packed_loss_grad,
     unpack,
 )
-from daskgd.penalties import L1, L2, ElasticNet, NoPenalty, make_penalty
+from daskgd.models.penalties import L1, L2, ElasticNet, NoPenalty, make_penalty
 
 N_CLASSES = 3
 MODEL_FACTORIES = {

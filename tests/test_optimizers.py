@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import scipy.optimize
 
-from daskgd.engine import Callback, minimize
-from daskgd.models import LeastSquares, Logistic
-from daskgd.objective import Objective
-from daskgd.optimizers import LBFGS, SGD, GradientDescent, Nesterov, get_optimizer
-from daskgd.penalties import make_penalty
-from daskgd.strategies import MapReduce
+from daskgd.engine.driver import Callback, minimize
+from daskgd.models.losses import LeastSquares, Logistic
+from daskgd.models.objective import Objective
+from daskgd.models.penalties import make_penalty
+from daskgd.optim.optimizers import LBFGS, SGD, GradientDescent, Nesterov, get_optimizer
+from daskgd.strategies.mapreduce import MapReduce
 
 N_SAMPLES, N_FEATURES, STRENGTH = 4000, 6, 1e-3
 

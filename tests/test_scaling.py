@@ -1,4 +1,4 @@
-"""Speedup lab: ``daskgd.scaling`` on real LocalClusters of 1 and 2 worker processes."""
+"""Speedup lab: ``daskgd.lab.scaling`` on real LocalClusters of 1 and 2 worker processes."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from daskgd.cli import main
-from daskgd.costmodel import fit_cost_model, predict, prediction_errors, prediction_figure
-from daskgd.scaling import format_scaling, scaling, write_scaling_report
+from daskgd.cli.app import main
+from daskgd.lab.costmodel import fit_cost_model, predict, prediction_errors, prediction_figure
+from daskgd.lab.scaling import format_scaling, scaling, write_scaling_report
 
 DOCUMENTED = (
     "iteration_seconds",

@@ -7,7 +7,7 @@ import pytest
 import xarray as xr
 from synthetic_traces import WORKERS, make_trace, straggler_flags, without_workers
 
-from daskgd.summary import PARTS, format_summary, split, worker_rows
+from daskgd.observe.summary import PARTS, format_summary, split, worker_rows
 
 
 def test_shares_add_up_to_one_per_iteration_and_for_the_run():
@@ -150,7 +150,7 @@ def test_summary_survives_sparse_traces(trace):
 
 
 def test_summary_of_a_saved_and_loaded_trace(tmp_path):
-    from daskgd.trace import load_trace, save_trace
+    from daskgd.observe.trace import load_trace, save_trace
 
     trace = make_trace(n_iterations=6)
     loaded = load_trace(save_trace(trace, tmp_path / "trace.nc"))

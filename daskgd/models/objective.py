@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from daskgd.penalties import Penalty
+from daskgd.models.penalties import Penalty
 
 
 class Objective:
@@ -21,9 +21,9 @@ class Objective:
 
     Parameters
     ----------
-    session : daskgd.strategies.Session
+    session : daskgd.strategies.mapreduce.Session
         Gathers ``(loss_sum, grad_sum, n_rows)`` at a given w.
-    penalty : daskgd.penalties.Penalty
+    penalty : daskgd.models.penalties.Penalty
         Regularisation; its smooth part joins the gradient, its non-smooth part is
         handled by :meth:`prox`.
     mask : ndarray of bool, shape (n_params,)

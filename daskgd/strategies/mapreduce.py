@@ -22,9 +22,9 @@ import numpy as np
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 
-from daskgd.cluster import amm_paused, tune_for_iterations
-from daskgd.compression import Codec, combine_partials, decode_partial, encode_partial, get_codec
-from daskgd.models import Model, packed_loss_grad, unpack
+from daskgd.models.losses import Model, packed_loss_grad, unpack
+from daskgd.runtime.codecs import Codec, combine_partials, decode_partial, encode_partial, get_codec
+from daskgd.runtime.tuning import amm_paused, tune_for_iterations
 
 #: How often one evaluation is retried when a worker dies under it.
 MAX_ATTEMPTS = 4
@@ -98,12 +98,12 @@ class MapReduce(Strategy):
         :attr:`Session.split_every`).
     tune_cluster : bool, default=True
         Shorten ``distributed``'s message batching and pause work stealing during the
-        fit (see :func:`daskgd.cluster.tune_for_iterations`); restored afterwards.
+        fit (see :func:`daskgd.runtime.tuning.tune_for_iterations`); restored afterwards.
     transfer_dtype : str or Codec, default='float64'
-        Codec of w and of the partial sums on the network (:mod:`daskgd.compression`).
-    emulation : daskgd.emulation.Emulation or None
+        Codec of w and of the partial sums on the network (:mod:`daskgd.runtime.codecs`).
+    emulation : daskgd.runtime.emulation.Emulation or None
         Network delays and stragglers applied inside the workers during the fit
-        (:mod:`daskgd.emulation`; failures are the engine callback's job).
+        (:mod:`daskgd.runtime.emulation`; failures are the engine callback's job).
     """
 
     name = "mapreduce"
@@ -150,7 +150,7 @@ class Session:
                 self._stack.callback(tune_for_iterations(self.client))
             emulation = self.strategy.emulation
             if emulation is not None and (emulation.network or emulation.slows_chunks):
-                from daskgd.emulation import register
+                from daskgd.runtime.emulation import register
 
                 name = register(self.client, emulation)
                 self._stack.callback(_unregister, self.client, name)
@@ -428,7 +428,7 @@ def _chunk_task(X, y, w, *, model, fit_intercept, codec, slow, fit_id, index, bl
     start = time.perf_counter()
     packed = packed_loss_grad(X, y, w, model=model, fit_intercept=fit_intercept)
     if slow:
-        from daskgd.emulation import straggle
+        from daskgd.runtime.emulation import straggle
 
         straggle(time.perf_counter() - start)
     if codec.is_exact:

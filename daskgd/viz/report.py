@@ -12,8 +12,8 @@ from pathlib import Path
 
 import xarray as xr
 
-from daskgd.plots import TraceDashboard
-from daskgd.summary import format_summary
+from daskgd.observe.summary import format_summary
+from daskgd.viz.plots import TraceDashboard
 
 
 def report_document(trace: xr.Dataset):

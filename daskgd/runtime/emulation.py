@@ -14,9 +14,10 @@ stragglers
     only when emulation is on) sleeps ``(factor - 1) x`` its measured compute time,
     plus a random delay drawn from a seeded distribution when one is given.
 failures
-    :class:`FailureInjector`, an engine callback, kills a worker process (SIGKILL of
-    the pid ``client.run(os.getpid)`` returns) at the end of the chosen iteration; its
-    nanny restarts it, the strategy retries and the lost chunks are recomputed.
+    :class:`daskgd.engine.failures.FailureInjector`, an engine callback, kills a worker
+    process (SIGKILL of the pid ``client.run(os.getpid)`` returns) at the end of the
+    chosen iteration; its nanny restarts it, the strategy retries and the lost chunks are
+    recomputed.
 
 Worker references are indices into the sorted worker addresses at the start of the fit
 (``0``, ``1``, ...) or addresses; they are checked before the fit starts.
@@ -38,12 +39,9 @@ from typing import Any
 import numpy as np
 from distributed import WorkerPlugin
 
-from daskgd.engine import Callback
-
 __all__ = [
     "Emulation",
     "EmulationPlugin",
-    "FailureInjector",
     "KillAt",
     "KillRandomly",
     "RandomDelay",
@@ -466,41 +464,6 @@ def register(client: Any, emulation: Emulation) -> str:
 
 
 # -- failures ------------------------------------------------------------------------------
-
-
-class FailureInjector(Callback):
-    """Kills worker processes at the end of chosen iterations (their nannies restart them).
-
-    At most all workers but one are killed at once, so the fit can go on.
-    """
-
-    def __init__(self, client: Any, emulation: Emulation):
-        self.client = client
-        self.failures = emulation.failures
-        self.killed: list[tuple[int, str]] = []
-        self._rngs = [
-            np.random.default_rng(f.seed) if isinstance(f, KillRandomly) else None
-            for f in self.failures
-        ]
-
-    def on_iteration_end(self, record: Any) -> None:
-        workers = sorted(self.client.scheduler_info()["workers"])
-        victims: list[str] = []
-        for failure, rng in zip(self.failures, self._rngs, strict=True):
-            if isinstance(failure, KillAt) and failure.iteration == record.iteration:
-                try:
-                    victims.append(_address(failure.worker, workers))
-                except ValueError:
-                    continue  # a named worker that is gone (restarted under a new address)
-            elif isinstance(failure, KillRandomly):
-                draws = rng.random(len(workers))
-                victims += [
-                    w for w, u in zip(workers, draws, strict=True) if u < failure.probability
-                ]
-        victims = sorted(set(victims))[: max(len(workers) - 1, 0)]
-        for address in victims:
-            kill_worker(self.client, address)
-            self.killed.append((record.iteration, address))
 
 
 def kill_worker(client: Any, address: str) -> None:

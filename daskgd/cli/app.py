@@ -123,7 +123,7 @@ def _add_fit_options(
 
 
 def _checked(parse: Any) -> Any:
-    """An argparse ``type`` from a daskgd.emulation parser (its ValueError as usage error)."""
+    """An argparse ``type`` from an emulation parser (its ValueError as usage error)."""
 
     def check(text: str) -> str:
         try:
@@ -136,7 +136,8 @@ def _checked(parse: Any) -> Any:
 
 
 def _add_emulation_options(parser: argparse.ArgumentParser) -> None:
-    from daskgd import compression, emulation
+    from daskgd.runtime import codecs as compression
+    from daskgd.runtime import emulation
 
     group = parser.add_argument_group("emulation and compression (docs/emulation.md)")
     group.add_argument(
@@ -181,7 +182,7 @@ def _emulation(args: argparse.Namespace) -> Any:
     """The Emulation the flags ask for, or None."""
     if not (args.latency or args.bandwidth or args.straggler or args.fail):
         return None
-    from daskgd.emulation import Emulation
+    from daskgd.runtime.emulation import Emulation
 
     return Emulation.from_strings(args.latency, args.bandwidth, args.straggler, args.fail)
 
@@ -287,9 +288,9 @@ def _add_report_command(commands: Any) -> None:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from daskgd.report import write_report
-    from daskgd.summary import format_summary
-    from daskgd.trace import load_trace
+    from daskgd.observe.summary import format_summary
+    from daskgd.observe.trace import load_trace
+    from daskgd.viz.report import write_report
 
     trace = load_trace(args.trace)
     output: Path = args.output or args.trace.with_suffix(".html")
@@ -343,7 +344,7 @@ def _add_scaling_command(commands: Any) -> None:
 
 
 def _scaling(args: argparse.Namespace) -> int:
-    from daskgd.scaling import format_scaling, scaling, write_scaling_report
+    from daskgd.lab.scaling import format_scaling, scaling, write_scaling_report
 
     for path in (args.out, args.report):
         if path is not None and not path.parent.is_dir():
@@ -361,7 +362,7 @@ def _scaling(args: argparse.Namespace) -> int:
         },
     }
     if args.scheduler:
-        from daskgd.cluster import connect
+        from daskgd.cluster.local import connect
 
         with connect(args.scheduler, timeout_seconds=args.timeout) as client:
             result = scaling(args.workers, client=client, **options)
@@ -382,7 +383,7 @@ def _version() -> str:
 
 @contextlib.contextmanager
 def _client(args: argparse.Namespace) -> Iterator[Any]:
-    from daskgd.cluster import connect, make_local_cluster
+    from daskgd.cluster.local import connect, make_local_cluster
 
     if args.scheduler:
         client = connect(args.scheduler, timeout_seconds=args.timeout)
@@ -401,8 +402,8 @@ def _client(args: argparse.Namespace) -> Iterator[Any]:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from daskgd.datasets import make_classification
-    from daskgd.estimators import LogisticRegression
+    from daskgd.data.synthetic import make_classification
+    from daskgd.estimators.linear import LogisticRegression
 
     emulation = _emulation(args)
     with _client(args) as client:
@@ -435,7 +436,7 @@ def _live_dashboard(args: argparse.Namespace, client: Any) -> Iterator[list]:
     if not args.dashboard:
         yield []
         return
-    from daskgd.dashboard import LiveTrace, serve
+    from daskgd.viz.dashboard import LiveTrace, serve
 
     host, _, port = args.dashboard_address.rpartition(":")
     if not host or not port.isdigit():
@@ -466,8 +467,8 @@ def _fit_and_report(
 def _report_fit(
     model: Any, args: argparse.Namespace, total: float, caught: list, default_trace: str | None
 ) -> None:
-    from daskgd.summary import format_summary
-    from daskgd.trace import save_trace
+    from daskgd.observe.summary import format_summary
+    from daskgd.observe.trace import save_trace
 
     for warning in caught:
         print(f"warning: {warning.message}", file=sys.stderr)
@@ -491,7 +492,7 @@ def _report_fit(
 
 def _run(args: argparse.Namespace) -> int:
     from daskgd.data import as_dask_arrays
-    from daskgd.estimators import LinearRegression, LogisticRegression, Ridge
+    from daskgd.estimators.linear import LinearRegression, LogisticRegression, Ridge
 
     X, y = _load_run_data(args)
     X, y = as_dask_arrays(X, y)

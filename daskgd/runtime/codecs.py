@@ -16,7 +16,7 @@ name            payload                                    bytes for n values
                 and float64 values
 ==============  =========================================  ====================
 
-How a fit uses them (:class:`daskgd.strategies.MapReduce` with ``transfer_dtype``):
+How a fit uses them (:class:`daskgd.strategies.mapreduce.MapReduce` with ``transfer_dtype``):
 
 - w: the client encodes w once per evaluation and sends the payload to every worker;
   the chunk task decodes it. ``topk`` codecs leave w exact (float64): a sparsified w

@@ -234,7 +234,7 @@ def _as_runs(measured: xr.Dataset | Sequence[xr.Dataset]) -> xr.Dataset:
     pieces = []
     for dataset in measured:
         if "workers" not in dataset.dims:
-            raise ValueError("measured runs need a 'workers' dimension (daskgd.scaling output)")
+            raise ValueError("measured runs need a 'workers' dimension (daskgd.lab.scaling output)")
         missing = {"iteration_seconds", "rows_per_worker", "partial_bytes"} - set(dataset)
         if missing:
             raise ValueError(f"measured runs lack {sorted(missing)}")
@@ -290,7 +290,7 @@ def fit_cost_model(
     Parameters
     ----------
     measured : xarray.Dataset or sequence of them
-        Output of :func:`daskgd.scaling.scaling` (dim ``workers``): ``iteration_seconds``,
+        Output of :func:`daskgd.lab.scaling.scaling` (dim ``workers``): ``iteration_seconds``,
         ``rows_per_worker``, ``partial_bytes``, and where measured ``compute_seconds``
         and ``compute_spread_seconds``. Several Datasets (e.g. different n_features)
         are fitted together.

@@ -18,7 +18,7 @@ import dask.array as da
 import distributed
 import numpy as np
 
-from daskgd._sources import (
+from daskgd.data.sources import (
     LABEL_KINDS,
     NUMERIC_KINDS,
     as_dask,

@@ -14,8 +14,8 @@ workers (same seed, same chunks), runs the same fit, and records
   worker count measured (1 normally; with m0 > 1 perfect scaling up to m0 is assumed
   and ``attrs["baseline_workers"]`` says so);
 - ``seconds`` (workers, part): the median per-iteration split into compute,
-  communication and wait (:func:`daskgd.summary.split`), and ``share`` of each;
-- the figures the cost model (:mod:`daskgd.costmodel`) is fitted to: rows on the
+  communication and wait (:func:`daskgd.observe.summary.split`), and ``share`` of each;
+- the figures the cost model (:mod:`daskgd.lab.costmodel`) is fitted to: rows on the
   busiest worker, bytes per iteration, bytes of one partial gradient, and the mean and
   spread (slowest minus mean) of the workers' compute time per iteration.
 
@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from daskgd.summary import PARTS, split
+from daskgd.observe.summary import PARTS, split
 
 __all__ = ["scaling", "scaling_document", "write_scaling_report"]
 
@@ -83,7 +83,7 @@ def _one_run(
 
     from distributed import Client
 
-    from daskgd.cluster import make_local_cluster
+    from daskgd.cluster.local import make_local_cluster
 
     with (
         make_local_cluster(n_workers, dashboard_address=None) as cluster,
@@ -98,8 +98,8 @@ def _cluster_workers(client: Any) -> list[str]:
 
 
 def _fit(client, workers, n_samples, n_features, chunks, random_state, estimator_options):
-    from daskgd.datasets import make_classification
-    from daskgd.estimators import ConvergenceWarning, LogisticRegression
+    from daskgd.data.synthetic import make_classification
+    from daskgd.estimators.linear import ConvergenceWarning, LogisticRegression
 
     X, y = make_classification(n_samples, n_features, chunks=chunks, random_state=random_state)
     estimator = LogisticRegression(client=client, workers=workers, **estimator_options)
@@ -111,7 +111,7 @@ def _fit(client, workers, n_samples, n_features, chunks, random_state, estimator
 
 
 def _rows_per_worker(trace: xr.Dataset) -> float:
-    from daskgd.summary import worker_holdings
+    from daskgd.observe.summary import worker_holdings
 
     holdings = worker_holdings(trace)
     if holdings:
@@ -123,7 +123,7 @@ def _fan_in(trace: xr.Dataset, split_every: int | None) -> int:
     """The reduction tree's fan-in: daskgd's default is the chunks per worker (>= 2)."""
     if split_every is not None:
         return int(split_every)
-    from daskgd.summary import worker_holdings
+    from daskgd.observe.summary import worker_holdings
 
     holdings = worker_holdings(trace)
     return max(2, max((chunks for chunks, _ in holdings.values()), default=2))
@@ -131,7 +131,7 @@ def _fan_in(trace: xr.Dataset, split_every: int | None) -> int:
 
 def _partial_bytes(trace: xr.Dataset) -> float:
     """Bytes of one partial gradient: loss and rows (float64) and the encoded gradient."""
-    from daskgd.compression import get_codec, partial_nbytes
+    from daskgd.runtime.codecs import get_codec, partial_nbytes
 
     n_params = int(trace.attrs.get("n_features", 0)) + 1
     return float(partial_nbytes(get_codec(trace.attrs.get("transfer_dtype")), n_params))
@@ -248,7 +248,7 @@ def scaling(
     worker_counts : sequence of int, default (1, 2)
         Numbers of worker processes m, each >= 1 and distinct.
     n_samples, n_features : int
-        Size of the generated problem (:func:`daskgd.datasets.make_classification`).
+        Size of the generated problem (:func:`daskgd.data.synthetic.make_classification`).
     solver : str, default "gd"
         Solver of :class:`daskgd.LogisticRegression`.
     max_iter : int, default 20

@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from daskgd.objective import Objective
-from daskgd.optimizers import Optimizer, OptState
+from daskgd.models.objective import Objective
+from daskgd.optim.optimizers import Optimizer, OptState
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@
 sources from a trace (``docs/trace.md``). It shows
 
 - the loss against the iteration and against elapsed time (log scale);
-- compute / communication / wait per iteration, stacked (see :mod:`daskgd.summary`);
+- compute / communication / wait per iteration, stacked (see :mod:`daskgd.observe.summary`);
 - a worker x iteration heatmap of compute time with the stragglers circled;
 - bytes per iteration (broadcast and reduce, stacked) and their running total;
 - a table of the workers: address, chunks and rows held, compute, stragglers, memory.
@@ -39,7 +39,7 @@ from bokeh.models import (
 from bokeh.palettes import Viridis256
 from bokeh.plotting import figure
 
-from daskgd.summary import PARTS, format_bytes, has_workers, split, worker_rows
+from daskgd.observe.summary import PARTS, format_bytes, has_workers, split, worker_rows
 
 #: One colour per part of an iteration, used by every plot and the header.
 PART_COLORS = {"compute": "#4c72b0", "communication": "#dd8452", "wait": "#b8b8b8"}
@@ -80,7 +80,7 @@ def loss_columns(trace: xr.Dataset) -> dict[str, np.ndarray]:
 
 
 def split_columns(parts: xr.Dataset) -> dict[str, np.ndarray]:
-    """Milliseconds per part and iteration (from :func:`daskgd.summary.split`)."""
+    """Milliseconds per part and iteration (from :func:`daskgd.observe.summary.split`)."""
     columns = {"iteration": parts["iteration"].values.astype(np.int64)}
     for part in PARTS:
         columns[part] = parts["seconds"].sel(part=part).values * 1e3
@@ -189,7 +189,7 @@ def trace_memory(trace: xr.Dataset) -> Memory:
 def worker_columns(
     trace: xr.Dataset, parts: xr.Dataset, memory: Memory | None = None
 ) -> dict[str, list]:
-    """The worker table: one row per worker (see :func:`daskgd.summary.worker_rows`)."""
+    """The worker table: one row per worker (see :func:`daskgd.observe.summary.worker_rows`)."""
     memory = {**trace_memory(trace), **(memory or {})}
     rows = worker_rows(trace, parts)
     nan = float("nan")

@@ -37,7 +37,7 @@ def build_trace(
     """Turn the engine's iteration records into a trace Dataset.
 
     ``workers``, the per-worker measurements of the same records
-    (:meth:`daskgd.instrument.Instrumentation.worker_dataset`), is merged in.
+    (:meth:`daskgd.observe.instrument.Instrumentation.worker_dataset`), is merged in.
     """
     iterations = np.array([record.iteration for record in records], dtype=np.int64)
     data_vars = {}

@@ -1,4 +1,4 @@
-"""A live dashboard of a fit: the plots of :mod:`daskgd.plots`, redrawn while it runs.
+"""A live dashboard of a fit: the plots of :mod:`daskgd.viz.plots`, redrawn while it runs.
 
 Every live view is fed by a *source*: a callable returning the current trace, an
 object with a ``snapshot()`` method (such as :class:`LiveTrace`), a fixed trace, or
@@ -33,9 +33,9 @@ from typing import Any
 
 import xarray as xr
 
-from daskgd.engine import Callback, FitResult, IterationRecord
-from daskgd.plots import Memory, TraceDashboard
-from daskgd.trace import build_trace
+from daskgd.engine.driver import Callback, FitResult, IterationRecord
+from daskgd.observe.trace import build_trace
+from daskgd.viz.plots import Memory, TraceDashboard
 
 __all__ = [
     "LiveDashboard",
@@ -77,9 +77,9 @@ class LiveTrace(Callback):
     ----------
     client : distributed.Client, optional
         Measure the workers too: the ``LiveTrace`` makes a
-        :class:`daskgd.instrument.Instrumentation` on ``client`` and passes the fit's
+        :class:`daskgd.observe.instrument.Instrumentation` on ``client`` and passes the fit's
         hooks on to it, so snapshots have the per-worker variables.
-    instrumentation : daskgd.instrument.Instrumentation, optional
+    instrumentation : daskgd.observe.instrument.Instrumentation, optional
         Or merge the measurements of an instrumentation that is already a callback of
         the fit (its hooks are not passed on).
 
@@ -95,7 +95,7 @@ class LiveTrace(Callback):
             raise ValueError("give LiveTrace a client or an instrumentation, not both")
         self._owns_instrumentation = client is not None
         if client is not None:
-            from daskgd.instrument import Instrumentation
+            from daskgd.observe.instrument import Instrumentation
 
             instrumentation = Instrumentation(client)
         self.instrumentation = instrumentation

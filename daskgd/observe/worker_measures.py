@@ -1,9 +1,9 @@
-"""Turning what :mod:`daskgd.instrument` collected into the per-worker Dataset.
+"""Turning what :mod:`daskgd.observe.instrument` collected into the per-worker Dataset.
 
 Pure functions over the collected rows (scheduler plugin rows, transfer log entries):
 attribute every transfer to an evaluation, count it once with both sides' durations,
 sum per (iteration, worker), flag stragglers. The definitions are in
-:mod:`daskgd.instrument`'s docstring.
+:mod:`daskgd.observe.instrument`'s docstring.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 ``__init__`` only stores parameters; ``fit`` validates them and the data, places the
 data on the cluster, builds model, penalty, strategy and optimizer by name, runs
-:func:`daskgd.engine.minimize` and sets the fitted attributes (ending in ``_``).
+:func:`daskgd.engine.driver.minimize` and sets the fitted attributes (ending in ``_``).
 Parameter names, defaults and objective follow scikit-learn, so the same parameters
 give the same coefficients.
 """
@@ -21,16 +21,17 @@ import dask.array as da
 import numpy as np
 
 from daskgd import data as data_module
-from daskgd.compression import get_codec
-from daskgd.emulation import Emulation, FailureInjector
-from daskgd.engine import Callback, ProgressBar, minimize
-from daskgd.instrument import Instrumentation
-from daskgd.models import LeastSquares, Logistic, Model, Multinomial
-from daskgd.objective import Objective
-from daskgd.optimizers import OPTIMIZERS, get_optimizer
-from daskgd.penalties import make_penalty
-from daskgd.strategies import get_strategy
-from daskgd.trace import build_trace
+from daskgd.engine.driver import Callback, ProgressBar, minimize
+from daskgd.engine.failures import FailureInjector
+from daskgd.models.losses import LeastSquares, Logistic, Model, Multinomial
+from daskgd.models.objective import Objective
+from daskgd.models.penalties import make_penalty
+from daskgd.observe.instrument import Instrumentation
+from daskgd.observe.trace import build_trace
+from daskgd.optim.optimizers import OPTIMIZERS, get_optimizer
+from daskgd.runtime.codecs import get_codec
+from daskgd.runtime.emulation import Emulation
+from daskgd.strategies.mapreduce import get_strategy
 
 PENALTIES = ("l2", "l1", "elasticnet", None)
 
@@ -99,7 +100,8 @@ class _GradientDescentEstimator:
         get_codec(self.transfer_dtype)
         if self.emulation is not None and not isinstance(self.emulation, Emulation):
             raise TypeError(
-                f"emulation must be a daskgd.emulation.Emulation or None, got {self.emulation!r}"
+                "emulation must be a daskgd.runtime.emulation.Emulation or None, "
+                f"got {self.emulation!r}"
             )
         if self.workers is not None and (
             isinstance(self.workers, (str, bytes))
@@ -303,14 +305,14 @@ class LogisticRegression(_GradientDescentEstimator):
         Show a progress bar with the loss.
     instrument : bool, default=True
         With a distributed client, measure compute, communication, wait and bytes per
-        worker and iteration (:mod:`daskgd.instrument`) into ``trace_``.
+        worker and iteration (:mod:`daskgd.observe.instrument`) into ``trace_``.
     transfer_dtype : str, default='float64'
         Codec of w and of the partial gradients on the network: 'float64' (exact),
         'float32', 'float16', 'bfloat16', 'int8' or 'topk:F' (see
-        :mod:`daskgd.compression`).
-    emulation : daskgd.emulation.Emulation or None, default=None
+        :mod:`daskgd.runtime.codecs`).
+    emulation : daskgd.runtime.emulation.Emulation or None, default=None
         Emulated latency, bandwidth, stragglers and worker failures during the fit
-        (see :mod:`daskgd.emulation`; needs a distributed client).
+        (see :mod:`daskgd.runtime.emulation`; needs a distributed client).
     workers : sequence of str or None, default=None
         Addresses of the workers to place the data on and compute with (None: every
         worker of the cluster; see :func:`daskgd.data.distribute`; needs a distributed

@@ -75,9 +75,9 @@ import xarray as xr
 from distributed.diagnostics.plugin import SchedulerPlugin
 from distributed.metrics import time as cluster_time
 
-from daskgd._worker_measures import Collected, straggler_flags, worker_dataset
-from daskgd.engine import Callback
-from daskgd.trace import build_trace
+from daskgd.engine.driver import Callback
+from daskgd.observe.trace import build_trace
+from daskgd.observe.worker_measures import Collected, straggler_flags, worker_dataset
 
 __all__ = ["Instrumentation", "SpanRecorder", "straggler_flags"]
 

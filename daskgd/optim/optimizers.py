@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from daskgd.objective import Objective
+from daskgd.models.objective import Objective
 
 #: Step reductions tried before a step is given up (the fit then stops as stalled).
 MAX_BACKTRACKS = 30

@@ -1,0 +1,45 @@
+"""Failure injection: an engine callback that kills workers at chosen iterations."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from daskgd.engine.driver import Callback
+from daskgd.runtime.emulation import Emulation, KillAt, KillRandomly, _address, kill_worker
+
+
+class FailureInjector(Callback):
+    """Kills worker processes at the end of chosen iterations (their nannies restart them).
+
+    At most all workers but one are killed at once, so the fit can go on.
+    """
+
+    def __init__(self, client: Any, emulation: Emulation):
+        self.client = client
+        self.failures = emulation.failures
+        self.killed: list[tuple[int, str]] = []
+        self._rngs = [
+            np.random.default_rng(f.seed) if isinstance(f, KillRandomly) else None
+            for f in self.failures
+        ]
+
+    def on_iteration_end(self, record: Any) -> None:
+        workers = sorted(self.client.scheduler_info()["workers"])
+        victims: list[str] = []
+        for failure, rng in zip(self.failures, self._rngs, strict=True):
+            if isinstance(failure, KillAt) and failure.iteration == record.iteration:
+                try:
+                    victims.append(_address(failure.worker, workers))
+                except ValueError:
+                    continue  # a named worker that is gone (restarted under a new address)
+            elif isinstance(failure, KillRandomly):
+                draws = rng.random(len(workers))
+                victims += [
+                    w for w, u in zip(workers, draws, strict=True) if u < failure.probability
+                ]
+        victims = sorted(set(victims))[: max(len(workers) - 1, 0)]
+        for address in victims:
+            kill_worker(self.client, address)
+            self.killed.append((record.iteration, address))

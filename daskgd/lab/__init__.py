@@ -1,0 +1,1 @@
+"""Lab: scaling runs over worker counts and the lecture's cost model."""

@@ -1,0 +1,1 @@
+"""Observe: instrumentation of a fit, the trace it produces, and its summary."""
