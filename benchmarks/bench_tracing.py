@@ -22,19 +22,17 @@ import argparse
 import statistics
 import time
 
-import numpy as np
 from distributed import Client
 
 from daskgd.cluster.local import make_local_cluster
 from daskgd.data import distribute
 from daskgd.data.synthetic import make_classification
-from daskgd.engine.driver import minimize
+from daskgd.engine.driver import Stopping
 from daskgd.models.losses import Logistic
-from daskgd.models.objective import Objective
 from daskgd.models.penalties import make_penalty
 from daskgd.observe.instrument import Instrumentation, SpanRecorder
-from daskgd.optim.optimizers import get_optimizer
-from daskgd.strategies.mapreduce import MapReduce
+from daskgd.optim import get_optimizer
+from daskgd.strategies import FitProblem, MapReduce
 
 TARGET_RATIO = 1.05
 REG_STRENGTH = 1e-4
@@ -53,17 +51,13 @@ def parse_args(argv=None):
 def run_fit(data, learning_rate, iterations, callbacks):
     """One gd fit on the placed data; the records of the engine."""
     model = Logistic()
-    with MapReduce().session(data, model, True) as session:
-        mask = model.penalty_mask(data.n_features, True)
-        objective = Objective(session, make_penalty("l2", REG_STRENGTH), mask)
-        result = minimize(
-            objective,
-            get_optimizer("gd", learning_rate=learning_rate),
-            np.zeros(data.n_features + 1),
-            max_iter=iterations,
-            tol=0.0,
-            callbacks=callbacks,
-        )
+    problem = FitProblem(data, model, True, make_penalty("l2", REG_STRENGTH))
+    result = MapReduce().run(
+        problem,
+        get_optimizer("gd", learning_rate=learning_rate),
+        Stopping(max_iter=iterations, tol=0.0),
+        callbacks,
+    )
     return result.records
 
 

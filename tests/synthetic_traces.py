@@ -13,6 +13,8 @@ import json
 import numpy as np
 import xarray as xr
 
+from daskgd.observe.trace import TRACE_VERSION
+
 WORKERS = ("tcp://127.0.0.1:40101", "tcp://127.0.0.1:40102", "tcp://127.0.0.1:40103")
 STRAGGLER_K = 3.0
 STRAGGLER_RATIO = 1.5
@@ -93,7 +95,7 @@ def make_trace(
         },
     )
     trace.attrs.update(
-        daskgd_trace_version=1,
+        daskgd_trace_version=TRACE_VERSION,
         solver="gd",
         model="logistic",
         n_samples=1000 * len(chunk_workers),

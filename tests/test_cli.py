@@ -11,7 +11,7 @@ import pytest
 
 from daskgd.observe.trace import load_trace
 
-CLI = [sys.executable, "-m", "daskgd.cli.app"]
+CLI = [sys.executable, "-m", "daskgd.cli"]
 
 
 def run_cli(*arguments, timeout=240, cwd=None):

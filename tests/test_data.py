@@ -125,12 +125,14 @@ def test_workers_must_be_known_and_non_empty(client, arrays):
 
 def test_w_is_broadcast_only_to_the_workers_holding_chunks(client, arrays):
     from daskgd.models.losses import LeastSquares
-    from daskgd.strategies.mapreduce import MapReduce
+    from daskgd.models.penalties import make_penalty
+    from daskgd.strategies import FitProblem, MapReduce
 
     X, y = arrays
     _, second = sorted(client.nthreads())
     data = distribute(X, y, client, workers=[second])
-    with MapReduce(tune_cluster=False).session(data, LeastSquares(), True) as session:
+    problem = FitProblem(data, LeastSquares(), True, make_penalty(None, 0.0))
+    with MapReduce(tune_cluster=False).session(problem) as session:
         weights = session._broadcast(np.zeros(N_FEATURES + 1), "daskgd-test-broadcast")
         assert client.who_has([weights])[weights.key] == [second]
         assert session.evaluate(np.zeros(N_FEATURES + 1)).n_rows == N_SAMPLES

@@ -44,6 +44,6 @@ def test_fit_survives_a_killed_worker(client):
     np.testing.assert_allclose(disturbed.coef_, undisturbed.coef_, rtol=1e-9)
     np.testing.assert_allclose(disturbed.intercept_, undisturbed.intercept_, rtol=1e-9)
     np.testing.assert_allclose(disturbed.trace_.loss, undisturbed.trace_.loss, rtol=1e-9)
-    # The kill shows in the trace: an evaluation had to be sent again, or took longer.
-    after = disturbed.trace_.sel(iteration=slice(KILL_AT_ITERATION + 1, None))
-    assert int(after.attempts.sum()) >= int(after.n_evaluations.sum())
+    # The kill happened during the fit: the worker's address is gone from the cluster
+    # (its nanny restarted it under a new one), so the equality above is a recovery.
+    assert killer.killed not in client.scheduler_info()["workers"]

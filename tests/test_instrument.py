@@ -11,15 +11,14 @@ import xarray as xr
 from distributed import get_task_stream, get_worker
 
 from daskgd.data import distribute
-from daskgd.engine.driver import Callback, minimize
+from daskgd.engine.driver import Callback, Stopping
 from daskgd.estimators.linear import LogisticRegression
 from daskgd.models.losses import Logistic
-from daskgd.models.objective import Objective
 from daskgd.models.penalties import make_penalty
 from daskgd.observe.instrument import Instrumentation, straggler_flags
 from daskgd.observe.trace import load_trace, save_trace
-from daskgd.optim.optimizers import get_optimizer
-from daskgd.strategies.mapreduce import MapReduce
+from daskgd.optim import get_optimizer
+from daskgd.strategies import FitProblem, MapReduce
 
 N_SAMPLES, N_FEATURES = 20_000, 10
 N_PARAMS = N_FEATURES + 1
@@ -62,17 +61,13 @@ def data(cluster_client, problem):
 
 def fit(data, model, callbacks, max_iter=4):
     """Plain gd with a fixed step through the engine: one evaluation per iteration."""
-    with MapReduce().session(data, model, True) as session:
-        mask = model.penalty_mask(data.n_features, True)
-        objective = Objective(session, make_penalty("l2", 1e-3), mask)
-        return minimize(
-            objective,
-            get_optimizer("gd", learning_rate=0.5),
-            np.zeros(N_PARAMS),
-            max_iter=max_iter,
-            tol=0.0,
-            callbacks=callbacks,
-        )
+    problem = FitProblem(data, model, True, make_penalty("l2", 1e-3))
+    return MapReduce().run(
+        problem,
+        get_optimizer("gd", learning_rate=0.5),
+        Stopping(max_iter=max_iter, tol=0.0),
+        callbacks,
+    )
 
 
 def measured(client, data, model=None, max_iter=4):

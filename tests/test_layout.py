@@ -28,7 +28,7 @@ LAYERS = [
     "cli",
 ]
 #: Top-level modules outside the layers: the package's lazy front door and an alias.
-FRONT = {"__init__", "datasets", "__main__"}
+FRONT = {"__init__", "datasets"}
 PACKAGE = Path(daskgd.__file__).parent
 MAX_MODULE_LINES = 600
 

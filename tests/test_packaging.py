@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -185,7 +186,11 @@ def test_client_fixture_kills_a_worker(client):
     victim = sorted(client.nthreads())[0]
     pid = client.run(os.getpid, workers=[victim])[victim]
     os.kill(pid, signal.SIGKILL)
-    # the fixture's teardown waits for the nanny to bring it back
+    # the fixture's teardown waits for the nanny to bring it back; the next test checks it
+    deadline = time.monotonic() + 30
+    while victim in client.nthreads() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert victim not in client.nthreads()
 
 
 def test_client_fixture_repaired_the_cluster(client):
@@ -196,6 +201,7 @@ def test_client_fixture_repaired_the_cluster(client):
 def test_client_fixture_retires_a_worker(client):
     victim = sorted(client.nthreads())[0]
     client.retire_workers(workers=[victim], close_workers=True)
+    assert victim not in client.nthreads()
 
 
 def test_client_fixture_repaired_after_retire(client):

@@ -71,12 +71,23 @@ def _add_cluster_options(parser: argparse.ArgumentParser) -> None:
 def _add_fit_options(
     parser: argparse.ArgumentParser, *, solver: str, max_iter: int, tol: float = 1e-5
 ) -> None:
+    from daskgd.optim.registry import OPTIMIZERS
+    from daskgd.strategies import STRATEGIES
+
     group = parser.add_argument_group("fit")
     group.add_argument(
         "--solver",
         default=solver,
-        choices=["gd", "nesterov", "lbfgs", "sgd"],
+        choices=sorted(OPTIMIZERS),
         help=f"optimizer (default: {solver})",
+    )
+    group.add_argument(
+        "--strategy",
+        default="mapreduce",
+        choices=list(STRATEGIES),
+        help="how the partial sums are gathered: "
+        + "; ".join(f"{name}: {STRATEGIES.summary(name)}" for name in STRATEGIES)
+        + " (default: mapreduce)",
     )
     group.add_argument(
         "--max-iter",
@@ -305,6 +316,9 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _add_scaling_command(commands: Any) -> None:
+    from daskgd.optim.registry import OPTIMIZERS
+    from daskgd.strategies import STRATEGIES
+
     scaling = commands.add_parser(
         "scaling",
         help="measure speedup and the time split on 1, 2, 4, ... worker processes",
@@ -329,7 +343,13 @@ def _add_scaling_command(commands: Any) -> None:
     )
     scaling.add_argument("--samples", type=_positive_int, default=200_000, metavar="N")
     scaling.add_argument("--features", type=_positive_int, default=50, metavar="D")
-    scaling.add_argument("--solver", default="gd", choices=["gd", "nesterov", "lbfgs", "sgd"])
+    scaling.add_argument("--solver", default="gd", choices=sorted(OPTIMIZERS))
+    scaling.add_argument(
+        "--strategy",
+        default="mapreduce",
+        choices=list(STRATEGIES),
+        help="how the partial sums are gathered (default: mapreduce)",
+    )
     scaling.add_argument("--max-iter", type=_positive_int, default=20, metavar="K")
     scaling.add_argument("--chunks", type=_positive_int, default=None, metavar="ROWS")
     scaling.add_argument("--seed", type=int, default=0)
@@ -359,6 +379,7 @@ def _scaling(args: argparse.Namespace) -> int:
         "estimator_options": {
             "emulation": _emulation(args),
             "transfer_dtype": args.transfer_dtype,
+            "strategy": args.strategy,
         },
     }
     if args.scheduler:
@@ -421,6 +442,7 @@ def _demo(args: argparse.Namespace) -> int:
             max_iter=args.max_iter,
             tol=args.tol,
             learning_rate=args.learning_rate,
+            strategy=args.strategy,
             client=client,
             verbose=not args.no_progress,
             transfer_dtype=args.transfer_dtype,
@@ -502,6 +524,7 @@ def _run(args: argparse.Namespace) -> int:
         "max_iter": args.max_iter,
         "solver": args.solver,
         "learning_rate": args.learning_rate,
+        "strategy": args.strategy,
         "verbose": not args.no_progress,
         "transfer_dtype": args.transfer_dtype,
         "emulation": _emulation(args),
@@ -563,7 +586,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("daskgd: interrupted", file=sys.stderr)
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

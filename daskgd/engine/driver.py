@@ -1,13 +1,16 @@
-"""The one training loop.
+"""The synchronous driver: the one loop every synchronous strategy runs.
 
-    state = optimizer.init(w0, objective)
-    repeat: state = optimizer.update(state, objective); record; stop?
+    iterate = stepper.start()                  # iteration 0: F, grad at w0; optimizer.init
+    repeat: iterate = stepper.step(iterate, t) # optimizer.update, F and grad at the new point
+            record; callbacks; stop?
 
-Every solver runs through :func:`minimize`; strategies, optimizers and callbacks are
-objects passed in. The stopping rules are the same for all: ``optimality <= tol``
-(the inf-norm of the proximal gradient, scikit-learn's ``tol`` for lbfgs), or
-``max_iter`` updates, or an update that cannot decrease the loss any more
-(``stalled``: the floating-point limit), or a non-finite loss, which raises.
+A *stepper* is where the strategy plugs in: :class:`ClientStepper` takes each step on
+the client over a gather (``mapreduce``, ``direct``); ``allreduce`` has one that asks
+every worker to take the same step. The stopping rules are the same for all:
+``optimality <= tol`` (the inf-norm of the proximal gradient, scikit-learn's ``tol`` for
+lbfgs; the relative change of w for sgd), or ``max_iter`` updates, or an update that
+cannot decrease the loss any more (``stalled``: the floating-point limit), or a
+non-finite loss, which raises.
 """
 
 from __future__ import annotations
@@ -16,17 +19,33 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
+from daskgd.engine.callbacks import Callback
+from daskgd.engine.sampling import batch_blocks, batch_size
+from daskgd.engine.steps import Evaluation, Evaluator, Iterate, first_iterate, next_iterate
 from daskgd.models.objective import Objective
-from daskgd.optim.optimizers import Optimizer, OptState
+from daskgd.optim.base import Optimizer
+
+
+@dataclass(frozen=True)
+class Stopping:
+    """When the driver stops: ``optimality <= tol`` or ``max_iter`` updates."""
+
+    max_iter: int
+    tol: float
 
 
 @dataclass(frozen=True)
 class IterationRecord:
-    """What one iteration did (iteration 0 is the initial evaluation)."""
+    """What one iteration did (iteration 0 is the initial evaluation).
+
+    ``loss`` is F at the iteration's point over the rows evaluated (the mini-batch for
+    sgd), ``grad_norm`` the inf-norm of the (proximal) gradient there, ``optimality``
+    what ``tol`` is compared with (``grad_norm``, or for sgd the relative change of w).
+    """
 
     iteration: int
     loss: float
@@ -39,48 +58,88 @@ class IterationRecord:
     attempts: int
     key_prefixes: tuple[str, ...]
     start_time: float
+    #: What tol is compared with (the driver always sets it).
+    optimality: float = math.nan
+    #: Per worker, what the workers measured over the iteration's evaluations (resident
+    #: strategies: compute / communication / wait seconds, bytes), else None.
+    worker_measures: dict | None = None
 
 
 @dataclass
 class FitResult:
-    """Outcome of :func:`minimize`."""
+    """Outcome of a run."""
 
     w: np.ndarray
     n_iter: int
     converged: bool
     records: list[IterationRecord] = field(default_factory=list)
-    state: OptState | None = None
+    state: Any = None
     stalled: bool = False
+    optimality: float = math.inf
+    #: The run's configuration as the callbacks saw it (the estimator's and the strategy's).
+    info: dict = field(default_factory=dict)
 
 
-class Callback:
-    """Hooks called by :func:`minimize`; every method does nothing by default."""
+class Stepper(Protocol):
+    """Takes the iterations of a synchronous run; returns each iterate and its evaluations."""
 
-    def on_fit_start(self, info: dict) -> None:
-        """Called once before the first evaluation with the fit's configuration."""
+    def start(self) -> tuple[Iterate, list[Evaluation]]: ...
 
-    def on_iteration_end(self, record: IterationRecord) -> None:
-        """Called after every iteration (including iteration 0, the initial point)."""
+    def step(self, iterate: Iterate, iteration: int) -> tuple[Iterate, list[Evaluation]]: ...
 
-    def on_fit_end(self, result: FitResult) -> None:
-        """Called once when the loop stops, also after an error was raised."""
+
+class ClientStepper:
+    """Steps taken on the client over a gather; mini-batches drawn from (seed, step)."""
+
+    def __init__(
+        self,
+        gather: Any,
+        optimizer: Optimizer,
+        objective: Objective,
+        w0: np.ndarray,
+        *,
+        n_blocks: int,
+        seed: int = 0,
+    ):
+        self.evaluate = Evaluator(gather, objective)
+        self.optimizer = optimizer
+        self.objective = objective
+        self.w0 = w0
+        self.n_blocks = n_blocks
+        self.seed = seed
+
+    def blocks(self, iteration: int) -> list[int] | None:
+        """The chunks iteration ``iteration`` evaluates: all (None), or its mini-batch."""
+        if not self.optimizer.stochastic:
+            return None
+        size = batch_size(self.n_blocks, getattr(self.optimizer, "batch_blocks", None))
+        return batch_blocks(self.seed, iteration, self.n_blocks, size)
+
+    def start(self) -> tuple[Iterate, list[Evaluation]]:
+        iterate = first_iterate(self.optimizer, self.objective, self.w0, self.evaluate)
+        return iterate, self.evaluate.take()
+
+    def step(self, iterate: Iterate, iteration: int) -> tuple[Iterate, list[Evaluation]]:
+        new = next_iterate(
+            self.optimizer, self.objective, iterate, self.evaluate, self.blocks(iteration)
+        )
+        return new, self.evaluate.take()
 
 
 def _record(
     iteration: int,
-    state: OptState,
-    objective: Objective,
-    first: int,
+    iterate: Iterate,
+    evaluations: Sequence[Evaluation],
     start: float,
     fit_start: float,
 ) -> IterationRecord:
-    evaluations = objective.evaluations[first:]
     now = time.perf_counter()
     return IterationRecord(
         iteration=iteration,
-        loss=float(state.value),
-        grad_norm=float(state.optimality),
-        step_size=float(state.step_size),
+        loss=float(iterate.value),
+        grad_norm=float(iterate.grad_norm),
+        optimality=float(iterate.optimality),
+        step_size=float(iterate.state.step_size),
         wall_seconds=now - start,
         elapsed_seconds=now - fit_start,
         n_evaluations=len(evaluations),
@@ -88,73 +147,71 @@ def _record(
         attempts=int(sum(e.attempts for e in evaluations)),
         key_prefixes=tuple(e.key_prefix for e in evaluations),
         start_time=time.time() - (now - start),
+        worker_measures=_summed_measures(evaluations),
     )
 
 
-def _check_finite(state: OptState, iteration: int) -> None:
-    if not math.isfinite(state.value):
+def _summed_measures(evaluations: Sequence[Evaluation]) -> dict | None:
+    """The workers' own measures added over an iteration's evaluations (None if none)."""
+    measured = [e.measures for e in evaluations if e.measures]
+    if not measured:
+        return None
+    total: dict[str, dict[str, float]] = {}
+    for measures in measured:
+        for worker, values in measures.items():
+            into = total.setdefault(worker, {})
+            for name, value in values.items():
+                into[name] = into.get(name, 0.0) + float(value)
+    return total
+
+
+def check_finite(iterate: Iterate, iteration: int) -> None:
+    if not math.isfinite(iterate.value):
         raise FloatingPointError(
-            f"the loss became {state.value} at iteration {iteration} with step size "
-            f"{state.step_size:.6g}: the step is too large for this problem; lower "
+            f"the loss became {iterate.value} at iteration {iteration} with step size "
+            f"{iterate.state.step_size:.6g}: the step is too large for this problem; lower "
             "learning_rate (or use learning_rate='auto', which backtracks)"
         )
 
 
-def minimize(
-    objective: Objective,
-    optimizer: Optimizer,
-    w0: np.ndarray,
+def run(
+    stepper: Stepper,
     *,
-    max_iter: int,
-    tol: float,
+    stopping: Stopping,
     callbacks: Sequence[Callback] = (),
     info: dict | None = None,
 ) -> FitResult:
-    """Minimise ``objective`` from ``w0`` with ``optimizer``.
-
-    Parameters
-    ----------
-    objective : Objective
-    optimizer : Optimizer
-    w0 : ndarray of shape (n_params,)
-    max_iter : int
-        Maximum number of updates (iteration 0, the initial evaluation, not counted).
-    tol : float
-        Stop when the optimizer's optimality measure is <= tol.
-    callbacks : sequence of Callback
-    info : dict, optional
-        Passed to ``Callback.on_fit_start``.
+    """Run ``stepper`` until a stopping rule holds; callbacks see every iteration.
 
     Raises
     ------
     FloatingPointError
         When the loss becomes NaN or infinite; the message names the step size.
     """
-    if not objective.is_smooth and not optimizer.supports_nonsmooth:
-        raise ValueError(
-            f"solver {optimizer.name!r} supports only smooth penalties ('l2' or None); "
-            "use 'gd', 'nesterov' or 'sgd' with an L1 part"
-        )
+    info = dict(info or {}, max_iter=stopping.max_iter, tol=stopping.tol)
     for callback in callbacks:
-        callback.on_fit_start(dict(info or {}, max_iter=max_iter, tol=tol))
-    result = FitResult(w=np.asarray(w0, dtype=np.float64), n_iter=0, converged=False)
+        callback.on_fit_start(dict(info))
+    result = FitResult(w=np.zeros(0), n_iter=0, converged=False, info=info)
     try:
         fit_start = start = time.perf_counter()
-        state = optimizer.init(result.w, objective)
-        _check_finite(state, 0)
-        _append(result, _record(0, state, objective, 0, start, fit_start), callbacks)
-        while not state.optimality <= tol and result.n_iter < max_iter:
-            start, first = time.perf_counter(), len(objective.evaluations)
-            state = optimizer.update(state, objective)
-            if state.stalled:
+        iterate, evaluations = stepper.start()
+        result.w = iterate.params
+        check_finite(iterate, 0)
+        _append(result, _record(0, iterate, evaluations, start, fit_start), callbacks)
+        while not iterate.optimality <= stopping.tol and result.n_iter < stopping.max_iter:
+            start = time.perf_counter()
+            new, evaluations = stepper.step(iterate, result.n_iter + 1)
+            if new.state.stalled:
                 result.stalled = True
                 break
+            iterate = new
             result.n_iter += 1
-            _check_finite(state, result.n_iter)
-            record = _record(result.n_iter, state, objective, first, start, fit_start)
+            check_finite(iterate, result.n_iter)
+            record = _record(result.n_iter, iterate, evaluations, start, fit_start)
             _append(result, record, callbacks)
-        result.w, result.state = state.w, state
-        result.converged = bool(state.optimality <= tol)
+        result.w, result.state = iterate.params, iterate.state
+        result.optimality = float(iterate.optimality)
+        result.converged = bool(iterate.optimality <= stopping.tol)
     finally:
         for callback in callbacks:
             callback.on_fit_end(result)
@@ -167,27 +224,24 @@ def _append(result: FitResult, record: IterationRecord, callbacks: Sequence[Call
         callback.on_iteration_end(record)
 
 
-class ProgressBar(Callback):
-    """A tqdm progress bar showing the loss and the optimality measure."""
+def minimize(
+    gather: Any,
+    optimizer: Optimizer,
+    objective: Objective,
+    w0: np.ndarray,
+    *,
+    max_iter: int,
+    tol: float,
+    n_blocks: int = 1,
+    seed: int = 0,
+    callbacks: Sequence[Callback] = (),
+    info: dict | None = None,
+) -> FitResult:
+    """Minimise F from ``w0`` with ``optimizer``, each step taken here over ``gather``.
 
-    def __init__(self, description: str = "daskgd", **tqdm_options: Any):
-        self.description = description
-        self.tqdm_options = tqdm_options
-        self._bar: Any = None
-
-    def on_fit_start(self, info: dict) -> None:
-        from tqdm.auto import tqdm
-
-        self._bar = tqdm(total=info.get("max_iter"), desc=self.description, **self.tqdm_options)
-
-    def on_iteration_end(self, record: IterationRecord) -> None:
-        if self._bar is None:
-            return
-        if record.iteration > 0:
-            self._bar.update(1)
-        self._bar.set_postfix(loss=f"{record.loss:.6g}", grad=f"{record.grad_norm:.2e}")
-
-    def on_fit_end(self, result: FitResult) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
+    ``gather(w, blocks) -> Evaluation`` computes the chunk sums at w (a strategy
+    session's ``evaluate``, or any function, e.g. numpy on an in-memory array in tests);
+    ``n_blocks`` and ``seed`` serve the mini-batches of a stochastic optimizer.
+    """
+    stepper = ClientStepper(gather, optimizer, objective, w0, n_blocks=n_blocks, seed=seed)
+    return run(stepper, stopping=Stopping(max_iter, tol), callbacks=callbacks, info=info)

@@ -2,7 +2,8 @@
 
 ``__init__`` only stores parameters; ``fit`` validates them and the data, places the
 data on the cluster, builds model, penalty, strategy and optimizer by name, runs
-:func:`daskgd.engine.driver.minimize` and sets the fitted attributes (ending in ``_``).
+``strategy.run`` (the strategy owns the loop) and sets the fitted attributes (ending
+in ``_``).
 Parameter names, defaults and objective follow scikit-learn, so the same parameters
 give the same coefficients.
 """
@@ -21,19 +22,22 @@ import dask.array as da
 import numpy as np
 
 from daskgd import data as data_module
-from daskgd.engine.driver import Callback, ProgressBar, minimize
+from daskgd.engine.callbacks import Callback, ProgressBar
+from daskgd.engine.driver import Stopping
 from daskgd.engine.failures import FailureInjector
 from daskgd.models.losses import LeastSquares, Logistic, Model, Multinomial
-from daskgd.models.objective import Objective
 from daskgd.models.penalties import make_penalty
 from daskgd.observe.instrument import Instrumentation
+from daskgd.observe.resident import has_resident_measures, resident_worker_dataset
 from daskgd.observe.trace import build_trace
-from daskgd.optim.optimizers import OPTIMIZERS, get_optimizer
+from daskgd.optim.registry import OPTIMIZERS, get_optimizer
 from daskgd.runtime.codecs import get_codec
 from daskgd.runtime.emulation import Emulation
-from daskgd.strategies.mapreduce import get_strategy
+from daskgd.strategies.base import STRATEGIES, FitProblem, Strategy, get_strategy
 
 PENALTIES = ("l2", "l1", "elasticnet", None)
+#: Estimator parameters that configure the strategy, with their defaults.
+_STRATEGY_OPTION_DEFAULTS = {"split_every": None, "transfer_dtype": "float64", "emulation": None}
 
 
 class ConvergenceWarning(UserWarning):
@@ -97,6 +101,11 @@ class _GradientDescentEstimator:
             raise TypeError(f"instrument must be True or False, got {self.instrument!r}")
         if isinstance(self.solver, str) and self.solver not in OPTIMIZERS:
             raise ValueError(f"unknown solver {self.solver!r}; choose one of {sorted(OPTIMIZERS)}")
+        if not isinstance(self.strategy, Strategy) and self.strategy not in STRATEGIES:
+            raise ValueError(
+                f"unknown strategy {self.strategy!r}; choose one of {list(STRATEGIES)} "
+                "or pass a configured daskgd.strategies.get_strategy(name, ...)"
+            )
         get_codec(self.transfer_dtype)
         if self.emulation is not None and not isinstance(self.emulation, Emulation):
             raise TypeError(
@@ -118,63 +127,78 @@ class _GradientDescentEstimator:
         options: dict = {}
         if self.solver in ("gd", "nesterov", "sgd"):
             options["learning_rate"] = self.learning_rate
-        if self.solver == "sgd":
-            options["random_state"] = self.random_state
         return get_optimizer(self.solver, **options)
+
+    def _strategy(self) -> Strategy:
+        """The configured strategy: by name with this estimator's options, or as given."""
+        if isinstance(self.strategy, Strategy):
+            changed = [
+                name
+                for name, default in _STRATEGY_OPTION_DEFAULTS.items()
+                if not _equal(getattr(self, name), default)
+            ]
+            if changed:
+                raise ValueError(
+                    f"{', '.join(changed)} cannot be combined with a configured strategy "
+                    f"({self.strategy!r}): give them to get_strategy({self.strategy.name!r}, ...)"
+                )
+            return self.strategy
+        options: dict = {"transfer_dtype": self.transfer_dtype, "emulation": self.emulation}
+        if self.split_every is not None:
+            if self.strategy != "mapreduce":
+                raise ValueError(
+                    f"split_every is an option of strategy 'mapreduce', not {self.strategy!r}"
+                )
+            options["split_every"] = self.split_every
+        return get_strategy(self.strategy, **options)
 
     # -- fitting ---------------------------------------------------------------
     def _fit_model(self, X: Any, y: Any, model: Model, penalty: Any, callbacks: list) -> None:
         client = data_module.current_client(self.client)
-        if self.emulation is not None:  # checked before the data moves
+        strategy, optimizer = self._strategy(), self._optimizer()
+        strategy.check(optimizer)
+        emulation = strategy.emulation
+        if emulation is not None:  # checked before the data moves
             if client is None:
                 raise ValueError("emulation needs a distributed client (a cluster to slow down)")
-            self.emulation.resolve(list(client.scheduler_info()["workers"]))
+            emulation.resolve(list(client.scheduler_info()["workers"]))
         if self.workers is not None and client is None:
             raise ValueError("workers needs a distributed client (a cluster to place data on)")
         placed = data_module.distribute(X, y, client, workers=self.workers)
-        strategy = get_strategy(
-            "mapreduce",
-            split_every=self.split_every,
-            transfer_dtype=self.transfer_dtype,
-            emulation=self.emulation,
-        )
-        optimizer = self._optimizer()
-        mask = model.penalty_mask(placed.n_features, self.fit_intercept)
-        w0 = np.zeros(model.n_params(placed.n_features, self.fit_intercept))
+        problem = FitProblem(placed, model, self.fit_intercept, penalty)
         info = self._run_info(placed, model, penalty, optimizer, strategy)
         if self.verbose:
             callbacks = [ProgressBar(f"daskgd {optimizer.name}"), *callbacks]
-        if self.emulation is not None and self.emulation.failures:
-            callbacks = [*callbacks, FailureInjector(placed.client, self.emulation)]
+        if emulation is not None and emulation.failures:
+            callbacks = [*callbacks, FailureInjector(placed.client, emulation)]
         instrumentation = None
-        if self.instrument and placed.client is not None:
+        if self.instrument and placed.client is not None and not strategy.self_measured:
             instrumentation = Instrumentation(placed.client)
             callbacks = [*callbacks, instrumentation]
             for callback in callbacks:  # a LiveTrace shows the same measurements
                 if hasattr(callback, "use_instrumentation"):
                     callback.use_instrumentation(instrumentation)
-        with strategy.session(placed, model, self.fit_intercept) as session:
-            objective = Objective(session, penalty, mask)
-            result = minimize(
-                objective,
-                optimizer,
-                w0,
-                max_iter=self.max_iter,
-                tol=self.tol,
-                callbacks=callbacks,
-                info=info,
-            )
+        result = strategy.run(
+            problem,
+            optimizer,
+            Stopping(max_iter=self.max_iter, tol=self.tol),
+            callbacks,
+            info=info,
+            seed=self.random_state,
+        )
         self.n_features_in_ = placed.n_features
         self._set_coefficients(result.w, model, placed.n_features)
         self.n_iter_ = result.n_iter
         self.converged_ = result.converged
         workers = instrumentation.worker_dataset(result.records) if instrumentation else None
-        self.trace_ = build_trace(result.records, info, workers)
+        if self.instrument and strategy.self_measured and has_resident_measures(result.records):
+            workers = resident_worker_dataset(result.records)
+        self.trace_ = build_trace(result.records, result.info, workers)
         if result.stalled:
             warnings.warn(
                 f"{type(self).__name__} with solver {optimizer.name!r} stopped after "
                 f"{result.n_iter} iterations: no step decreases the loss any more (gradient "
-                f"inf-norm {result.state.optimality:.3g} > tol={self.tol}); the loss is at "
+                f"inf-norm {result.optimality:.3g} > tol={self.tol}); the loss is at "
                 "the limit of floating-point precision: use a larger tol or scale X",
                 ConvergenceWarning,
                 stacklevel=3,
@@ -199,7 +223,7 @@ class _GradientDescentEstimator:
             "penalty": type(penalty).__name__,
             "strategy": strategy.name,
             "transfer_dtype": strategy.codec.name,
-            "emulation": self.emulation.to_attrs() if self.emulation is not None else None,
+            "emulation": strategy.emulation.to_attrs() if strategy.emulation is not None else None,
             "n_samples": int(placed.n_samples),
             "n_features": int(placed.n_features),
             "dtype": str(placed.X.dtype),
@@ -295,8 +319,13 @@ class LogisticRegression(_GradientDescentEstimator):
         'lbfgs' supports 'l2' and None only, like scikit-learn's.
     learning_rate : 'auto' or float, default='auto'
         Step size of 'gd', 'nesterov' and 'sgd'; 'auto' is 1/L estimated from the data.
+    strategy : str or daskgd.strategies.Strategy, default='mapreduce'
+        How the workers' partial sums are gathered and who updates w: a name of
+        ``daskgd.strategies.STRATEGIES`` (configured with ``transfer_dtype``,
+        ``emulation`` and, for 'mapreduce', ``split_every``), or a strategy configured
+        with ``daskgd.strategies.get_strategy(name, **options)``.
     split_every : int or None, default=None
-        Fan-in of the reduction tree (None: chunks per worker).
+        Fan-in of the 'mapreduce' reduction tree (None: flat up to 32 chunks).
     random_state : int or None, default=None
         Seed of the mini-batch draws of 'sgd'.
     client : distributed.Client or None, default=None
@@ -341,6 +370,7 @@ class LogisticRegression(_GradientDescentEstimator):
         max_iter: int = 100,
         solver: str = "lbfgs",
         learning_rate: Any = "auto",
+        strategy: Any = "mapreduce",
         split_every: int | None = None,
         random_state: int | None = None,
         client: Any = None,
@@ -358,6 +388,7 @@ class LogisticRegression(_GradientDescentEstimator):
         self.max_iter = max_iter
         self.solver = solver
         self.learning_rate = learning_rate
+        self.strategy = strategy
         self.split_every = split_every
         self.random_state = random_state
         self.client = client
@@ -445,8 +476,8 @@ class LinearRegression(_GradientDescentEstimator):
         Stop when the inf-norm of the gradient of mean(0.5 * residual^2) is <= tol.
     max_iter : int, default=1000
     solver : {'lbfgs', 'gd', 'nesterov', 'sgd'}, default='lbfgs'
-    learning_rate, split_every, random_state, client, verbose, instrument, transfer_dtype,
-    emulation, workers
+    learning_rate, strategy, split_every, random_state, client, verbose, instrument,
+    transfer_dtype, emulation, workers
         As in :class:`LogisticRegression`.
     """
 
@@ -458,6 +489,7 @@ class LinearRegression(_GradientDescentEstimator):
         max_iter: int = 1000,
         solver: str = "lbfgs",
         learning_rate: Any = "auto",
+        strategy: Any = "mapreduce",
         split_every: int | None = None,
         random_state: int | None = None,
         client: Any = None,
@@ -472,6 +504,7 @@ class LinearRegression(_GradientDescentEstimator):
         self.max_iter = max_iter
         self.solver = solver
         self.learning_rate = learning_rate
+        self.strategy = strategy
         self.split_every = split_every
         self.random_state = random_state
         self.client = client
@@ -518,7 +551,7 @@ class Ridge(LinearRegression):
     ----------
     alpha : float, default=1.0
         Regularisation strength (>= 0).
-    fit_intercept, tol, max_iter, solver, learning_rate, split_every, random_state,
+    fit_intercept, tol, max_iter, solver, learning_rate, strategy, split_every, random_state,
     client, verbose, instrument, transfer_dtype, emulation, workers
         As in :class:`LinearRegression`.
     """
@@ -532,6 +565,7 @@ class Ridge(LinearRegression):
         max_iter: int = 1000,
         solver: str = "lbfgs",
         learning_rate: Any = "auto",
+        strategy: Any = "mapreduce",
         split_every: int | None = None,
         random_state: int | None = None,
         client: Any = None,
@@ -547,6 +581,7 @@ class Ridge(LinearRegression):
             max_iter=max_iter,
             solver=solver,
             learning_rate=learning_rate,
+            strategy=strategy,
             split_every=split_every,
             random_state=random_state,
             client=client,

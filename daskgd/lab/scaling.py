@@ -38,8 +38,6 @@ from daskgd.observe.summary import PARTS, split
 
 __all__ = ["scaling", "scaling_document", "write_scaling_report"]
 
-_SOLVER_OPTIONS = ("gd", "nesterov", "lbfgs", "sgd")
-
 
 def _check_worker_counts(worker_counts: Any) -> list[int]:
     if isinstance(worker_counts, (str, bytes)) or not isinstance(worker_counts, Sequence):
@@ -120,13 +118,10 @@ def _rows_per_worker(trace: xr.Dataset) -> float:
 
 
 def _fan_in(trace: xr.Dataset, split_every: int | None) -> int:
-    """The reduction tree's fan-in: daskgd's default is the chunks per worker (>= 2)."""
-    if split_every is not None:
-        return int(split_every)
-    from daskgd.observe.summary import worker_holdings
-
-    holdings = worker_holdings(trace)
-    return max(2, max((chunks for chunks, _ in holdings.values()), default=2))
+    """The reduction's fan-in as the strategy resolved and recorded it for this run."""
+    if "split_every" in trace.attrs:
+        return int(trace.attrs["split_every"])
+    return int(split_every) if split_every is not None else 2
 
 
 def _partial_bytes(trace: xr.Dataset) -> float:
@@ -285,8 +280,10 @@ def scaling(
     for name, value in (("n_samples", n_samples), ("n_features", n_features)):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    if solver not in _SOLVER_OPTIONS:
-        raise ValueError(f"unknown solver {solver!r}; choose one of {list(_SOLVER_OPTIONS)}")
+    from daskgd.optim.registry import OPTIMIZERS
+
+    if solver not in OPTIMIZERS:
+        raise ValueError(f"unknown solver {solver!r}; choose one of {sorted(OPTIMIZERS)}")
     if n_samples < max(counts):
         raise ValueError(f"n_samples={n_samples} is fewer than the {max(counts)} workers")
     if client is not None:

@@ -1,64 +1,65 @@
-"""The objective the optimizers minimise, assembled on the client.
+"""The objective the optimizers minimise, from the chunk sums and the penalty.
 
-    F(w) = loss_sum(w) / n_rows + smooth_penalty(w) + nonsmooth_penalty(w)
+    F(w) = f(w) + h(w),   f(w) = loss_sum(w) / n_rows + smooth_penalty(w),
+                          h(w) = nonsmooth_penalty(w)
 
-The sums come from a strategy session (one round trip per call of
-:meth:`Objective.value_grad`); the penalty is evaluated on the client, where w is.
+Pure and small: it holds the penalty, the mask of penalised entries and (once known)
+the Lipschitz estimate of grad f, so it pickles in a few bytes and the same object
+serves an optimizer on the client, on a server or on every worker. The sums come from
+whoever holds the data (a strategy), through :meth:`Objective.smooth_value_grad`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from daskgd.models.penalties import Penalty
 
 
+@dataclass
 class Objective:
-    """Composite objective over the data bound to ``session``.
+    """Composite objective F = f + h over data held elsewhere.
 
     Parameters
     ----------
-    session : daskgd.strategies.mapreduce.Session
-        Gathers ``(loss_sum, grad_sum, n_rows)`` at a given w.
     penalty : daskgd.models.penalties.Penalty
-        Regularisation; its smooth part joins the gradient, its non-smooth part is
-        handled by :meth:`prox`.
+        Regularisation; its smooth part joins f, its non-smooth part is handled by
+        :meth:`prox`.
     mask : ndarray of bool, shape (n_params,)
         Entries of w that are penalised (coefficients, not intercepts).
+    lipschitz_fn : callable or None
+        Returns an estimate of the Lipschitz constant of grad (loss_sum / n_rows), asked
+        once, when an optimizer first needs it (a pass over the data); call
+        :meth:`resolved` before shipping the objective to another process.
     """
 
-    def __init__(self, session: Any, penalty: Penalty, mask: np.ndarray):
-        self.session = session
-        self.penalty = penalty
-        self.mask = np.asarray(mask, dtype=bool)
-        self.evaluations: list = []
-        self._lipschitz: float | None = None
+    penalty: Penalty
+    mask: np.ndarray
+    lipschitz_fn: Callable[[], float] | None = field(default=None, repr=False)
+    _lipschitz: float | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.mask = np.asarray(self.mask, dtype=bool)
 
     @property
     def n_params(self) -> int:
         return int(self.mask.size)
 
     @property
-    def n_blocks(self) -> int:
-        return int(self.session.n_blocks)
-
-    @property
     def is_smooth(self) -> bool:
         return bool(self.penalty.is_smooth)
 
-    def value_grad(
-        self, w: np.ndarray, blocks: Sequence[int] | None = None
+    def smooth_value_grad(
+        self, w: np.ndarray, loss_sum: float, grad_sum: np.ndarray, n_rows: int
     ) -> tuple[float, np.ndarray]:
-        """Smooth part of F and its gradient at w (one round trip to the cluster)."""
-        evaluation = self.session.evaluate(w, blocks)
-        self.evaluations.append(evaluation)
-        n_rows = max(evaluation.n_rows, 1)
+        """f(w) and grad f(w) from the chunk sums at w."""
+        n_rows = max(int(n_rows), 1)
         penalty_value, penalty_grad = self.penalty.smooth(w, self.mask)
-        value = evaluation.loss_sum / n_rows + penalty_value
-        grad = evaluation.grad_sum / n_rows + penalty_grad
+        value = loss_sum / n_rows + penalty_value
+        grad = np.asarray(grad_sum, dtype=np.float64) / n_rows + penalty_grad
         return float(value), grad
 
     def nonsmooth(self, w: np.ndarray) -> float:
@@ -76,14 +77,23 @@ class Objective:
 
     @property
     def lipschitz(self) -> float:
-        """Estimate of the Lipschitz constant of the smooth gradient (one round trip, cached)."""
+        """Lipschitz estimate of grad f: the loss's (asked once) plus the penalty's."""
         if self._lipschitz is None:
-            curvature = self.session.model.curvature * self.session.top_gram_eigenvalue()
+            if self.lipschitz_fn is None:
+                raise ValueError(
+                    "this objective has no Lipschitz estimate: give lipschitz_fn, or a "
+                    "numeric learning_rate"
+                )
             ones, zeros = np.ones(self.n_params), np.zeros(self.n_params)
             # The smooth penalties are quadratic: the change of their gradient between
             # 0 and 1 is their curvature on each entry.
             penalty_curvature = self.penalty.smooth(ones, self.mask)[1]
             penalty_curvature = penalty_curvature - self.penalty.smooth(zeros, self.mask)[1]
             extra = float(np.max(penalty_curvature)) if self.n_params else 0.0
-            self._lipschitz = max(curvature + extra, 1e-12)
+            self._lipschitz = max(float(self.lipschitz_fn()) + extra, 1e-12)
         return self._lipschitz
+
+    def resolved(self, needs_lipschitz: bool) -> Objective:
+        """A copy with no callable inside (the estimate computed first if needed)."""
+        lipschitz = self.lipschitz if needs_lipschitz else self._lipschitz
+        return Objective(self.penalty, self.mask, None, lipschitz)

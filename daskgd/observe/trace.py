@@ -17,11 +17,12 @@ import numpy as np
 import xarray as xr
 
 #: Format version written into every trace; :func:`load_trace` checks it.
-TRACE_VERSION = 1
+TRACE_VERSION = 2
 
 _ITERATION_VARIABLES = {
-    "loss": ("objective value F(w) after the iteration", "1"),
-    "grad_norm": ("inf-norm of the (proximal) gradient: the tol criterion", "1"),
+    "loss": ("objective F(w) after the iteration, on the rows evaluated", "1"),
+    "grad_norm": ("inf-norm of the (proximal) gradient, on the rows evaluated", "1"),
+    "optimality": ("what tol is compared with (grad_norm; sgd: relative change of w)", "1"),
     "step_size": ("step size used by the update", "1"),
     "wall_seconds": ("wall-clock time of the iteration on the client", "s"),
     "elapsed_seconds": ("wall-clock time since the fit started", "s"),

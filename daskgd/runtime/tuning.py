@@ -26,12 +26,23 @@ from typing import Any
 LOW_LATENCY_INTERVAL_SECONDS = 0.0005
 
 
-def _set_scheduler_intervals(dask_scheduler: Any = None, interval: float = 0.0) -> list[float]:
-    old = []
-    for stream in [*dask_scheduler.stream_comms.values(), *dask_scheduler.client_comms.values()]:
-        old.append(stream.interval)
-        stream.interval = interval
+def _set_scheduler_intervals(dask_scheduler: Any = None, interval: float = 0.0) -> dict:
+    """Set every batched stream of the scheduler to ``interval``; return the old ones."""
+    old: dict = {}
+    for kind in ("stream_comms", "client_comms"):
+        for name, stream in getattr(dask_scheduler, kind).items():
+            old[f"{kind}/{name}"] = stream.interval
+            stream.interval = interval
     return old
+
+
+def _restore_scheduler_intervals(dask_scheduler: Any = None, old: dict | None = None) -> None:
+    """Put back the intervals ``_set_scheduler_intervals`` returned (streams still open)."""
+    for key, interval in (old or {}).items():
+        kind, _, name = key.partition("/")
+        stream = getattr(dask_scheduler, kind).get(name)
+        if stream is not None:
+            stream.interval = interval
 
 
 def _set_worker_interval(dask_worker: Any = None, interval: float = 0.0) -> float:
@@ -58,39 +69,36 @@ def _pause_stealing(dask_scheduler: Any = None, pause: bool = True) -> bool:
 def tune_for_iterations(client: Any, *, interval: float = LOW_LATENCY_INTERVAL_SECONDS) -> Callable:
     """Shorten the batching intervals and pause work stealing; return an undo function.
 
-    New workers joining later keep the defaults; the undo function restores the
-    intervals of the client, the scheduler's streams and the workers it changed.
+    New workers joining later keep their own; the undo function puts back the values
+    the client, each of the scheduler's streams and each worker had before (whatever
+    the cluster was configured with, not distributed's defaults).
     """
     client_stream = client.scheduler_comm
     old_client_interval = client_stream.interval
     client_stream.interval = interval
+    old_scheduler: dict = {}
+    old_workers: dict = {}
     with contextlib.suppress(Exception):
-        client.run_on_scheduler(_set_scheduler_intervals, interval=interval)
+        old_scheduler = client.run_on_scheduler(_set_scheduler_intervals, interval=interval)
     with contextlib.suppress(Exception):
-        client.run(_set_worker_interval, interval=interval)
+        old_workers = client.run(_set_worker_interval, interval=interval)
     stealing_was_running = False
     with contextlib.suppress(Exception):
         stealing_was_running = client.run_on_scheduler(_pause_stealing, pause=True)
 
     def undo() -> None:
         client_stream.interval = old_client_interval
-        # The scheduler's own defaults: 5 ms to workers, 2 ms to clients; workers 2 ms.
         with contextlib.suppress(Exception):
-            client.run_on_scheduler(_restore_scheduler_intervals)
-        with contextlib.suppress(Exception):
-            client.run(_set_worker_interval, interval=0.002)
+            client.run_on_scheduler(_restore_scheduler_intervals, old=old_scheduler)
+        for old in set(old_workers.values()):
+            workers = [address for address, value in old_workers.items() if value == old]
+            with contextlib.suppress(Exception):
+                client.run(_set_worker_interval, interval=old, workers=workers)
         if stealing_was_running:
             with contextlib.suppress(Exception):
                 client.run_on_scheduler(_pause_stealing, pause=False)
 
     return undo
-
-
-def _restore_scheduler_intervals(dask_scheduler: Any = None) -> None:
-    for stream in dask_scheduler.stream_comms.values():
-        stream.interval = 0.005
-    for stream in dask_scheduler.client_comms.values():
-        stream.interval = 0.002
 
 
 @contextlib.contextmanager

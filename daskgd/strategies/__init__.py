@@ -1,5 +1,43 @@
-"""Strategies: how the workers' partial gradients are gathered (and who updates w)."""
+"""Strategies: how the workers' partial sums are gathered, and who updates w.
 
-from daskgd.strategies.mapreduce import STRATEGIES, MapReduce, Strategy, get_strategy
+    base.py          the protocol: capabilities, FitProblem, the registry
+    synchronous.py   the shared run of the synchronous strategies (one driver)
+    mapreduce.py     w to every worker, map_blocks, da.sum, update on the client (default)
+"""
 
-__all__ = ["STRATEGIES", "MapReduce", "Strategy", "get_strategy"]
+from daskgd.strategies.base import (
+    BUILTIN_STRATEGIES,
+    STRATEGIES,
+    Capabilities,
+    FitProblem,
+    Strategy,
+    get_strategy,
+    register_strategy,
+)
+from daskgd.strategies.synchronous import SynchronousStrategy
+
+__all__ = [
+    "BUILTIN_STRATEGIES",
+    "STRATEGIES",
+    "Capabilities",
+    "FitProblem",
+    "MapReduce",
+    "Strategy",
+    "SynchronousStrategy",
+    "get_strategy",
+    "register_strategy",
+]
+
+
+_CLASSES = {
+    "MapReduce": "daskgd.strategies.mapreduce",
+}
+
+
+def __getattr__(name: str):
+    # The strategy classes are imported on first use (they bring in dask and distributed).
+    if name in _CLASSES:
+        from importlib import import_module
+
+        return getattr(import_module(_CLASSES[name]), name)
+    raise AttributeError(f"module 'daskgd.strategies' has no attribute {name!r}")

@@ -1,9 +1,9 @@
-"""Strategies: how one gradient is gathered from the workers.
+"""``mapreduce``: the lecture's client-server iteration as a Dask graph (the default).
 
-A strategy turns the current weights ``w`` into the totals ``(loss_sum, grad_sum,
-n_rows)`` over the data held on the cluster. The engine and the optimizers only see
-:meth:`Session.evaluate`, so other ways of gathering the same sums (parameter server,
-ring all-reduce, gossip) plug in beside :class:`MapReduce` without touching them.
+Each evaluation turns w into the totals ``(loss_sum, grad_sum, n_rows)`` over the data
+held on the cluster: w is copied to every worker holding chunks, ``map_blocks`` runs the
+chunk function where each chunk lives, ``da.sum`` tree-reduces the partial sums and the
+total reaches the client, which takes the optimizer step.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import functools
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import dask
@@ -22,9 +21,12 @@ import numpy as np
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 
+from daskgd.engine.steps import Evaluation
 from daskgd.models.losses import Model, packed_loss_grad, unpack
-from daskgd.runtime.codecs import Codec, combine_partials, decode_partial, encode_partial, get_codec
+from daskgd.runtime.codecs import Codec, combine_partials, decode_partial, encode_partial
 from daskgd.runtime.tuning import amm_paused, tune_for_iterations
+from daskgd.strategies.base import FitProblem, register_strategy
+from daskgd.strategies.synchronous import SynchronousStrategy
 
 #: How often one evaluation is retried when a worker dies under it.
 MAX_ATTEMPTS = 4
@@ -32,34 +34,6 @@ MAX_ATTEMPTS = 4
 FLAT_REDUCTION_CHUNKS = 32
 #: Seconds to deliver w to one worker before that worker is skipped for the iteration.
 BROADCAST_TIMEOUT = 10.0
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """Totals of one gather over the chunks, and what it cost.
-
-    Attributes
-    ----------
-    loss_sum : float
-        Sum of the per-sample losses over the rows used.
-    grad_sum : ndarray of shape (n_params,)
-        Sum of the per-sample gradients.
-    n_rows : int
-        Number of rows the sums cover.
-    wall_seconds : float
-        Wall-clock time of the evaluation as seen by the client (all attempts).
-    attempts : int
-        1, or more when a worker was lost and the evaluation re-sent w.
-    key_prefix : str
-        Prefix of the task keys of the map step (to find them in a task stream).
-    """
-
-    loss_sum: float
-    grad_sum: np.ndarray
-    n_rows: int
-    wall_seconds: float
-    attempts: int
-    key_prefix: str
 
 
 def _recoverable_errors() -> tuple[type[BaseException], ...]:
@@ -70,17 +44,8 @@ def _recoverable_errors() -> tuple[type[BaseException], ...]:
     return (FutureCancelledError, KilledWorker, CommClosedError)
 
 
-class Strategy:
-    """Base class: a recipe for gathering gradient sums (a configuration only)."""
-
-    name = "strategy"
-
-    def session(self, data: Any, model: Model, fit_intercept: bool) -> Session:
-        """Bind the strategy to placed data and a model for the duration of a fit."""
-        raise NotImplementedError
-
-
-class MapReduce(Strategy):
+@register_strategy
+class MapReduce(SynchronousStrategy):
     """The lecture's client-server iteration as a Dask graph.
 
     1. broadcast: w is copied to every worker holding chunks;
@@ -116,15 +81,17 @@ class MapReduce(Strategy):
         transfer_dtype: str | Codec | None = None,
         emulation: Any = None,
     ):
-        if split_every is not None and (not isinstance(split_every, int) or split_every < 2):
+        if split_every is not None and (
+            isinstance(split_every, bool) or not isinstance(split_every, int) or split_every < 2
+        ):
             raise ValueError(f"split_every must be an integer >= 2 or None, got {split_every!r}")
+        super().__init__(
+            transfer_dtype=transfer_dtype, emulation=emulation, tune_cluster=tune_cluster
+        )
         self.split_every = split_every
-        self.tune_cluster = tune_cluster
-        self.codec = get_codec(transfer_dtype)
-        self.emulation = emulation
 
-    def session(self, data: Any, model: Model, fit_intercept: bool) -> Session:
-        return Session(self, data, model, fit_intercept)
+    def session(self, problem: FitProblem) -> Session:
+        return Session(self, problem.data, problem.model, problem.fit_intercept)
 
 
 class Session:
@@ -163,6 +130,10 @@ class Session:
 
     def __exit__(self, *exc_info: Any) -> None:
         self._stack.close()
+
+    def describe(self) -> dict[str, Any]:
+        """The resolved configuration of this fit's reduction (for the trace attrs)."""
+        return {"topology": "mapreduce", "split_every": self.split_every}
 
     @property
     def split_every(self) -> int:
@@ -465,15 +436,3 @@ def _block_top_eigenvalue(X: np.ndarray, fit_intercept: bool) -> np.ndarray:
         column_sums = X.sum(axis=0)
         gram = np.block([[gram, column_sums[:, None]], [column_sums[None, :], X.shape[0]]])
     return np.array([[np.linalg.eigvalsh(gram / n_rows)[-1]]])
-
-
-STRATEGIES = {"mapreduce": MapReduce}
-
-
-def get_strategy(name: str | Strategy, **options: Any) -> Strategy:
-    """A strategy by name (or the given one)."""
-    if isinstance(name, Strategy):
-        return name
-    if name not in STRATEGIES:
-        raise ValueError(f"unknown strategy {name!r}; choose one of {sorted(STRATEGIES)}")
-    return STRATEGIES[name](**options)

@@ -1,0 +1,91 @@
+"""The per-worker trace of a resident strategy, from what the workers measured themselves.
+
+The residents of :mod:`daskgd.runtime` time their own compute, communication and
+waiting and count their bytes for every request; the driver adds them up per
+iteration (``IterationRecord.worker_measures``). This builds from them the same
+variables a ``mapreduce`` fit gets from distributed's records
+(:mod:`daskgd.observe.worker_measures`), so summaries, dashboards and reports read both
+alike. Bytes: ``bytes_broadcast`` is what the workers received from the client (w),
+``bytes_reduce`` what they sent back to it (partial sums, records), and ``bytes_total``
+adds the worker-to-worker messages (counted once, at the sender).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from daskgd.observe.worker_measures import (
+    ITERATION_BYTE_VARIABLES,
+    WORKER_VARIABLES,
+    straggler_flags,
+)
+
+_TIMED = (
+    "compute_seconds",
+    "communication_seconds",
+    "wait_seconds",
+    "bytes_sent",
+    "bytes_received",
+)
+
+
+def _table(records: Sequence[Any], workers: list[str], name: str) -> np.ndarray:
+    values = np.full((len(records), len(workers)), np.nan)
+    for i, record in enumerate(records):
+        for j, worker in enumerate(workers):
+            measured = (record.worker_measures or {}).get(worker)
+            if measured is not None:
+                values[i, j] = float(measured.get(name, 0.0))
+    return values
+
+
+def has_resident_measures(records: Sequence[Any]) -> bool:
+    return any(getattr(record, "worker_measures", None) for record in records)
+
+
+def resident_worker_dataset(
+    records: Sequence[Any], *, k: float = 3.0, ratio: float = 1.25, names: dict | None = None
+) -> xr.Dataset:
+    """Dims (iteration, worker) and the iteration byte totals, as for ``mapreduce``."""
+    records = list(records)
+    workers = sorted({w for record in records for w in (record.worker_measures or {})})
+    cells = ("iteration", "worker")
+    data_vars: dict[str, Any] = {}
+    for name in _TIMED:
+        description, units = WORKER_VARIABLES[name]
+        data_vars[name] = (cells, _table(records, workers, name), {"long_name": description,
+                                                                   "units": units})  # fmt: skip
+    compute = data_vars["compute_seconds"][1]
+    active = ~np.isnan(compute)
+    data_vars["n_tasks"] = (cells, active.astype(np.int64), {"long_name": "requests served",
+                                                             "units": "1"})  # fmt: skip
+    data_vars["straggler"] = (
+        cells,
+        straggler_flags(np.nan_to_num(compute), k, ratio, active),
+        {"long_name": "compute above median + k * MAD and ratio * median of the others",
+         "units": "1", "straggler_k": k, "straggler_ratio": ratio},
+    )  # fmt: skip
+    from_client = np.nansum(_table(records, workers, "bytes_from_client"), axis=1)
+    to_client = np.nansum(_table(records, workers, "bytes_to_client"), axis=1)
+    sent = np.nansum(data_vars["bytes_sent"][1], axis=1)
+    moved = {
+        "bytes_broadcast": from_client,
+        "bytes_reduce": to_client,
+        "bytes_total": from_client + sent,
+    }
+    for name, values in moved.items():
+        description, units = ITERATION_BYTE_VARIABLES[name]
+        values = np.where(active.any(axis=1), values, np.nan)
+        data_vars[name] = (("iteration",), values, {"long_name": description, "units": units})
+    coords = {
+        "iteration": np.array([record.iteration for record in records], dtype=np.int64),
+        "worker": np.array(workers, dtype=object),
+        "worker_name": ("worker", np.array([(names or {}).get(w, "") for w in workers], object)),
+    }
+    dataset = xr.Dataset(data_vars, coords=coords)
+    dataset.attrs.update(straggler_k=k, straggler_ratio=ratio, measured_by="residents")
+    return dataset
