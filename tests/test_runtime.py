@@ -18,7 +18,6 @@ from scipy.special import expit
 
 from daskgd.data import distribute
 from daskgd.models import LeastSquares, Logistic
-from daskgd.runtime.codecs import get_codec
 from daskgd.runtime.emulation import Emulation, kill_worker
 from daskgd.runtime.handle import Runtime
 from daskgd.runtime.plugin import PLUGIN_NAME
@@ -106,9 +105,7 @@ def slow_sender(resident, seconds):
 def residents_alive(run_id, dask_worker=None):
     from daskgd.runtime.resident import Resident
 
-    return sum(
-        1 for obj in gc.get_objects() if isinstance(obj, Resident) and obj.run_id == run_id
-    )
+    return sum(1 for obj in gc.get_objects() if isinstance(obj, Resident) and obj.run_id == run_id)
 
 
 def runs_on_worker(dask_worker=None):
@@ -130,9 +127,12 @@ def three_workers():
     """A Client on its own LocalCluster of 3 worker processes (a ring of three)."""
     from distributed import Client, LocalCluster
 
-    with LocalCluster(
-        n_workers=3, threads_per_worker=1, processes=True, dashboard_address=":0"
-    ) as cluster, Client(cluster, set_as_default=False) as client:
+    with (
+        LocalCluster(
+            n_workers=3, threads_per_worker=1, processes=True, dashboard_address=":0"
+        ) as cluster,
+        Client(cluster, set_as_default=False) as client,
+    ):
         client.wait_for_workers(3, timeout=60)
         yield client
 
@@ -298,9 +298,10 @@ def test_two_concurrent_runtimes_do_not_interfere(cluster_client, classification
             outcomes[index].append(runtime.call(ring_of_ranks, vectors[index]))
             outcomes[index].append(runtime.evaluate(w)[0])
 
-    with Runtime(cluster_client, data, Logistic(), True) as first, Runtime(
-        cluster_client, data, Logistic(), True
-    ) as second:
+    with (
+        Runtime(cluster_client, data, Logistic(), True) as first,
+        Runtime(cluster_client, data, Logistic(), True) as second,
+    ):
         assert first.run_id != second.run_id
         threads = [threading.Thread(target=work, args=pair) for pair in enumerate([first, second])]
         for thread in threads:

@@ -33,15 +33,15 @@ import numpy as np
 
 from daskgd.models.losses import Model
 from daskgd.runtime.codecs import Codec, decode_partial, from_wire, get_codec, to_wire
-from daskgd.runtime.plugin import PLUGIN_NAME, RuntimePlugin
-from daskgd.runtime.resident import (
+from daskgd.runtime.messaging import (
     MEASURES,
     CallAbortedError,
     ChunkMissingError,
     PeerLostError,
     ResidentMissingError,
-    ResidentSpec,
 )
+from daskgd.runtime.plugin import PLUGIN_NAME, RuntimePlugin
+from daskgd.runtime.resident import ResidentSpec
 
 __all__ = ["MAX_ATTEMPTS", "Measures", "Results", "Runtime", "RuntimeFailureError"]
 

@@ -37,14 +37,13 @@ from typing import Any
 from distributed import WorkerPlugin
 
 from daskgd.runtime.codecs import from_wire, to_wire
-from daskgd.runtime.resident import (
+from daskgd.runtime.messaging import (
     CallAbortedError,
     ChunkMissingError,
     Message,
-    Resident,
     ResidentMissingError,
-    ResidentSpec,
 )
+from daskgd.runtime.resident import Resident, ResidentSpec
 
 __all__ = ["HANDLERS", "PLUGIN_NAME", "RuntimePlugin"]
 
