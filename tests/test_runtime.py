@@ -72,6 +72,21 @@ def ring_gradient(resident, w):
     return resident.allreduce(resident.local_sums(w), "gradient")
 
 
+def ring_both_ways(resident, vector):
+    """The ring and the exchange on the same contributions."""
+    mine = vector * (resident.rank + 1)
+    return resident.allreduce(mine, "r"), resident.allreduce(mine, "e", algorithm="exchange")
+
+
+def many_in_order(resident, count):
+    """Rank 0 fires ``count`` messages under one tag without waiting; rank 1 reads them."""
+    if resident.rank == 0:
+        for index in range(count):
+            resident.send(resident.peers[1], "stream", np.array([float(index)]), wait=False)
+        return None
+    return [float(resident.recv("stream")[0]) for _ in range(count)]
+
+
 def describe(resident):
     return {"rank": resident.rank, "peers": resident.peers, "blocks": resident.blocks}
 
@@ -266,6 +281,32 @@ def test_allreduce_on_a_ring_of_three(three_workers):
     np.testing.assert_allclose(first, total, rtol=1e-12)
 
 
+def test_exchange_gives_the_ring_total_in_one_step(three_workers):
+    client = three_workers
+    X, y = _problem(13, n=1_500)
+    data = distribute(X, y, client)
+    vector = np.random.default_rng(14).normal(size=50)
+    with Runtime(client, data, Logistic(), True, codec="bfloat16") as runtime:
+        results = runtime.call(ring_both_ways, vector)
+    rings = [ring for ring, _ in results.values()]
+    exchanges = [exchange for _, exchange in results.values()]
+    assert all(np.array_equal(rings[0], other) for other in rings)  # lossy codec, same bits
+    assert all(np.array_equal(exchanges[0], other) for other in exchanges)
+    np.testing.assert_allclose(exchanges[0], 6 * vector, rtol=2e-2, atol=1e-2)
+    np.testing.assert_allclose(rings[0], 6 * vector, rtol=2e-2, atol=1e-2)
+
+
+def test_messages_of_one_sender_arrive_in_order(cluster_client, classification):
+    _, _, data = classification
+    with Runtime(cluster_client, data, Logistic(), True) as runtime:
+        results = runtime.call(many_in_order, 200)
+    assert results[runtime_rank_one(results)] == [float(i) for i in range(200)]
+
+
+def runtime_rank_one(results):
+    return next(address for address, value in results.items() if value is not None)
+
+
 def test_allreduce_on_one_worker_returns_the_vector(cluster_client):
     X, y = _problem(8, n=500)
     one = sorted(cluster_client.scheduler_info()["workers"])[:1]
@@ -424,3 +465,64 @@ def test_a_call_survives_a_worker_killed_during_it(client):
         assert victim not in runtime.workers
         first = runtime.workers[0]
     np.testing.assert_array_equal(results[first], np.ones(3))
+
+
+# -- the mailbox on its own (no cluster) -------------------------------------------------
+
+
+def _message(seq, source="tcp://a:1", value=0.0):
+    from daskgd.runtime.messaging import Message
+
+    return Message(np.array([value]), 1, True, source, 0.0, 0.0, seq)
+
+
+def test_mailbox_files_each_senders_messages_in_order():
+    from daskgd.runtime.messaging import Mailbox
+
+    mailbox = Mailbox()
+    mailbox.begin(1)
+    for seq in (2, 0, 3, 1):  # handled out of order, as two connections may do
+        mailbox.put(1, "t", _message(seq, value=float(seq)))
+    mailbox.put(1, "t", _message(0, source="tcp://b:1", value=10.0))
+    values = [mailbox.get(1, "t", 1.0, "test").payload[0] for _ in range(5)]
+    assert [v for v in values if v < 10] == [0.0, 1.0, 2.0, 3.0]
+    assert 10.0 in values
+
+
+def test_mailbox_drops_stale_calls_and_bounds_waits():
+    from daskgd.runtime.messaging import Mailbox
+
+    mailbox = Mailbox()
+    mailbox.begin(2)
+    mailbox.put(1, "t", _message(0))  # a message of an earlier call
+    assert mailbox.dropped == 1 and len(mailbox) == 0
+    mailbox.put(3, "t", _message(0))  # the next call's: kept until that call begins
+    assert len(mailbox) == 1
+    started = time.monotonic()
+    with pytest.raises(RecvTimeoutError, match="waited 0.2 s"):
+        mailbox.get(2, "t", 0.2, "test")
+    assert time.monotonic() - started < 5
+    mailbox.end(2)
+    mailbox.begin(3)
+    assert mailbox.get(3, "t", 1.0, "test").seq == 0
+
+
+def test_mailbox_abort_wakes_a_waiting_thread():
+    from daskgd.runtime.messaging import Mailbox
+
+    mailbox = Mailbox()
+    mailbox.begin(1)
+    errors = []
+
+    def wait():
+        try:
+            mailbox.get(1, "t", 30.0, "test")
+        except CallAbortedError as error:
+            errors.append(error)
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    time.sleep(0.1)
+    mailbox.abort(1, CallAbortedError("stop"))
+    waiter.join(timeout=10)
+    assert not waiter.is_alive() and str(errors[0]) == "stop"

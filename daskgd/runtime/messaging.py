@@ -104,6 +104,7 @@ class Message(NamedTuple):
     source: str
     sent_at: float  # time.time() on the sender: same clock on one host
     delivered_at: float
+    seq: int = 0  # per (sender, call, tag): the order the sender sent them in
 
 
 class Mailbox:
@@ -121,23 +122,42 @@ class Mailbox:
         self._condition = threading.Condition()
         self._queues: dict[tuple[int, Hashable], deque[Message]] = {}
         self._waiters: dict[tuple[int, Hashable], asyncio.Future] = {}
+        self._expected: dict[tuple, int] = {}  # next seq per ((call, tag), sender)
+        self._early: dict[tuple, dict[int, Message]] = {}  # arrived before a predecessor
         self._call = 0
         self._aborted: dict[int, BaseException] = {}
         self._closed: str | None = None
         self.dropped = 0
 
     def put(self, call: int, tag: Hashable, message: Message) -> None:
-        """File a message (on the event loop)."""
+        """File a message (on the event loop), in its sender's order.
+
+        Two messages of one sender under one tag may come over two pooled connections
+        and be handled out of order: a message waits until its predecessors are filed.
+        """
         with self._condition:
             if self._closed is not None or call < self._call:
                 self.dropped += 1
                 return
-            waiter = self._waiters.pop((call, tag), None)
-            if waiter is not None and not waiter.done():
-                waiter.set_result(message)
-                return
-            self._queues.setdefault((call, tag), deque()).append(message)
-            self._condition.notify_all()
+            key = (call, tag)
+            order = (key, message.source)
+            expected = self._expected.get(order, 0)
+            early = self._early.setdefault(order, {})
+            early[message.seq] = message
+            while expected in early:
+                self._file(key, early.pop(expected))
+                expected += 1
+            if not early:
+                del self._early[order]
+            self._expected[order] = expected
+
+    def _file(self, key: tuple[int, Hashable], message: Message) -> None:
+        waiter = self._waiters.pop(key, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(message)
+            return
+        self._queues.setdefault(key, deque()).append(message)
+        self._condition.notify_all()
 
     def _take(self, key: tuple[int, Hashable]) -> Message | None:
         self._raise_if_stopped(key[0])
@@ -190,17 +210,24 @@ class Mailbox:
         """Start call ``call``: older calls' messages go; raise if it was aborted already."""
         with self._condition:
             self._call = call
-            for key in [key for key in self._queues if key[0] < call]:
-                self.dropped += len(self._queues.pop(key))
+            self._forget(lambda c: c < call)
             self._aborted = {c: e for c, e in self._aborted.items() if c >= call}
             self._raise_if_stopped(call)
 
     def end(self, call: int) -> None:
         """The call is over: drop what it left unread."""
         with self._condition:
-            for key in [key for key in self._queues if key[0] <= call]:
-                self.dropped += len(self._queues.pop(key))
+            self._forget(lambda c: c <= call)
             self._call = max(self._call, call + 1)
+
+    def _forget(self, old) -> None:
+        """Drop the messages and ordering of the calls ``old(call)`` is true of."""
+        for key in [key for key in self._queues if old(key[0])]:
+            self.dropped += len(self._queues.pop(key))
+        for order in [order for order in self._early if old(order[0][0])]:
+            self.dropped += len(self._early.pop(order))
+        for order in [order for order in self._expected if old(order[0][0])]:
+            del self._expected[order]
 
     def abort(self, call: int, error: BaseException) -> None:
         """Make every wait of ``call`` raise ``error`` (on the event loop)."""
@@ -216,8 +243,7 @@ class Mailbox:
         """No more messages; every wait raises :class:`CallAbortedError` (on the event loop)."""
         with self._condition:
             self._closed = reason
-            self.dropped += sum(len(queue) for queue in self._queues.values())
-            self._queues.clear()
+            self._forget(lambda c: True)
             for waiter in self._waiters.values():
                 if not waiter.done():
                     waiter.set_exception(CallAbortedError(reason))

@@ -204,16 +204,16 @@ class RuntimePlugin(WorkerPlugin):
         exact: bool,
         sent_at: float,
         payload: Any,
-    ) -> dict:
+        seq: int = 0,
+    ) -> None:
         resident = self.residents.get(run_id)
         if resident is None or resident.attempt != attempt:
             self.stale_messages += 1  # a failed attempt's late message: harmless
-            return {"status": "stale", "reason": f"no resident of {run_id} attempt {attempt}"}
+            return
         payload = from_wire(payload)
         await self._emulate(resident, payload.nbytes)
-        message = Message(payload, int(n_values), bool(exact), source, sent_at, time.time())
+        message = Message(payload, int(n_values), bool(exact), source, sent_at, time.time(), seq)
         resident.deliver(call, tag, message)
-        return {"status": "OK"}
 
     async def abort(self, run_id: str, attempt: int, call: int, reason: str) -> dict:
         resident = self.residents.get(run_id)
