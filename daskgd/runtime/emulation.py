@@ -296,6 +296,16 @@ class Emulation:
             failures=tuple(parse_failure(text) for text in failures or ()),
         )
 
+    def message_seconds(self, nbytes: float) -> float:
+        """Emulated extra transit of one message of ``nbytes`` bytes: latency + size / bandwidth.
+
+        The worker-resident runtime (:mod:`daskgd.runtime.plugin`) sleeps this long on the
+        receiving side of every vector it moves, as :class:`EmulationPlugin` does for
+        ``update_data`` and ``get_data`` on the mapreduce path.
+        """
+        bandwidth = self.bandwidth_bytes_per_second
+        return self.latency_seconds + (nbytes / bandwidth if math.isfinite(bandwidth) else 0.0)
+
     @property
     def network(self) -> bool:
         return self.latency_seconds > 0 or math.isfinite(self.bandwidth_bytes_per_second)
@@ -373,6 +383,16 @@ class _WorkerState:
         if self.delay is not None:
             extra += self.delay.draw(self.rng)
         return extra
+
+
+def worker_slowdown(emulation: Emulation, factor: float, index: int) -> _WorkerState:
+    """The straggler state of one worker: ``factor`` and the seeded random delay, if any.
+
+    ``index`` is the worker's position among the sorted workers at the start of the run
+    (a worker that joined later gets ``len(workers)``), which seeds its generator.
+    """
+    delay = emulation.stragglers if isinstance(emulation.stragglers, RandomDelay) else None
+    return _WorkerState(float(factor), delay, index)
 
 
 class EmulationPlugin(WorkerPlugin):
