@@ -41,6 +41,9 @@ MEASURES = (
     "bytes_received",
     "messages_sent",
     "messages_received",
+    # the client's share of the bytes above: w (or a call's arguments) in, sums out
+    "bytes_from_client",
+    "bytes_to_client",
 )
 
 

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from dask.sizeof import sizeof
 
 from daskgd.models.losses import Model, packed_loss_grad
 from daskgd.runtime.codecs import Codec, encode_partial_with_residual, to_wire
@@ -174,6 +175,12 @@ class Resident:
         )
 
     # -- compute ---------------------------------------------------------------------------
+
+    def chunk(self, block: int) -> tuple[np.ndarray, np.ndarray]:
+        """The (X, y) chunk ``block`` this resident holds (the persisted blocks, no copy)."""
+        if block not in self._chunks:
+            raise ChunkMissingError(f"{self._who()} does not hold chunk {block}")
+        return self._chunks[block]
 
     def local_sums(self, w: np.ndarray, blocks: Sequence[int] | None = None) -> np.ndarray:
         """``[loss_sum, grad_sum..., n_rows]`` over this resident's chunks (timed as compute).
@@ -471,6 +478,7 @@ class Resident:
         self.meter.reset()
         start = time.perf_counter()
         self.meter.bytes_received += int(payload.nbytes)
+        self.meter.bytes_from_client += int(payload.nbytes)
         self.meter.messages_received += 1
         if self.codec.compresses_w:
             w = self.codec.decode(payload, self.n_params)
@@ -482,6 +490,7 @@ class Resident:
                 partial, self.codec, self._residual
             )
         self.meter.bytes_sent += int(partial.nbytes)
+        self.meter.bytes_to_client += int(partial.nbytes)
         self.meter.messages_sent += 1
         elapsed = time.perf_counter() - start
         self.meter.communication_seconds += max(0.0, elapsed - self.meter.compute_seconds)
@@ -496,6 +505,7 @@ class Resident:
         try:
             result = function(self, *args, **kwargs)
             self.flush()
+            self.meter.bytes_to_client += int(sizeof(result))
         finally:
             self._pending = []
             self.mailbox.end(call)

@@ -3,6 +3,8 @@
     base.py          the protocol: capabilities, FitProblem, the registry
     synchronous.py   the shared run of the synchronous strategies (one driver)
     mapreduce.py     w to every worker, map_blocks, da.sum, update on the client (default)
+    direct.py        w straight to the workers' resident objects, sums back (+ backups)
+    allreduce.py     ring all-reduce among the workers, the step replicated on each
 """
 
 from daskgd.strategies.base import (
@@ -17,9 +19,11 @@ from daskgd.strategies.base import (
 from daskgd.strategies.synchronous import SynchronousStrategy
 
 __all__ = [
+    "AllReduce",
     "BUILTIN_STRATEGIES",
     "STRATEGIES",
     "Capabilities",
+    "Direct",
     "FitProblem",
     "MapReduce",
     "Strategy",
@@ -31,6 +35,8 @@ __all__ = [
 
 _CLASSES = {
     "MapReduce": "daskgd.strategies.mapreduce",
+    "Direct": "daskgd.strategies.direct",
+    "AllReduce": "daskgd.strategies.allreduce",
 }
 
 

@@ -177,6 +177,14 @@ BUILTIN_STRATEGIES: dict[str, tuple[str, str]] = {
         "daskgd.strategies.mapreduce",
         "w to every worker, map_blocks, da.sum tree, update on the client (default)",
     ),
+    "direct": (
+        "daskgd.strategies.direct",
+        "w straight to every worker's resident object, sums straight back; no scheduler",
+    ),
+    "allreduce": (
+        "daskgd.strategies.allreduce",
+        "ring all-reduce among the workers, each takes the same optimizer step",
+    ),
 }
 
 #: name -> strategy class, for strategies registered with :func:`register_strategy`.
