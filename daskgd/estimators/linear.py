@@ -192,11 +192,7 @@ class _GradientDescentEstimator:
         self.converged_ = result.converged
         workers = instrumentation.worker_dataset(result.records) if instrumentation else None
         if self.instrument and strategy.self_measured and has_resident_measures(result.records):
-            names = {
-                address: str(info.get("name", ""))
-                for address, info in placed.client.scheduler_info()["workers"].items()
-            }
-            workers = resident_worker_dataset(result.records, names=names)
+            workers = resident_worker_dataset(result.records, client=placed.client)
         self.trace_ = build_trace(result.records, result.info, workers)
         if result.stalled:
             warnings.warn(

@@ -48,10 +48,17 @@ def has_resident_measures(records: Sequence[Any]) -> bool:
 
 
 def resident_worker_dataset(
-    records: Sequence[Any], *, k: float = 3.0, ratio: float = 1.25, names: dict | None = None
+    records: Sequence[Any], *, k: float = 3.0, ratio: float = 1.25, client: Any = None
 ) -> xr.Dataset:
-    """Dims (iteration, worker) and the iteration byte totals, as for ``mapreduce``."""
+    """Dims (iteration, worker) and the iteration byte totals, as for ``mapreduce``.
+
+    ``client`` (optional) gives the workers' names for the ``worker_name`` coordinate.
+    """
     records = list(records)
+    names: dict = {}
+    if client is not None:
+        workers_info = client.scheduler_info()["workers"]
+        names = {address: str(info.get("name", "")) for address, info in workers_info.items()}
     workers = sorted({w for record in records for w in (record.worker_measures or {})})
     cells = ("iteration", "worker")
     data_vars: dict[str, Any] = {}
@@ -84,7 +91,7 @@ def resident_worker_dataset(
     coords = {
         "iteration": np.array([record.iteration for record in records], dtype=np.int64),
         "worker": np.array(workers, dtype=object),
-        "worker_name": ("worker", np.array([(names or {}).get(w, "") for w in workers], object)),
+        "worker_name": ("worker", np.array([names.get(w, "") for w in workers], object)),
     }
     dataset = xr.Dataset(data_vars, coords=coords)
     dataset.attrs.update(straggler_k=k, straggler_ratio=ratio, measured_by="residents")

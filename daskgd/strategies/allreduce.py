@@ -46,9 +46,7 @@ class AllReduce(ResidentStrategy):
 
     @property
     def capabilities(self) -> Capabilities:
-        return Capabilities(
-            exact_sums=self.codec.is_exact, client_update=False, replicated_w=True
-        )
+        return Capabilities(exact_sums=self.codec.is_exact, client_update=False, replicated_w=True)
 
     def session(self, problem: FitProblem) -> RingSession:
         return RingSession(self, problem)
@@ -100,8 +98,12 @@ class RingStepper:
         measures = results.measures
         evaluations = [
             Evaluation(
-                0.0, np.zeros(0), 0, measures.wall_seconds / max(first["n_evaluations"], 1),
-                measures.attempts, self.runtime.run_id,
+                0.0,
+                np.zeros(0),
+                0,
+                measures.wall_seconds / max(first["n_evaluations"], 1),
+                measures.attempts,
+                self.runtime.run_id,
                 measures=dict(measures) if index == 0 else None,
             )  # fmt: skip
             for index in range(first["n_evaluations"])
