@@ -66,6 +66,10 @@ def resident_worker_dataset(
         description, units = WORKER_VARIABLES[name]
         data_vars[name] = (cells, _table(records, workers, name), {"long_name": description,
                                                                    "units": units})  # fmt: skip
+    if any("staleness" in m for r in records for m in (r.worker_measures or {}).values()):
+        data_vars["staleness"] = (cells, _table(records, workers, "staleness"), {
+            "long_name": "evaluations since the partial sum used was computed (backup workers)",
+            "units": "1"})  # fmt: skip
     compute = data_vars["compute_seconds"][1]
     active = ~np.isnan(compute)
     data_vars["n_tasks"] = (cells, active.astype(np.int64), {"long_name": "requests served",

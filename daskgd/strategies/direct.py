@@ -19,7 +19,6 @@ gradient. The staleness of each worker's contribution is recorded in the trace.
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -181,10 +180,17 @@ class Direct(ResidentStrategy):
     @property
     def capabilities(self) -> Capabilities:
         exact = self.codec.is_exact and self.backup_workers == 0
-        return Capabilities(exact_sums=exact, line_search=self.backup_workers == 0)
+        synchronous = self.backup_workers == 0
+        return Capabilities(exact_sums=exact, line_search=synchronous, mini_batches=synchronous)
 
     def check(self, optimizer: Optimizer, *, n_workers: int | None = None) -> None:
         super().check(optimizer, n_workers=n_workers)
+        if self.backup_workers and optimizer.name != "gd":
+            raise ValueError(
+                f"solver {optimizer.name!r} with strategy 'direct' and backup_workers: only "
+                "'gd' with a numeric learning_rate takes delayed sums (momentum and line "
+                "searches assume every sum is at the current w)"
+            )
         if self.backup_workers and n_workers is not None and self.backup_workers >= n_workers:
             raise ValueError(
                 f"backup_workers={self.backup_workers} must be less than the number of "
@@ -204,14 +210,21 @@ class DirectSession(ResidentSession):
     def __init__(self, strategy: Direct, problem: FitProblem):
         super().__init__(strategy, problem)
         self.backup_workers = strategy.backup_workers
+        self.first_arrivals: Any = None
+
+    def __enter__(self) -> DirectSession:
+        super().__enter__()
+        if self.backup_workers:
+            from daskgd.runtime.backups import FirstArrivals
+
+            needed = len(self.runtime.workers) - self.backup_workers
+            self.first_arrivals = FirstArrivals(self.runtime, max(needed, 1))
+            self._stack.callback(self.first_arrivals.close)
+        return self
 
     def evaluate(self, w: np.ndarray, blocks: Sequence[int] | None = None) -> Evaluation:
-        start = time.perf_counter()
-        if self.backup_workers:
-            total, measures = self.runtime.evaluate_first(
-                w, len(self.runtime.workers) - self.backup_workers, blocks
-            )
-        else:
+        if self.first_arrivals is None:
             total, measures = self.runtime.evaluate(w, blocks)
-        measures.wall_seconds = max(measures.wall_seconds, time.perf_counter() - start)
+        else:
+            total, measures = self.first_arrivals.evaluate(w)
         return evaluation_from(total, measures, self.runtime.run_id)

@@ -1,0 +1,78 @@
+"""What the resident strategies add beyond the contract: backup workers, ring traffic."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+import daskgd
+from daskgd.data.synthetic import make_classification
+from daskgd.runtime.emulation import Emulation
+from daskgd.strategies import get_strategy
+
+
+@pytest.fixture(scope="module")
+def data(cluster_client):
+    return make_classification(40_000, 8, chunks=5_000, random_state=1)
+
+
+@pytest.fixture(scope="module")
+def optimum(data):
+    """The full-data optimum, by lbfgs on mapreduce (itself checked against scikit-learn)."""
+    return daskgd.LogisticRegression(solver="lbfgs", tol=1e-10, max_iter=500).fit(*data).coef_
+
+
+def test_backup_workers_converge_to_the_full_data_optimum_under_a_straggler(data, optimum):
+    # Worker 1 computes 4x slower: each step uses the fast worker's fresh sum and the
+    # straggler's latest one, yet no rows are dropped: the optimum is the full-data one.
+    strategy = get_strategy("direct", backup_workers=1, emulation=Emulation(stragglers={1: 4.0}))
+    model = daskgd.LogisticRegression(
+        solver="gd", learning_rate=1.0, strategy=strategy, max_iter=3000, tol=1e-7
+    ).fit(*data)
+    assert model.converged_
+    np.testing.assert_allclose(model.coef_, optimum, atol=1e-5)
+    staleness = model.trace_["staleness"]
+    assert float(staleness.max()) >= 1  # the straggler's sums were reused, and it shows
+    assert int(staleness.min("worker").max()) == 0  # some worker is fresh at every step
+    assert model.trace_.attrs["backup_workers"] == 1
+
+
+def test_ring_traffic_per_worker_is_two_m_minus_one_over_m_of_the_vector(data, cluster_client):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", daskgd.ConvergenceWarning)
+        model = daskgd.LogisticRegression(
+            solver="gd", learning_rate=1.0, strategy="allreduce", max_iter=5, tol=0
+        ).fit(*data)
+    trace = model.trace_.isel(iteration=slice(1, None))
+    m = trace.sizes["worker"]
+    vector_bytes = (8 + 1 + 2) * 8  # coefficients, intercept, loss and rows: float64
+    expected = 2 * (m - 1) / m * vector_bytes
+    np.testing.assert_allclose(trace.bytes_sent.values, expected, rtol=0.1)
+    np.testing.assert_allclose(trace.bytes_received.values, expected, rtol=0.1)
+    assert trace.attrs["topology"] == "ring"
+
+
+@pytest.mark.parametrize(
+    ("options", "solver", "message"),
+    [
+        ({"backup_workers": -1}, "gd", "backup_workers must be an integer >= 0"),
+        ({"backup_workers": 1.5}, "gd", "backup_workers must be an integer >= 0"),
+        ({"backup_workers": 2}, "gd", r"backup_workers=2 must be less than .* \(2\)"),
+        ({"backup_workers": 1}, "lbfgs", "line search"),
+        ({"backup_workers": 1}, "nesterov", "only 'gd'"),
+        ({"timeout": 0}, "gd", "timeout must be a positive number"),
+    ],
+)
+def test_bad_options_are_refused_before_the_data_moves(data, options, solver, message):
+    with pytest.raises(ValueError, match=message):
+        strategy = get_strategy("direct", **options)
+        daskgd.LogisticRegression(solver=solver, learning_rate=1.0, strategy=strategy).fit(*data)
+
+
+@pytest.mark.parametrize("name", ["direct", "allreduce"])
+def test_resident_strategies_need_a_cluster(local_scheduler, name):
+    X, y = np.random.default_rng(0).normal(size=(50, 3)), np.arange(50) % 2
+    with pytest.raises(ValueError, match=f"strategy '{name}' needs a distributed client"):
+        daskgd.LogisticRegression(strategy=name).fit(X, y)
