@@ -124,26 +124,30 @@ def _compile(**flags):
         if numba is None:
             return function
         try:
-            return numba.njit(**_OPTIONS, cache=True, **flags)(function)
+            dispatcher = numba.njit(**_OPTIONS, cache=True, **flags)(function)
         except RuntimeError as error:
             if "cannot cache" not in str(error):
                 raise
-            warnings.warn(
-                f"numba cannot cache daskgd's kernels ({error}); they are compiled in every "
-                "process: set NUMBA_CACHE_DIR to a writable directory to keep them",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-            return numba.njit(**_OPTIONS, cache=False, **flags)(function)
+            if all(other._cache.cache_path is not None for other in _DISPATCHERS):
+                warnings.warn(  # once: at the first function that cannot be cached
+                    f"numba cannot cache daskgd's kernels ({error}); they are compiled in "
+                    "every process: set NUMBA_CACHE_DIR to a writable directory to keep them",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+            dispatcher = numba.njit(**_OPTIONS, cache=False, **flags)(function)
+        _DISPATCHERS.append(dispatcher)
+        return dispatcher
 
     return decorate
 
 
+#: Every kernel and helper, so that :func:`call` can turn their disk caches off together.
+_DISPATCHERS = []
+
+
 _strict = _compile(fastmath=False)
 _summing = _compile(fastmath={"reassoc", "contract"})
-
-
-# ------------------------------------------------------------ sums (vectorised by LLVM)
 
 
 # ------------------------------------------------------------------ exp and log1p
@@ -524,21 +528,25 @@ def multinomial(X, labels, coef, intercept, tile):
 
 
 def call(kernel, *arguments):
-    """``kernel(*arguments)``, run once more if numba could not save it to its cache.
+    """``kernel(*arguments)``, without numba's disk cache if reading or writing it fails.
 
-    numba registers a freshly compiled variant before writing it to the cache; if the
-    write fails (OSError: the cache directory became unwritable after import), the
-    variant is usable all the same, so a second call runs it instead of failing the task.
+    The cache directory is chosen when this module is imported; if it stops being usable
+    later (removed, replaced, made unwritable), numba raises OSError while loading or
+    saving a compiled variant. The caches of all the kernels are then turned off (the
+    dispatchers' ``_cache``: numba has no public switch) and the call is made again, so
+    the kernel is compiled in memory instead of failing the task.
     """
     try:
         return kernel(*arguments)
     except OSError as error:
         warnings.warn(
-            f"numba could not cache a daskgd kernel ({error}); it stays compiled in this "
-            "process only",
+            f"numba's cache of daskgd's kernels failed ({error}); they are compiled in "
+            "this process only",
             RuntimeWarning,
             stacklevel=2,
         )
+        for dispatcher in _DISPATCHERS:
+            dispatcher._cache.disable()
         return kernel(*arguments)
 
 
