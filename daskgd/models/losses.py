@@ -152,12 +152,18 @@ class Model:
     def loss_grad(self, w, X, y, fit_intercept):
         """Loss and gradient summed over the rows of one chunk, in one pass over ``X``.
 
+        A compiled kernel (:mod:`daskgd.models.kernels`) does the work when numba is
+        importable, the model has one and ``X`` suits it (C-contiguous float32 or
+        float64); otherwise, or with ``DASKGD_KERNELS=numpy``, the numpy block loop
+        does. Both give the same sums up to rounding (tests/test_kernels.py).
+
         Parameters
         ----------
         w : ndarray of shape (n_params,)
             Parameter vector (see the module docstring for its layout).
         X : ndarray of shape (n_rows, n_features)
-            float32 or float64, any memory layout.
+            float32 or float64, any memory layout. float32 is read as it is and every
+            product and sum is formed in float64.
         y : ndarray of shape (n_rows,) or (n_rows, 1)
             Targets as float.
         fit_intercept : bool
@@ -179,17 +185,44 @@ class Model:
             return 0.0, np.zeros(np.size(w), dtype=np.float64), 0
         coef, intercept = self._split(w, n_features, fit_intercept)
         y = self._targets(y, n_rows)
+        kernels = _kernels_for(X)
+        if kernels is not None and self._has_kernel():
+            sums = self._kernel(kernels, X, y, coef, intercept)
+        else:
+            sums = self._blocked_loss_grad(X, y, coef, intercept)
+        loss_sum, grad_coef, grad_intercept = sums
+        return float(loss_sum), self._join(grad_coef, grad_intercept, fit_intercept), n_rows
+
+    def _has_kernel(self):
+        return type(self)._kernel is not Model._kernel
+
+    def _kernel(self, kernels, X, y, coef, intercept):
+        """``(loss_sum, grad_coef, grad_intercept)`` by a compiled kernel (subclasses)."""
+        raise NotImplementedError
+
+    def _blocked_loss_grad(self, X, y, coef, intercept):
+        """``(loss_sum, grad_coef, grad_intercept)`` by the numpy block loop."""
+        n_rows, n_features = X.shape
         loss_sum = 0.0
         grad_coef = np.zeros(coef.shape, dtype=np.float64)
         grad_intercept = np.zeros(self._n_outputs(), dtype=np.float64)
         block_rows = BLOCK_ROWS
+        buffer = None
         for start in range(0, n_rows, block_rows):
             stop = min(start + block_rows, n_rows)
-            # A no-op for aligned C-contiguous float64; otherwise one cache-sized float64
-            # copy, so BLAS gets a contiguous, aligned operand (a chunk received over the
-            # network can be misaligned: BLAS on it ran ~14x slower here) and sums are
-            # accumulated in float64.
-            block = np.require(X[start:stop], np.float64, ["C", "A"])
+            block = X[start:stop]
+            if not (block.dtype == np.float64 and block.flags.c_contiguous and block.flags.aligned):
+                # One cache-sized float64 copy, so BLAS gets a contiguous, aligned operand
+                # (a chunk received over the network can be misaligned: BLAS on it ran ~14x
+                # slower here) and sums are accumulated in float64. The buffer is reused:
+                # a fresh 1.6 MiB block per iteration is a fresh mmap on a dask worker,
+                # whose MALLOC_TRIM_THRESHOLD_ stops glibc from keeping freed blocks,
+                # i.e. 400 page faults per block, ~24,000 per 125k-row chunk, which made
+                # float32 chunks slower on the workers than float64 ones.
+                if buffer is None:
+                    buffer = np.empty((min(block_rows, n_rows), n_features), np.float64)
+                np.copyto(buffer[: stop - start], block)
+                block = buffer[: stop - start]
             z = block @ coef
             if intercept is not None:
                 z += intercept
@@ -197,7 +230,7 @@ class Model:
             loss_sum += block_loss
             grad_coef += block.T @ residual
             grad_intercept += residual.sum(axis=0)
-        return float(loss_sum), self._join(grad_coef, grad_intercept, fit_intercept), n_rows
+        return loss_sum, grad_coef, grad_intercept
 
     def decision_function(self, w, X, fit_intercept):
         """Linear predictors ``X @ coef + intercept``.
@@ -240,6 +273,9 @@ class LeastSquares(Model):
         residual = z - y
         return 0.5 * float(residual @ residual), residual
 
+    def _kernel(self, kernels, X, y, coef, intercept):
+        return _binary_kernel(kernels, X, y, coef, intercept, logistic=False)
+
 
 class Logistic(Model):
     """Binary cross-entropy ``log(1 + exp(z)) - y * z`` for targets ``y`` in {0., 1.}.
@@ -259,6 +295,9 @@ class Logistic(Model):
         # the same decay = exp(-|z|) in (0, 1].
         probability = np.where(z >= 0, inverse, decay * inverse)
         return float(loss.sum()), probability - y
+
+    def _kernel(self, kernels, X, y, coef, intercept):
+        return _binary_kernel(kernels, X, y, coef, intercept, logistic=True)
 
 
 class Multinomial(Model):
@@ -305,6 +344,43 @@ class Multinomial(Model):
         residual = exponentials / totals[:, np.newaxis]
         residual[rows, y] -= 1.0
         return float(loss.sum()), residual
+
+    def _kernel(self, kernels, X, y, coef, intercept):
+        n_features = X.shape[1]
+        # coef arrives as the (d, K) transpose of W's block; the kernel reads W's rows.
+        weights = np.ascontiguousarray(coef.T)
+        intercepts = np.zeros(self.n_classes) if intercept is None else intercept
+        tile = kernels.tile_rows(n_features, X.itemsize)
+        labels = np.ascontiguousarray(y, dtype=np.intp)
+        loss_sum, grad = kernels.call(
+            kernels.multinomial, X, labels, weights, np.ascontiguousarray(intercepts), tile
+        )
+        return loss_sum, grad[:, :n_features].T, grad[:, n_features]
+
+
+def _kernels_for(X):
+    """The kernels module if its kernels should take ``X``, else None.
+
+    Imported on first use rather than with this module: importing numba takes ~0.5 s,
+    which ``import daskgd`` (and the command line) need not pay.
+    """
+    from daskgd.models import kernels
+
+    return kernels if kernels.enabled() and kernels.suits(X) else None
+
+
+def _binary_kernel(kernels, X, y, coef, intercept, logistic):
+    tile = kernels.tile_rows(X.shape[1], X.itemsize)
+    loss_sum, grad = kernels.call(
+        kernels.binary,
+        X,
+        np.ascontiguousarray(y),
+        np.ascontiguousarray(coef),
+        0.0 if intercept is None else float(intercept),
+        logistic,
+        tile,
+    )
+    return loss_sum, grad[:-1], grad[-1:]
 
 
 def _is_integer(value):

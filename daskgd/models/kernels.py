@@ -1,0 +1,598 @@
+"""Compiled one-pass chunk kernels: loss and gradient sums over the rows of a chunk.
+
+The numpy path of :meth:`daskgd.models.losses.Model.loss_grad` calls BLAS twice per
+2048-row block (``block @ coef``, then ``block.T @ residual``) and, for float32 ``X``,
+first copies the block to float64. These numba kernels instead walk the rows once, in
+tiles of a few rows that stay in the L1 cache between the two uses:
+
+1. ``z = X_tile @ coef + intercept``, four rows at a time sharing the loads of ``coef``;
+2. the link on the tile's ``z``: loss terms and residuals ``d loss / d z``, with the same
+   formulas as the numpy path (the stable logistic loss ``max(z, 0) + log1p(exp(-|z|)) - y z``);
+3. ``grad += X_tile.T @ residual``, four rows per pass over ``grad``.
+
+A float32 chunk is read as float32 (half the bytes of float64) and every product and sum is
+formed in float64, so the kernel computes the float64 gradient of the float32-rounded data.
+
+Only the two summation helpers (``_dot4``, ``_dot1``, ``_add_rows4``, ``_add_row``,
+``_sum``) relax IEEE semantics, and only by ``reassoc`` and ``contract``: a different
+summation order (partial sums in vector registers) and fused multiply-adds, which lets
+LLVM vectorise the dot products. Everything else, the link in particular, is compiled
+with ``fastmath=False`` so that infinities and NaNs behave as in numpy.
+
+The kernels use no global state and release the GIL (``nogil``), so a worker's threads
+run them concurrently. They are compiled on first use and cached on disk
+(``cache=True``): see :func:`cache_status`. ``exp`` and ``log1p`` are written out here
+(Cody-Waite reduction and polynomials, within 2 ulp of libm: tests/test_kernels.py) because
+libm's scalar calls cannot be vectorised and cost ~25 ns per row, as much as reading a
+float32 row of 100 features from memory.
+"""
+
+import math
+import os
+import warnings
+
+import numpy as np
+
+try:
+    import numba
+except ImportError:  # the numpy path of losses.py covers everything
+    numba = None
+
+__all__ = [
+    "AVAILABLE",
+    "ENVIRONMENT_VARIABLE",
+    "binary",
+    "cache_status",
+    "call",
+    "enabled",
+    "multinomial",
+    "suits",
+    "tile_rows",
+    "warm_up",
+]
+
+#: Whether numba could be imported.
+AVAILABLE = numba is not None
+#: ``auto`` (default: the kernels when numba is importable), ``numpy`` (always the numpy
+#: path: the oracle of the tests and the baseline of the benchmarks) or ``numba``
+#: (the kernels, or an error if numba is missing). Read at every call, so it can be
+#: changed in a running process and, through ``Client.run``, on running workers.
+ENVIRONMENT_VARIABLE = "DASKGD_KERNELS"
+_CHOICES = ("auto", "numba", "numpy")
+
+# Bytes of X per tile: the tile is read from memory by step 1 and again from L1 by step 3.
+# 24 KiB is half of this machine's 48 KiB L1d (Sapphire Rapids), leaving room for coef and
+# grad: 30 rows of 100 float64 features, 61 of float32 (rounded down to multiples of 4).
+TILE_BYTES = 32 * 1024
+MAX_TILE_ROWS = 128
+
+
+def enabled():
+    """Whether ``loss_grad`` should use the kernels, from :data:`ENVIRONMENT_VARIABLE`.
+
+    Raises
+    ------
+    ValueError
+        If the variable holds something other than ``auto``, ``numba`` or ``numpy``.
+    RuntimeError
+        If it asks for ``numba`` and numba cannot be imported.
+    """
+    choice = os.environ.get(ENVIRONMENT_VARIABLE, "auto").strip().lower() or "auto"
+    if choice not in _CHOICES:
+        raise ValueError(
+            f"{ENVIRONMENT_VARIABLE} must be one of {', '.join(_CHOICES)}, "
+            f"got {os.environ[ENVIRONMENT_VARIABLE]!r}"
+        )
+    if choice == "numba" and not AVAILABLE:
+        raise RuntimeError(f"{ENVIRONMENT_VARIABLE}=numba but numba cannot be imported")
+    return AVAILABLE and choice != "numpy"
+
+
+def suits(X):
+    """Whether the kernels take ``X`` as it is: 2-D, C-contiguous, native float32/float64.
+
+    Misaligned and read-only arrays are fine (numba compiles a variant for them); other
+    layouts (F-ordered, strided views) go to the numpy path, which copies block by block.
+    """
+    return (
+        isinstance(X, np.ndarray)
+        and X.ndim == 2
+        and X.flags.c_contiguous
+        and (X.dtype == np.float64 or X.dtype == np.float32)
+    )
+
+
+# ------------------------------------------------------------------------ compilation
+
+
+# error_model="numpy": a division by zero gives inf or NaN as in numpy, instead of a
+# ZeroDivisionError check per division, whose branch kept LLVM from vectorising the link
+# (43 ns per row for the logistic link with the checks).
+_OPTIONS = {"nogil": True, "error_model": "numpy"}
+
+
+def _compile(**flags):
+    """``numba.njit(cache=True, nogil=True, **flags)``, without the cache if it cannot work.
+
+    numba raises RuntimeError at decoration when it finds no writable cache directory
+    (neither ``__pycache__`` beside this file, as in a read-only site-packages, nor the
+    user's cache directory, nor ``NUMBA_CACHE_DIR``): the kernels then compile in every
+    process instead (about 3 s, once per process).
+    """
+
+    def decorate(function):
+        if numba is None:
+            return function
+        try:
+            dispatcher = numba.njit(**_OPTIONS, cache=True, **flags)(function)
+        except RuntimeError as error:
+            if "cannot cache" not in str(error):
+                raise
+            if all(other._cache.cache_path is not None for other in _DISPATCHERS):
+                warnings.warn(  # once: at the first function that cannot be cached
+                    f"numba cannot cache daskgd's kernels ({error}); they are compiled in "
+                    "every process: set NUMBA_CACHE_DIR to a writable directory to keep them",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+            dispatcher = numba.njit(**_OPTIONS, cache=False, **flags)(function)
+        _DISPATCHERS.append(dispatcher)
+        return dispatcher
+
+    return decorate
+
+
+#: Every kernel and helper, so that :func:`call` can turn their disk caches off together.
+_DISPATCHERS = []
+
+
+_strict = _compile(fastmath=False)
+_summing = _compile(fastmath={"reassoc", "contract"})
+
+
+# ------------------------------------------------------------------ exp and log1p
+
+
+# Cody-Waite split of ln 2 (fdlibm's): LN2_HI has 32 significant bits, so k * LN2_HI is
+# exact for |k| < 2^21 and r = x - k ln 2 is accurate to a few ulp of r.
+_LN2_HI = 6.93147180369123816490e-01
+_LN2_LO = 1.90821492927058770002e-10
+_INV_LN2 = 1.44269504088896338700e00
+# Below this exp(x) rounds to 0 (exp(-745.14) is half the smallest subnormal).
+_EXP_FLOOR = -746.0
+
+
+@_strict
+def _exp_nonpositive(x, out, bits_low, bits_high, m):
+    """``out[t] = exp(x[t])`` for ``t < m``, every ``x[t] <= 0`` (or NaN, kept NaN).
+
+    exp(x) = 2^k exp(r), |r| <= ln(2)/2, exp(r) by its Taylor polynomial of degree 13
+    (remainder < 5e-18 relative). 2^k is applied as two normal powers of two built in
+    ``bits_low``/``bits_high`` (int64 views of float64), so subnormal results are
+    rounded once and k down to -1076 needs no special case.
+    """
+    for t in range(m):
+        v = x[t]
+        v = _EXP_FLOOR if v < _EXP_FLOOR else v  # NaN is not < anything: stays NaN
+        k = math.floor(v * _INV_LN2 + 0.5)
+        r = (v - k * _LN2_HI) - k * _LN2_LO
+        p = 1.0 / 6227020800.0
+        p = 1.0 / 479001600.0 + r * p
+        p = 1.0 / 39916800.0 + r * p
+        p = 1.0 / 3628800.0 + r * p
+        p = 1.0 / 362880.0 + r * p
+        p = 1.0 / 40320.0 + r * p
+        p = 1.0 / 5040.0 + r * p
+        p = 1.0 / 720.0 + r * p
+        p = 1.0 / 120.0 + r * p
+        p = 1.0 / 24.0 + r * p
+        p = 1.0 / 6.0 + r * p
+        p = 0.5 + r * p
+        p = 1.0 + r * p
+        out[t] = 1.0 + r * p
+        # k is in [-1077, 0] (garbage for NaN, which the NaN in out[t] absorbs).
+        exponent = np.int64(k) if k == k else np.int64(0)
+        low = exponent >> 1
+        bits_low[t] = (low + 1023) << 52
+        bits_high[t] = (exponent - low + 1023) << 52
+    scale_low = bits_low.view(np.float64)
+    scale_high = bits_high.view(np.float64)
+    for t in range(m):
+        out[t] = (out[t] * scale_low[t]) * scale_high[t]
+
+
+@_strict
+def _log1p_unit(e):
+    """``log1p(e)`` for ``e`` in [0, 1] (NaN stays NaN), within 2 ulp.
+
+    log1p(f) = 2 atanh(s), s = f / (2 + f), by its series in s^2. For e > 1/2 the
+    argument is halved first: log1p(e) = ln 2 + log1p((e - 1) / 2), where e - 1 is exact
+    (Sterbenz), so |s| <= 1/7 and 12 terms reach double precision in both branches.
+    """
+    big = e > 0.5
+    f = 0.5 * (e - 1.0) if big else e
+    u = f * (2.0 / (2.0 + f))  # 2 s, formed without s itself so subnormal e survive
+    s2 = 0.25 * (u * u)
+    q = 1.0 / 25.0
+    q = 1.0 / 23.0 + s2 * q
+    q = 1.0 / 21.0 + s2 * q
+    q = 1.0 / 19.0 + s2 * q
+    q = 1.0 / 17.0 + s2 * q
+    q = 1.0 / 15.0 + s2 * q
+    q = 1.0 / 13.0 + s2 * q
+    q = 1.0 / 11.0 + s2 * q
+    q = 1.0 / 9.0 + s2 * q
+    q = 1.0 / 7.0 + s2 * q
+    q = 1.0 / 5.0 + s2 * q
+    q = 1.0 / 3.0 + s2 * q
+    series = u + u * (s2 * q)
+    return _LN2_HI + (_LN2_LO + series) if big else series
+
+
+def exp_nonpositive(x):
+    """``exp(x)`` for an array of ``x <= 0`` by the kernels' exp (tests compare it to numpy)."""
+    x = np.ascontiguousarray(x, dtype=np.float64).ravel()
+    out = np.empty_like(x)
+    _exp_nonpositive(x, out, np.empty(x.size, np.int64), np.empty(x.size, np.int64), x.size)
+    return out
+
+
+@_strict
+def _log1p_array(e, out):
+    for t in range(e.shape[0]):
+        out[t] = _log1p_unit(e[t])
+
+
+def log1p_unit(e):
+    """``log1p(e)`` for an array of ``e`` in [0, 1] by the kernels' log1p (for tests)."""
+    e = np.ascontiguousarray(e, dtype=np.float64).ravel()
+    out = np.empty_like(e)
+    _log1p_array(e, out)
+    return out
+
+
+# ---------------------------------------------------------------- the tile steps
+
+
+def tile_rows(n_features, itemsize):
+    """Rows per tile: about TILE_BYTES of X, a multiple of 4 in [4, MAX_TILE_ROWS]."""
+    if n_features == 0:
+        return MAX_TILE_ROWS
+    rows = TILE_BYTES // (int(n_features) * int(itemsize))
+    return max(4, min(MAX_TILE_ROWS, rows - rows % 4))
+
+
+# The two linear-algebra steps work on a whole tile per call: a call costs a few hundred
+# cycles (its array arguments), as much as four rows of the dot product. Rows are
+# addressed as X[i, j], not through row views X[i], whose reference counts are atomic.
+
+
+@_summing
+def _predict(X, start, m, coef, intercept, z):
+    """``z[:m] = X[start:start + m] @ coef + intercept``, four rows sharing each coef load."""
+    t = 0
+    while t + 4 <= m:
+        i = start + t
+        s0 = s1 = s2 = s3 = 0.0
+        for j in range(coef.shape[0]):
+            cj = coef[j]
+            s0 += X[i, j] * cj
+            s1 += X[i + 1, j] * cj
+            s2 += X[i + 2, j] * cj
+            s3 += X[i + 3, j] * cj
+        z[t], z[t + 1], z[t + 2], z[t + 3] = s0, s1, s2, s3
+        t += 4
+    while t < m:
+        s0 = 0.0
+        for j in range(coef.shape[0]):
+            s0 += X[start + t, j] * coef[j]
+        z[t] = s0
+        t += 1
+    for t in range(m):
+        z[t] += intercept
+
+
+@_summing
+def _accumulate(X, start, m, r, grad):
+    """``grad[:-1] += X[start:start + m].T @ r[:m]``, ``grad[-1] += sum(r[:m])``.
+
+    Four rows per pass over ``grad``, so grad is loaded and stored once per four rows.
+    """
+    n_features = grad.shape[0] - 1
+    t = 0
+    while t + 4 <= m:
+        i = start + t
+        r0, r1, r2, r3 = r[t], r[t + 1], r[t + 2], r[t + 3]
+        for j in range(n_features):
+            grad[j] += (r0 * X[i, j] + r1 * X[i + 1, j]) + (r2 * X[i + 2, j] + r3 * X[i + 3, j])
+        t += 4
+    while t < m:
+        r0 = r[t]
+        for j in range(n_features):
+            grad[j] += r0 * X[start + t, j]
+        t += 1
+    total = 0.0
+    for t in range(m):
+        total += r[t]
+    grad[n_features] += total
+
+
+@_summing
+def _sum(a, m):
+    s = 0.0
+    for t in range(m):
+        s += a[t]
+    return s
+
+
+@_strict
+def _squares_link(z, y, m, r, terms):
+    """Residuals ``z - y`` into ``r``; returns the sum of ``0.5 (z - y)^2``."""
+    for t in range(m):
+        residual = z[t] - y[t]
+        r[t] = residual
+        terms[t] = residual * residual
+    return 0.5 * _sum(terms, m)
+
+
+@_strict
+def _logistic_link(z, y, m, r, scratch, bits_low, bits_high):
+    """Residuals ``sigmoid(z) - y`` into ``r``; returns the sum of the logistic losses.
+
+    The formulas of ``Logistic._link``: decay = exp(-|z|) is in (0, 1], so nothing
+    overflows for any finite z, and a NaN z gives NaN loss and residual as in numpy.
+    """
+    # Distinct input and output for exp: with the same array LLVM's runtime alias check
+    # sent the loop to its scalar version (13 ns per row instead of 4).
+    exponent, decay, terms = scratch[0], scratch[1], scratch[2]
+    for t in range(m):
+        exponent[t] = -abs(z[t])
+    _exp_nonpositive(exponent, decay, bits_low, bits_high, m)
+    for t in range(m):
+        zt, et, yt = z[t], decay[t], y[t]
+        terms[t] = ((zt if zt > 0.0 else 0.0) + _log1p_unit(et)) - yt * zt
+        inverse = 1.0 / (1.0 + et)
+        r[t] = (inverse if zt >= 0.0 else et * inverse) - yt
+    return _sum(terms, m)
+
+
+@_strict
+def binary(X, y, coef, intercept, logistic, tile):
+    """Loss and gradient sums of least squares or binary logistic over a chunk.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_rows, n_features), float32 or float64, C-contiguous
+    y : ndarray of shape (n_rows,), float64
+    coef : ndarray of shape (n_features,), float64
+    intercept : float
+        0.0 without an intercept.
+    logistic : bool
+        Logistic loss if True, else ``0.5 (z - y)^2``.
+    tile : int
+        Rows per tile, at least 1 (see :func:`tile_rows`).
+
+    Returns
+    -------
+    loss_sum : float
+    grad : ndarray of shape (n_features + 1,), float64
+        Gradient of ``loss_sum`` with respect to ``coef``, then to the intercept.
+    """
+    n_rows, n_features = X.shape
+    grad = np.zeros(n_features + 1)
+    z, r = np.empty(tile), np.empty(tile)
+    scratch = np.empty((3, tile))
+    bits_low, bits_high = np.empty(tile, np.int64), np.empty(tile, np.int64)
+    loss = 0.0
+    for start in range(0, n_rows, tile):
+        m = min(tile, n_rows - start)
+        _predict(X, start, m, coef, intercept, z)
+        # A view of the tile's targets: indexing y[start + t] made LLVM gather them (it
+        # could not prove the index non-negative, so kept numpy's wraparound per element).
+        y_tile = y[start : start + m]
+        if logistic:
+            loss += _logistic_link(z, y_tile, m, r, scratch, bits_low, bits_high)
+        else:
+            loss += _squares_link(z, y_tile, m, r, scratch[0])
+        _accumulate(X, start, m, r, grad)
+    return loss, grad
+
+
+# ------------------------------------------------------------------------ multinomial
+
+
+@_summing
+def _predict_classes(X, start, m, coef, intercept, z):
+    """``z[:m] = X[start:start + m] @ coef.T + intercept``; ``coef`` is (K, d), ``z`` (tile, K)."""
+    n_classes, n_features = coef.shape
+    t = 0
+    while t + 4 <= m:
+        i = start + t
+        for k in range(n_classes):
+            s0 = s1 = s2 = s3 = 0.0
+            for j in range(n_features):
+                ckj = coef[k, j]
+                s0 += X[i, j] * ckj
+                s1 += X[i + 1, j] * ckj
+                s2 += X[i + 2, j] * ckj
+                s3 += X[i + 3, j] * ckj
+            z[t, k], z[t + 1, k], z[t + 2, k], z[t + 3, k] = s0, s1, s2, s3
+        t += 4
+    while t < m:
+        for k in range(n_classes):
+            s0 = 0.0
+            for j in range(n_features):
+                s0 += X[start + t, j] * coef[k, j]
+            z[t, k] = s0
+        t += 1
+    for t in range(m):
+        for k in range(n_classes):
+            z[t, k] += intercept[k]
+
+
+@_summing
+def _accumulate_classes(X, start, m, r, grad):
+    """``grad[:, :-1] += r[:m].T @ X[start:start + m]``, ``grad[:, -1] += r[:m].sum(0)``."""
+    n_classes, n_columns = grad.shape
+    n_features = n_columns - 1
+    t = 0
+    while t + 4 <= m:
+        i = start + t
+        for k in range(n_classes):
+            r0, r1, r2, r3 = r[t, k], r[t + 1, k], r[t + 2, k], r[t + 3, k]
+            for j in range(n_features):
+                grad[k, j] += (r0 * X[i, j] + r1 * X[i + 1, j]) + (
+                    r2 * X[i + 2, j] + r3 * X[i + 3, j]
+                )
+        t += 4
+    while t < m:
+        for k in range(n_classes):
+            r0 = r[t, k]
+            for j in range(n_features):
+                grad[k, j] += r0 * X[start + t, j]
+        t += 1
+    for k in range(n_classes):
+        total = 0.0
+        for t in range(m):
+            total += r[t, k]
+        grad[k, n_features] += total
+
+
+@_strict
+def _softmax_link(z, labels, m, r, scratch, bits_low, bits_high):
+    """Residuals ``softmax(z) - onehot(y)`` into ``r``; returns the summed cross-entropy.
+
+    The formulas of ``Multinomial._link``: ``logsumexp(z) - z[y]`` after subtracting the
+    row maximum, so every exponent is <= 0.
+    """
+    n_classes = z.shape[1]
+    size = m * n_classes
+    shifted, exponentials = scratch[0, :size], scratch[1, :size]
+    for t in range(m):
+        top = z[t, 0]
+        for k in range(1, n_classes):
+            top = z[t, k] if z[t, k] > top else top
+        for k in range(n_classes):
+            shifted[t * n_classes + k] = z[t, k] - top
+    _exp_nonpositive(shifted, exponentials, bits_low, bits_high, size)
+    loss = 0.0
+    for t in range(m):
+        total = 0.0
+        for k in range(n_classes):
+            total += exponentials[t * n_classes + k]
+        loss += math.log(total) - shifted[t * n_classes + labels[t]]
+        for k in range(n_classes):
+            r[t, k] = exponentials[t * n_classes + k] / total
+        r[t, labels[t]] -= 1.0
+    return loss
+
+
+@_strict
+def multinomial(X, labels, coef, intercept, tile):
+    """Loss and gradient sums of the softmax cross-entropy over a chunk.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_rows, n_features), float32 or float64, C-contiguous
+    labels : ndarray of shape (n_rows,), intp
+        Class indices in [0, K).
+    coef : ndarray of shape (K, n_features), float64, C-contiguous
+    intercept : ndarray of shape (K,), float64
+        Zeros without intercepts.
+    tile : int
+        Rows per tile, at least 1.
+
+    Returns
+    -------
+    loss_sum : float
+    grad : ndarray of shape (K, n_features + 1), float64
+        Row k: gradient with respect to class k's coefficients, then its intercept.
+    """
+    n_rows = X.shape[0]
+    n_classes, n_features = coef.shape
+    grad = np.zeros((n_classes, n_features + 1))
+    z, r = np.empty((tile, n_classes)), np.empty((tile, n_classes))
+    scratch = np.empty((2, tile * n_classes))
+    bits_low = np.empty(tile * n_classes, np.int64)
+    bits_high = np.empty(tile * n_classes, np.int64)
+    loss = 0.0
+    for start in range(0, n_rows, tile):
+        m = min(tile, n_rows - start)
+        _predict_classes(X, start, m, coef, intercept, z)
+        loss += _softmax_link(z, labels[start : start + m], m, r, scratch, bits_low, bits_high)
+        _accumulate_classes(X, start, m, r, grad)
+    return loss, grad
+
+
+# ------------------------------------------------------------------- calling them
+
+
+def call(kernel, *arguments):
+    """``kernel(*arguments)``, without numba's disk cache if reading or writing it fails.
+
+    The cache directory is chosen when this module is imported; if it stops being usable
+    later (removed, replaced, made unwritable), numba raises OSError while loading or
+    saving a compiled variant. The caches of all the kernels are then turned off (the
+    dispatchers' ``_cache``: numba has no public switch) and the call is made again, so
+    the kernel is compiled in memory instead of failing the task.
+    """
+    try:
+        return kernel(*arguments)
+    except OSError as error:
+        warnings.warn(
+            f"numba's cache of daskgd's kernels failed ({error}); they are compiled in "
+            "this process only",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        for dispatcher in _DISPATCHERS:
+            dispatcher._cache.disable()
+        return kernel(*arguments)
+
+
+def warm_up():
+    """Compile (or load from the cache) the kernels for float32 and float64 chunks.
+
+    The first call of each kernel in a process compiles it (~3 s per dtype) or loads it
+    from numba's cache (~0.1 s). Call this before timing (benchmarks) or on every worker
+    (``client.run(kernels.warm_up)``) so that the first iteration is not the one paying.
+
+    Returns
+    -------
+    seconds : float
+        Time spent.
+    """
+    import time
+
+    start = time.perf_counter()
+    if AVAILABLE:
+        for dtype in (np.float64, np.float32):
+            X = np.zeros((5, 3), dtype)
+            y = np.zeros(5)
+            for logistic in (False, True):
+                call(binary, X, y, np.zeros(3), 0.0, logistic, 4)
+            call(multinomial, X, np.zeros(5, np.intp), np.zeros((2, 3)), np.zeros(2), 4)
+    return time.perf_counter() - start
+
+
+def cache_status():
+    """Where numba caches the kernels and how this process got them.
+
+    Returns
+    -------
+    dict
+        ``available`` (numba importable), ``cache_path`` (None without a usable cache),
+        and per kernel the numbers of variants loaded from the cache (``hits``) and
+        compiled (``misses``) in this process.
+    """
+    status = {"available": AVAILABLE, "cache_path": None}
+    if not AVAILABLE:
+        return status
+    for name, kernel in (("binary", binary), ("multinomial", multinomial)):
+        stats = kernel.stats
+        status["cache_path"] = status["cache_path"] or stats.cache_path
+        status[name] = {
+            "hits": sum(stats.cache_hits.values()),
+            "misses": sum(stats.cache_misses.values()),
+        }
+    return status
