@@ -18,6 +18,7 @@ _LAZY = {
     "load_trace": "daskgd.observe.trace",
     "save_trace": "daskgd.observe.trace",
     "minimize": "daskgd.engine",
+    "get_strategy": "daskgd.strategies",
     "Callback": "daskgd.engine",
     "datasets": "daskgd.datasets",
 }

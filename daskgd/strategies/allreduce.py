@@ -38,11 +38,24 @@ class AllReduce(ResidentStrategy):
 
     Parameters
     ----------
+    algorithm : {'ring', 'exchange'}, default='ring'
+        'ring': reduce-scatter then all-gather, 2 (m - 1) steps of 1/m of the vector;
+        'exchange': every worker sends its whole vector to every other, one step
+        ((m - 1) times the vector per worker): fewer latencies at small m, more bytes.
     timeout, transfer_dtype, emulation, tune_cluster
         As for ``direct`` (:class:`daskgd.strategies.direct.Direct`).
     """
 
     name = "allreduce"
+
+    def __init__(self, *, algorithm: str = "ring", **options: Any):
+        if algorithm not in ("ring", "exchange"):
+            raise ValueError(f"algorithm must be 'ring' or 'exchange', got {algorithm!r}")
+        super().__init__(**options)
+        self.algorithm = algorithm
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "algorithm": self.algorithm}
 
     @property
     def capabilities(self) -> Capabilities:
@@ -58,6 +71,9 @@ class AllReduce(ResidentStrategy):
 class RingSession(ResidentSession):
     topology = "ring"
 
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "topology": self.strategy.algorithm}
+
 
 class RingStepper:
     """The driver's stepper: each step runs on every worker; the client reads the records."""
@@ -71,10 +87,11 @@ class RingStepper:
         self.w0 = w0
         self.size = batch_size(session.n_blocks, getattr(optimizer, "batch_blocks", None))
         self.seed = seed
+        self.algorithm = session.strategy.algorithm
         self._last: Iterate | None = None
 
     def start(self) -> tuple[Iterate, list[Evaluation]]:
-        job = (self.optimizer, self.objective, self.w0, self.seed, self.size)
+        job = (self.optimizer, self.objective, self.w0, self.seed, self.size, self.algorithm)
         return self._read(self.runtime.call(_ring_start, *job))
 
     def step(self, iterate: Iterate, iteration: int) -> tuple[Iterate, list[Evaluation]]:
@@ -121,7 +138,8 @@ def _ring_gather(resident: Any):
     def gather(w: np.ndarray, blocks=None) -> Evaluation:
         state = resident.state[_STATE]
         state["tag"] += 1
-        total = resident.allreduce(resident.local_sums(w, blocks), ("sums", state["tag"]))
+        partial = resident.local_sums(w, blocks)
+        total = resident.allreduce(partial, ("sums", state["tag"]), algorithm=state["algorithm"])
         loss_sum, grad_sum, n_rows = unpack(total)
         return Evaluation(loss_sum, grad_sum, n_rows, 0.0, 1, "ring")
 
@@ -139,9 +157,9 @@ def _record(resident: Any, iterate: Iterate, n_evaluations: int) -> dict:
     }
 
 
-def _ring_start(resident: Any, optimizer, objective, w0, seed, size) -> dict:
+def _ring_start(resident: Any, optimizer, objective, w0, seed, size, algorithm) -> dict:
     state = {"tag": 0, "optimizer": optimizer, "objective": objective, "seed": seed,
-             "size": size, "attempt": resident.attempt}  # fmt: skip
+             "size": size, "attempt": resident.attempt, "algorithm": algorithm}  # fmt: skip
     resident.state[_STATE] = state
     state["evaluate"] = Evaluator(_ring_gather(resident), objective)
     iterate = first_iterate(optimizer, objective, w0, state["evaluate"])
