@@ -122,11 +122,45 @@ def test_fit_messages_exact():
     measured = xr.Dataset(
         {"bytes": ("message", n_bytes), "seconds": ("message", ALPHA + BETA * n_bytes)}
     )
-    alpha, beta, r2 = fit_messages(measured)
-    assert alpha == pytest.approx(ALPHA, rel=1e-9) and beta == pytest.approx(BETA, rel=1e-9)
-    assert r2 == pytest.approx(1.0)
+    found = fit_messages(measured)
+    assert found.alpha_seconds == pytest.approx(ALPHA, rel=1e-9)
+    assert found.beta_seconds_per_byte == pytest.approx(BETA, rel=1e-9)
+    assert found.r2 == pytest.approx(1.0)
+    assert found.alpha_interval == pytest.approx((ALPHA, ALPHA), rel=1e-9)
     with pytest.raises(ValueError, match="2 different sizes"):
         fit_messages(measured.isel(message=[0, 1]))
+
+
+def test_fit_messages_intervals_cover_the_truth_and_shrink_with_repeats():
+    """Noisy times (a scatter of 5% and rare 10x outliers): the medians' line and
+    its bootstrap intervals, against the alpha and beta the times were drawn from."""
+    rng = np.random.default_rng(3)
+
+    def noisy(repeats: int) -> xr.Dataset:
+        n_bytes = np.repeat([8.0, 800.0, 8e4, 8e6, 3.2e7], repeats)
+        seconds = (ALPHA + BETA * n_bytes) * rng.lognormal(0, 0.05, n_bytes.size)
+        seconds[rng.random(n_bytes.size) < 0.05] *= 10
+        return xr.Dataset({"bytes": ("message", n_bytes), "seconds": ("message", seconds)})
+
+    few, many = fit_messages(noisy(5)), fit_messages(noisy(40))
+    for found in (few, many):
+        assert found.alpha_interval[0] <= ALPHA <= found.alpha_interval[1]
+        assert found.beta_interval[0] <= BETA <= found.beta_interval[1]
+    width = lambda interval: interval[1] - interval[0]  # noqa: E731
+    assert width(many.alpha_interval) < width(few.alpha_interval)
+    assert many.alpha_seconds == pytest.approx(ALPHA, rel=0.05)
+
+
+def test_fit_cost_model_takes_fit_messages_as_it_comes():
+    n_bytes = np.repeat([8.0, 8e3, 8e5], 2)
+    measured = xr.Dataset(
+        {"bytes": ("message", n_bytes), "seconds": ("message", ALPHA + BETA * n_bytes)}
+    )
+    model = fit(synthetic_runs(64.0), messages=fit_messages(measured))
+    assert model.alpha_seconds == pytest.approx(ALPHA, rel=1e-9)
+    assert model.overhead_seconds == pytest.approx(OVERHEAD, rel=1e-6)
+    with pytest.raises(ValueError, match="messages must be fit_messages"):
+        fit(synthetic_runs(64.0), messages=(ALPHA, BETA, 1.0))
 
 
 @pytest.mark.parametrize("topology", TOPOLOGIES)
@@ -200,8 +234,17 @@ def test_predict_rejects_bad_workers_and_topologies():
 
 
 def test_measure_messages_on_a_real_cluster(cluster_client):
-    measured = measure_messages(cluster_client, sizes=(8, 800_000), repeats=2)
-    assert measured.sizes["message"] == 4
-    assert np.all(measured.seconds.values > 0)
-    alpha, beta, _ = fit_messages(measured)
-    assert alpha >= 0 and beta >= 0
+    """Times of real fetches between two worker processes, not distributed's transfer
+    log (clamped at >= 1 ms): a 4 MB message takes longer than an 8-byte one, and the
+    8-byte one is not a round millisecond."""
+    measured = measure_messages(cluster_client, sizes=(8, 4_000_000), repeats=3)
+    assert measured.sizes["message"] == 6
+    assert sorted(set(measured.bytes.values)) == [8.0, 4_000_000.0]
+    small = measured.seconds.values[measured.bytes.values == 8]
+    large = measured.seconds.values[measured.bytes.values == 4_000_000]
+    assert np.median(large) > np.median(small) > 0
+    assert not np.any(small == 0.001)
+    found = fit_messages(measured)
+    assert found.alpha_seconds >= 0 and found.beta_seconds_per_byte > 0
+    with pytest.raises(ValueError, match="integers >= 8"):
+        measure_messages(cluster_client, sizes=(8, 1))

@@ -22,6 +22,7 @@ from synthetic_traces import WORKERS, make_trace, without_workers
 
 from daskgd.engine.driver import IterationRecord
 from daskgd.observe.summary import split
+from daskgd.viz.columns import pending_span
 from daskgd.viz.dashboard import (
     DASK_PAGES,
     LiveTrace,
@@ -32,6 +33,7 @@ from daskgd.viz.dashboard import (
     serve,
     unregister_dask_pages,
 )
+from daskgd.viz.notebook import bokehjs_components
 from daskgd.viz.plots import TraceDashboard, bytes_columns, heatmap_columns, loss_columns
 from daskgd.viz.report import write_report
 
@@ -149,6 +151,59 @@ def test_update_accepts_sparse_traces(trace, title):
     assert len(dashboard.sources["split"].data["iteration"]) == trace.sizes["iteration"]
     assert len(dashboard.sources["heatmap"].data["iteration"]) == 0
     assert title in dashboard.figures["stragglers"].title.text
+
+
+def _pending_trace(n_iterations: int = 20, measured_through: int = 12):
+    """A live trace whose per-worker figures stop at ``measured_through``, as while the
+    instrumentation's next poll is still to come."""
+    trace = make_trace(n_iterations)
+    later = trace["iteration"] > measured_through
+    for name in ("compute_seconds", "communication_seconds", "wait_seconds", "bytes_sent",
+                 "bytes_received", "bytes_total", "bytes_broadcast", "bytes_reduce"):  # fmt: skip
+        trace[name] = trace[name].where(~later)
+    trace["straggler"] = trace["straggler"] & ~later
+    trace.attrs.update(daskgd_live=1, daskgd_instrumented=1)
+    return trace
+
+
+def test_pending_iterations_are_marked_not_drawn_as_flat_totals():
+    trace = _pending_trace(20, measured_through=12)
+    assert pending_span(trace) == (13, 20)
+    columns, _, unit = bytes_columns(split(trace))
+    scale = {"B": 1.0, "kB": 1e3, "MB": 1e6, "GB": 1e9}[unit]
+    assert np.isnan(columns["total_cumulative"][13:]).all()  # not a flat line
+    np.testing.assert_allclose(
+        columns["total_cumulative"][:13] * scale, np.cumsum(trace["bytes_total"].values[:13])
+    )
+    dashboard = TraceDashboard()
+    dashboard.update(trace)
+    box = dashboard.figures["split"].select_one({"name": "daskgd-split-pending"})
+    assert box.visible and (box.left, box.right) == (12.5, 20.5)
+    assert "iterations 13-20: per-worker measurements pending" in dashboard.header.text
+    finished = trace.assign_attrs(daskgd_live=0)
+    assert pending_span(finished) is None
+    dashboard.update(finished)
+    assert not box.visible
+
+
+def test_nothing_is_pending_without_instrumentation():
+    trace = without_workers(make_trace(5)).assign_attrs(daskgd_live=1)
+    assert pending_span(trace) is None
+    trace.attrs["daskgd_instrumented"] = 1  # measurements are coming, none arrived yet
+    assert pending_span(trace) == (0, 5)
+
+
+def test_compact_layout_shows_loss_split_and_stragglers():
+    compact = TraceDashboard(layout="compact")
+    assert set(compact.figures) == {"loss", "split", "stragglers"}
+    assert compact.workers_table is None
+    assert compact.update(make_trace(10))
+    assert len(compact.sources["heatmap"].data["iteration"]) == 11 * len(WORKERS)
+    assert bokehjs_components(compact.layout) == ["bokeh", "bokeh-widgets"]
+    full = TraceDashboard()
+    assert bokehjs_components(full.layout) == ["bokeh", "bokeh-widgets", "bokeh-tables"]
+    with pytest.raises(ValueError, match="unknown layout 'tiny'"):
+        TraceDashboard(layout="tiny")
 
 
 def test_live_trace_snapshots_while_records_are_appended():
@@ -287,15 +342,55 @@ def test_served_page_shows_new_iterations(browser):
         urllib.request.urlopen(live.url, timeout=2)
 
 
+def test_served_page_under_a_prefix_asks_for_nothing_by_absolute_path(browser):
+    """Behind a proxy that keeps its path (``prefix=``) or strips it (the page's own
+    URLs are relative): tested through jupyter-server-proxy in test_jupyterlab.py."""
+    growing = GrowingTrace()
+    live = serve(growing, interval_ms=200, prefix="/user/someone/daskgd/")
+    try:
+        assert live.url.endswith("/user/someone/daskgd/")
+        with urllib.request.urlopen(live.url, timeout=10) as response:
+            text = response.read().decode()
+        assert 'src="./static/js/bokeh' in text and 'src="/static' not in text
+        page = _open(browser, live.url)
+        try:
+            first, later = _wait_for_growth(page, "daskgd-loss-data")
+            assert later > first
+            assert page.errors == []
+        finally:
+            page.close()
+    finally:
+        live.stop()
+        growing.stop()
+
+
+@pytest.mark.parametrize("prefix", ["http://host/x", "/a?b", 3])
+def test_serve_rejects_a_prefix_that_is_not_a_path(prefix):
+    with pytest.raises(ValueError, match="prefix must be a URL path"):
+        serve(make_trace(2), prefix=prefix)
+
+
+def test_register_before_any_scheduler_returns_the_routes(monkeypatch):
+    from daskgd.viz import dask_pages
+
+    monkeypatch.setattr(dask_pages, "_running_schedulers", lambda: [])
+    try:
+        assert register_dask_pages(make_trace(2)) == list(DASK_PAGES)
+    finally:
+        unregister_dask_pages()
+
+
 @pytest.fixture
 def dask_pages():
     """Routes registered for the test only, unregistered afterwards."""
+    from distributed.dashboard import scheduler as dask_dashboard
+
     growing = GrowingTrace()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the session's cluster may be running already
-        routes = register_dask_pages(growing, interval_ms=200)
+        register_dask_pages(growing, interval_ms=200)
     try:
-        yield routes
+        yield [route for route in DASK_PAGES if route in dask_dashboard.applications]
     finally:
         unregister_dask_pages()
         growing.stop()
@@ -332,9 +427,10 @@ def test_register_warns_when_a_scheduler_already_runs():
     with LocalCluster(n_workers=0, processes=False, dashboard_address=":0"):
         try:
             with pytest.warns(UserWarning, match="before starting the cluster"):
-                register_dask_pages(make_trace(2))
+                routes = register_dask_pages(make_trace(2))
         finally:
             unregister_dask_pages()
+    assert routes is None  # the running scheduler's dashboard does not show them
 
 
 @pytest.fixture(scope="module")
@@ -360,7 +456,7 @@ def test_live_page_follows_a_real_fit(browser, own_client):
     fit = threading.Thread(
         target=lambda: model.fit(X, y, callbacks=[live]), name="fit", daemon=True
     )
-    dashboard = serve(live, interval_ms=200, client=client)
+    dashboard = serve(live, interval_ms=200)  # memory: from the LiveTrace's client
     try:
         page = _open(browser, dashboard.url)
         try:
@@ -426,8 +522,11 @@ def test_notebook_view_updates_while_a_cell_blocks():
         )
         errors = [m["content"] for m in shown if m["msg_type"] == "error"]
         assert not errors, errors
-        displays = [m for m in shown if m["msg_type"] == "display_data"]
-        assert "application/vnd.jupyter.widget-view+json" in displays[0]["content"]["data"]
+        displays = [m["content"]["data"] for m in shown if m["msg_type"] == "display_data"]
+        # BokehJS first, inline (no CDN: offline), then the widget that needs it.
+        load = displays[0]["application/vnd.bokehjs_load.v0+json"]
+        assert len(load) > 1_000_000 and "cdn.bokeh.org" not in load
+        assert "application/vnd.jupyter.widget-view+json" in displays[1]
         blocked = run(
             "for _ in range(15):\n"
             "    state['n'] += 3\n"

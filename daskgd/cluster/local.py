@@ -51,10 +51,14 @@ def make_local_cluster(
         raise ValueError(
             f"threads_per_worker must be a positive integer, got {threads_per_worker!r}"
         )
+    # Without a dashboard the scheduler still serves its HTTP routes (health, metrics),
+    # by default on port 8787, with a warning when that is taken: a free loopback port.
+    http = {} if dashboard_address is not None else {"dashboard_address": "127.0.0.1:0"}
     with dask.config.set({"distributed.scheduler.work-stealing": False}):
         return LocalCluster(
             n_workers=n_workers,
             threads_per_worker=threads_per_worker,
             processes=True,
             dashboard_address=dashboard_address,
+            scheduler_kwargs=http,
         )

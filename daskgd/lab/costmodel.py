@@ -42,16 +42,15 @@ One iteration on m workers takes
 through the origin), ``spread`` to their measured spread, then ``overhead``, ``alpha``
 and ``beta`` to what is left of the iteration time by non-negative least squares.
 alpha and beta can only be told apart when the runs move messages of different sizes
-(different ``n_features``), or from :func:`measure_messages`, which times real worker-to-worker
-transfers of different sizes; otherwise ``beta`` is reported as not identified and the
-bytes' cost goes into alpha.
+(different ``n_features``), or from :func:`~daskgd.lab.messages.measure_messages`, which
+times real worker-to-worker messages of different sizes; otherwise ``beta`` is reported
+as not identified and the bytes' cost goes into alpha.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -59,7 +58,10 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from daskgd.lab.messages import MessageFit, fit_messages, measure_messages
+
 __all__ = [
+    "MessageFit",
     "TOPOLOGIES",
     "CostModel",
     "critical_path",
@@ -301,9 +303,10 @@ def fit_cost_model(
         Datasets record the fan-in each run used) and for predictions.
     cores : int, optional
         Cores the workers shared (e.g. ``os.cpu_count()`` for a LocalCluster).
-    messages : (alpha_seconds, beta_seconds_per_byte), optional
-        Latency and inverse bandwidth measured separately (:func:`fit_messages`); then
-        only overhead is fitted to the iteration times besides rate and spread.
+    messages : MessageFit or (alpha_seconds, beta_seconds_per_byte), optional
+        Latency and inverse bandwidth measured separately (``fit_messages(
+        measure_messages(client))``); then only overhead is fitted to the iteration
+        times besides rate and spread.
     """
     _check_topology(topology)
     runs = _as_runs(measured)
@@ -331,7 +334,7 @@ def fit_cost_model(
     ones = np.ones_like(rest)
     identified = True
     if messages is not None:
-        alpha, beta = (float(v) for v in messages)
+        alpha, beta = _message_figures(messages)
         (overhead,) = _lstsq_nonnegative([ones], rest - alpha * message_count - beta * volume)
         notes.append("alpha and beta from separate message measurements")
     elif np.linalg.matrix_rank(np.column_stack([ones, message_count, volume]), tol=1e-9) >= 3:
@@ -363,6 +366,22 @@ def fit_cost_model(
         workers=tuple(int(m) for m in counts),
         relative_errors=tuple(float(e) for e in (predicted - observed) / observed),
     )
+
+
+def _message_figures(messages: Any) -> tuple[float, float]:
+    """(alpha, beta) of a :class:`~daskgd.lab.messages.MessageFit` or a pair."""
+    if hasattr(messages, "alpha_seconds") and hasattr(messages, "beta_seconds_per_byte"):
+        return float(messages.alpha_seconds), float(messages.beta_seconds_per_byte)
+    try:
+        alpha, beta = (float(v) for v in messages)
+    except (TypeError, ValueError):
+        raise ValueError(
+            "messages must be fit_messages(...) or (alpha_seconds, beta_seconds_per_byte), "
+            f"got {messages!r}"
+        ) from None
+    if not (alpha >= 0 and beta >= 0):
+        raise ValueError(f"messages: alpha and beta must be >= 0, got {alpha!r}, {beta!r}")
+    return alpha, beta
 
 
 def predict(
@@ -494,90 +513,3 @@ def prediction_figure(errors: xr.Dataset) -> Any:
     )
     fig.legend.location = "top_left"
     return fig
-
-
-# ----------------------------------------------------------------------------------
-# Latency and bandwidth from real transfers
-# ----------------------------------------------------------------------------------
-
-
-def _incoming_log(dask_worker: Any = None) -> list[tuple[float, float, list[str]]]:
-    return [
-        (float(entry["total"]), float(entry["duration"]), [str(k) for k in entry["keys"]])
-        for entry in dask_worker.transfer_incoming_log
-    ]
-
-
-def _make_payload(n_bytes: int) -> np.ndarray:
-    return np.ones(max(1, n_bytes // 8))
-
-
-def _touch(payload: np.ndarray) -> int:
-    return int(payload.size)
-
-
-def measure_messages(
-    client: Any, sizes: Sequence[int] = (8, 8_000, 800_000, 8_000_000), *, repeats: int = 5
-) -> xr.Dataset:
-    """Time real worker-to-worker transfers of messages of different sizes.
-
-    For each size and repeat an array is made on the first worker and a tiny task on the
-    second worker reads it, so the array crosses the network once; the duration is the
-    receiving worker's own record of the transfer (``transfer_incoming_log``), without
-    scheduling. Needs a client with at least 2 workers.
-
-    Returns
-    -------
-    xarray.Dataset
-        Dim ``message``: ``bytes`` and ``seconds`` of each transfer.
-    """
-    from dask.base import tokenize
-
-    workers = sorted(client.scheduler_info(n_workers=-1)["workers"])
-    if len(workers) < 2:
-        raise ValueError("measure_messages needs a cluster with at least 2 workers")
-    if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats!r}")
-    source, target = workers[0], workers[1]
-    wanted = []
-    for size in sizes:
-        if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
-            raise ValueError(f"message sizes must be positive integers, got {size!r}")
-        for repeat in range(repeats):
-            key = f"daskgd-message-{tokenize(size, repeat, time.time())}"
-            payload = client.submit(_make_payload, int(size), key=key, workers=[source])
-            client.submit(_touch, payload, workers=[target], pure=False).result()
-            wanted.append(key)
-            del payload
-    logs = client.run(_incoming_log, workers=[target])[target]
-    found = {}
-    for n_bytes, seconds, keys in logs:
-        for key in keys:
-            if key in wanted:
-                found[key] = (n_bytes, seconds)
-    rows = [found[key] for key in wanted if key in found]
-    if not rows:
-        raise RuntimeError("no transfer was recorded: are the two workers on one process?")
-    data = np.array(rows)
-    return xr.Dataset(
-        {
-            "bytes": ("message", data[:, 0], {"units": "bytes"}),
-            "seconds": ("message", data[:, 1], {"units": "s"}),
-        }
-    )
-
-
-def fit_messages(measured: xr.Dataset) -> tuple[float, float, float]:
-    """alpha (s), beta (s/byte) and R^2 of ``seconds = alpha + beta * bytes``.
-
-    Medians per message size first, so a few slow transfers do not decide the line.
-    """
-    frame = measured.to_dataframe().groupby("bytes")["seconds"].median()
-    n_bytes, seconds = frame.index.values.astype(float), frame.values
-    if n_bytes.size < 2:
-        raise ValueError("fit_messages needs messages of at least 2 different sizes")
-    alpha, beta = _lstsq_nonnegative([np.ones_like(n_bytes), n_bytes], seconds)
-    predicted = alpha + beta * n_bytes
-    total = np.sum((seconds - seconds.mean()) ** 2)
-    r2 = 1.0 - np.sum((seconds - predicted) ** 2) / total if total > 0 else float("nan")
-    return float(alpha), float(beta), float(r2)
