@@ -14,6 +14,13 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from daskgd.cli.cluster_options import (
+    add_hpc_options,
+    jobqueue_client,
+    jobqueue_options,
+    print_job_script,
+)
+
 #: Problem of ``daskgd demo``: about half a minute of gd on a 2-core laptop.
 DEMO_SAMPLES = 1_000_000
 DEMO_FEATURES = 100
@@ -225,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     _add_fit_options(demo, solver="gd", max_iter=DEMO_MAX_ITER, tol=DEMO_TOL)
     _add_cluster_options(demo)
+    add_hpc_options(demo)
     _add_emulation_options(demo)
     demo.set_defaults(handler=_demo)
 
@@ -273,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-intercept", action="store_true", help="fit without an intercept")
     _add_fit_options(run, solver="lbfgs", max_iter=1000)
     _add_cluster_options(run)
+    add_hpc_options(run)
     _add_emulation_options(run)
     run.set_defaults(handler=_run)
     _add_report_command(commands)
@@ -359,6 +368,7 @@ def _add_scaling_command(commands: Any) -> None:
     scaling.add_argument(
         "--report", type=Path, default=None, help="HTML report (default: OUT with .html)"
     )
+    add_hpc_options(scaling)
     _add_emulation_options(scaling)
     scaling.set_defaults(handler=_scaling)
 
@@ -382,7 +392,10 @@ def _scaling(args: argparse.Namespace) -> int:
             "strategy": args.strategy,
         },
     }
-    if args.scheduler:
+    if args.jobqueue is not None:
+        with jobqueue_client(args.jobqueue) as client:
+            result = scaling(args.workers, client=client, **options)
+    elif args.scheduler:
         from daskgd.cluster.local import connect
 
         with connect(args.scheduler, timeout_seconds=args.timeout) as client:
@@ -406,6 +419,10 @@ def _version() -> str:
 def _client(args: argparse.Namespace) -> Iterator[Any]:
     from daskgd.cluster.local import connect, make_local_cluster
 
+    if args.jobqueue is not None:
+        with jobqueue_client(args.jobqueue) as client:
+            yield client
+        return
     if args.scheduler:
         client = connect(args.scheduler, timeout_seconds=args.timeout)
         with client:
@@ -574,11 +591,21 @@ def _from_zarr(path: Path, args: argparse.Namespace) -> tuple[Any, Any]:
     return as_dask_arrays(str(path), target=args.target, features=features)
 
 
+def _scaling_jobs(args: argparse.Namespace) -> int:
+    """Default --jobs: 1, or for ``scaling`` one job per worker of its largest M."""
+    workers = getattr(args, "workers", 1)
+    return max(workers) if isinstance(workers, list) else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``daskgd`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        # every option is checked before a cluster starts or a job is submitted
+        args.jobqueue = jobqueue_options(args, jobs=_scaling_jobs(args))
+        if args.jobqueue is not None and args.print_job_script:
+            return print_job_script(args.jobqueue)
         return int(args.handler(args) or 0)
     except USER_ERRORS as error:
         print(f"daskgd: error: {error}", file=sys.stderr)
