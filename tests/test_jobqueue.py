@@ -28,6 +28,8 @@ from daskgd.cluster.jobqueue import (  # noqa: E402
     job_script,
     jobqueue_client,
 )
+from daskgd.engine.driver import Callback  # noqa: E402
+from daskgd.estimators import ConvergenceWarning  # noqa: E402
 
 FAKE_SLURM = Path(__file__).parent / "fake_slurm"
 CLI = [sys.executable, "-m", "daskgd.cli"]
@@ -235,3 +237,42 @@ def test_error_inside_the_block_cancels_the_jobs(fake_slurm):
     (job,) = _job_ids(fake_slurm, "submitted")
     assert _job_ids(fake_slurm, "cancelled") == [job]
     assert _wait_gone([job]) == []
+
+
+class EndJobAt(Callback):
+    """Ends one batch job after an iteration, as its walltime would: ``scancel`` sends its
+    processes SIGTERM and they go."""
+
+    def __init__(self, job: int, iteration: int):
+        self.job, self.iteration, self.ended = job, iteration, False
+
+    def on_iteration_end(self, record):
+        if record.iteration == self.iteration:
+            subprocess.run(["scancel", str(self.job)], check=True, timeout=30)
+            assert _wait_gone([self.job]) == []
+            self.ended = True
+
+
+@pytest.mark.slow
+def test_fit_goes_on_when_a_job_ends(fake_slurm):
+    """A job ending mid-fit takes its worker and chunks along; the fit goes on with the other
+    job's worker, the lost chunks recomputed from their lineage, and ends where an
+    undisturbed run ends."""
+    from daskgd.data.synthetic import make_classification
+    from daskgd.estimators.linear import LogisticRegression
+
+    # generated where it is used: a lost chunk's lineage is its generator task
+    X, y = make_classification(20_000, 5, chunks=2_500, random_state=11)
+    options = {"solver": "gd", "tol": 0.0, "max_iter": 30, "learning_rate": 0.5}
+    with pytest.warns(ConvergenceWarning):
+        undisturbed = LogisticRegression(**options).fit(X, y)
+    with jobqueue_client(_small_jobs()) as client, pytest.warns(ConvergenceWarning):
+        first_job = _job_ids(fake_slurm, "submitted")[0]
+        ender = EndJobAt(first_job, iteration=10)
+        model = LogisticRegression(**options, client=client, verbose=False)
+        model.fit(X, y, callbacks=[ender])
+        remaining = len(client.scheduler_info(n_workers=-1)["workers"])
+    assert ender.ended and remaining == 1
+    assert int(model.trace_.iteration[-1]) == options["max_iter"]
+    np.testing.assert_allclose(model.coef_, undisturbed.coef_, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(model.intercept_, undisturbed.intercept_, rtol=1e-9, atol=1e-12)

@@ -20,6 +20,15 @@ from daskgd.cli.cluster_options import (
     jobqueue_options,
     print_job_script,
 )
+from daskgd.cli.predict import add_predict_command
+from daskgd.cli.results import (
+    add_model_options,
+    check_model_out,
+    check_visible_to_workers,
+    result_table,
+    save_fitted_model,
+)
+from daskgd.cli.run_data import data_paths, load_run_data
 
 #: Problem of ``daskgd demo``: about half a minute of gd on a 2-core laptop.
 DEMO_SAMPLES = 1_000_000
@@ -279,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="elastic-net mixing with --penalty elasticnet (default: 0.5)",
     )
     run.add_argument("--no-intercept", action="store_true", help="fit without an intercept")
+    add_model_options(run)
     _add_fit_options(run, solver="lbfgs", max_iter=1000)
     _add_cluster_options(run)
     add_hpc_options(run)
@@ -286,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=_run)
     _add_report_command(commands)
     _add_scaling_command(commands)
+    add_predict_command(commands)
     return parser
 
 
@@ -533,7 +544,8 @@ def _run(args: argparse.Namespace) -> int:
     from daskgd.data import as_dask_arrays
     from daskgd.estimators.linear import LinearRegression, LogisticRegression, Ridge
 
-    X, y = _load_run_data(args)
+    model_out = check_model_out(args.model_out)
+    X, y = load_run_data(args)
     X, y = as_dask_arrays(X, y)
     common = {
         "fit_intercept": not args.no_intercept,
@@ -554,47 +566,15 @@ def _run(args: argparse.Namespace) -> int:
     else:
         model = LinearRegression(**common)
     with _client(args) as client:
+        check_visible_to_workers(client, data_paths(args))
         model.set_params(client=client)
         _fit_and_report(model, X, y, args, default_trace=None)
+        names = args.features if args.features and len(args.features) > 1 else None
+        print()
+        print(result_table(model, X, y, names))
+        if model_out is not None:
+            save_fitted_model(model, model_out, names)
     return 0
-
-
-def _load_run_data(args: argparse.Namespace) -> tuple[Any, Any]:
-    data: Path = args.data
-    if not data.exists():
-        raise FileNotFoundError(f"data path {str(data)!r} does not exist")
-    if data.suffix == ".npy":
-        target = Path(args.target)
-        if target.suffix != ".npy":
-            raise ValueError(f"with X as .npy, --target must be a .npy path, got {args.target!r}")
-        return data, target
-    if data.suffix in (".nc", ".nc4", ".netcdf"):
-        import xarray as xr
-
-        dataset = xr.open_dataset(data, engine="h5netcdf", chunks={})
-        return _from_dataset(dataset, args)
-    return _from_zarr(data, args)
-
-
-def _from_dataset(dataset: Any, args: argparse.Namespace) -> tuple[Any, Any]:
-    from daskgd.data import as_dask_arrays
-
-    return as_dask_arrays(dataset, target=args.target, features=args.features)
-
-
-def _from_zarr(path: Path, args: argparse.Namespace) -> tuple[Any, Any]:
-    from daskgd.data import as_dask_arrays
-
-    features = args.features[0] if args.features and len(args.features) == 1 else "X"
-    if args.features and len(args.features) > 1:
-        raise ValueError("a zarr store needs one 2-D features array: pass one --features NAME")
-    return as_dask_arrays(str(path), target=args.target, features=features)
-
-
-def _scaling_jobs(args: argparse.Namespace) -> int:
-    """Default --jobs: 1, or for ``scaling`` one job per worker of its largest M."""
-    workers = getattr(args, "workers", 1)
-    return max(workers) if isinstance(workers, list) else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -603,7 +583,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         # every option is checked before a cluster starts or a job is submitted
-        args.jobqueue = jobqueue_options(args, jobs=_scaling_jobs(args))
+        args.jobqueue = jobqueue_options(args)
         if args.jobqueue is not None and args.print_job_script:
             return print_job_script(args.jobqueue)
         return int(args.handler(args) or 0)

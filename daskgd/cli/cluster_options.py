@@ -101,7 +101,13 @@ def add_hpc_options(parser: argparse.ArgumentParser) -> None:
 _OVERRIDES = ("cores", "memory", "processes", "walltime", "queue", "account", "interface")
 
 
-def jobqueue_options(args: argparse.Namespace, *, jobs: int | None = None) -> Any:
+def default_jobs(args: argparse.Namespace) -> int:
+    """Default --jobs: 1, or for ``scaling`` one job per worker of its largest M."""
+    workers = getattr(args, "workers", 1)
+    return max(workers) if isinstance(workers, list) else 1
+
+
+def jobqueue_options(args: argparse.Namespace) -> Any:
     """The JobqueueOptions the flags ask for, checked (None without ``--cluster``).
 
     Raises ValueError naming the flag, before anything is started or submitted.
@@ -128,7 +134,7 @@ def jobqueue_options(args: argparse.Namespace, *, jobs: int | None = None) -> An
     values = {name: _get(args, name) for name in _OVERRIDES}
     return JobqueueOptions(
         kind=kind,
-        jobs=_get(args, "jobs") or jobs or 1,
+        jobs=_get(args, "jobs") or default_jobs(args),
         log_directory=_get(args, "log_directory"),
         lifetime=_get(args, "lifetime"),
         wait_seconds=args.wait_timeout,
