@@ -276,3 +276,31 @@ def test_fit_goes_on_when_a_job_ends(fake_slurm):
     assert int(model.trace_.iteration[-1]) == options["max_iter"]
     np.testing.assert_allclose(model.coef_, undisturbed.coef_, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(model.intercept_, undisturbed.intercept_, rtol=1e-9, atol=1e-12)
+
+
+def test_cli_run_through_slurm_jobs_gives_back_the_model(fake_slurm, tmp_path):
+    X, y = _problem(n=3000, d=4, seed=8)
+    np.save(tmp_path / "X.npy", X)
+    np.save(tmp_path / "y.npy", y)
+    result = subprocess.run(
+        [*CLI, "run", "X.npy", "--target", "y.npy", "--cluster", "slurm", "--jobs", "2"]
+        + ["--cores", "1", "--processes", "1", "--memory", "1GB", "--walltime", "00:05:00"]
+        + ["--model-out", "m.json", "--no-progress", "--wait-timeout", "120", "--tol", "1e-8"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "slurm cluster: 2 jobs, 2 workers, scheduler tcp://127.0.0.1:" in result.stdout
+    jobs = _job_ids(fake_slurm, "submitted")
+    assert len(jobs) == 2 and sorted(_job_ids(fake_slurm, "cancelled")) == sorted(jobs)
+    assert _wait_gone(jobs) == []
+    scripts = sorted(fake_slurm.glob("job-*.sh"))
+    assert "#SBATCH -t 00:05:00" in scripts[0].read_text().splitlines()
+
+    from daskgd.estimators.persist import load_model
+
+    saved = load_model(tmp_path / "m.json")
+    reference = sklearn_linear.LogisticRegression(tol=1e-10, max_iter=10_000).fit(X, y)
+    np.testing.assert_allclose(saved.coef, reference.coef_, rtol=1e-3, atol=1e-4)
