@@ -9,6 +9,7 @@ kill its process group on scancel. Everything else, SLURMCluster, its jobs, the
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -304,3 +305,42 @@ def test_cli_run_through_slurm_jobs_gives_back_the_model(fake_slurm, tmp_path):
     saved = load_model(tmp_path / "m.json")
     reference = sklearn_linear.LogisticRegression(tol=1e-10, max_iter=10_000).fit(X, y)
     np.testing.assert_allclose(saved.coef, reference.coef_, rtol=1e-3, atol=1e-4)
+
+
+def test_lifetime_replaces_a_job_that_ends(fake_slurm):
+    with jobqueue_client(_small_jobs(jobs=1, lifetime="3s")) as client:
+        first = _job_ids(fake_slurm, "submitted")
+        deadline = time.monotonic() + 90
+        while len(_job_ids(fake_slurm, "submitted")) < 2 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert _wait_gone(first) == []  # the first job ended with its worker
+        client.wait_for_workers(1, timeout=60)  # and a new job's worker took its place
+        assert len(_job_ids(fake_slurm, "submitted")) >= 2
+    assert _wait_gone(_job_ids(fake_slurm, "submitted")) == []
+
+
+def test_ctrl_c_cancels_the_jobs(fake_slurm, tmp_path):
+    process = subprocess.Popen(
+        [*CLI, "demo", "--cluster", "slurm", "--jobs", "2", "--cores", "1", "--processes", "1"]
+        + ["--memory", "1GB", "--samples", "20000", "--features", "5", "--max-iter", "100000"]
+        + ["--tol", "0", "--no-progress", "--trace-out", str(tmp_path / "t.nc")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
+    )
+    try:
+        for line in process.stdout:
+            if line.startswith("data: "):  # the fit is starting
+                break
+        jobs = _job_ids(fake_slurm, "submitted")
+        assert len(jobs) == 2
+        time.sleep(2)
+        process.send_signal(signal.SIGINT)
+        # the driver stops the fit at Ctrl-C and keeps its result (0), or the CLI stops (130)
+        assert process.wait(timeout=90) in (0, 130)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert sorted(_job_ids(fake_slurm, "cancelled")) == sorted(jobs)
+    assert _wait_gone(jobs) == []
