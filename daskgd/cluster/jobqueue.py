@@ -18,6 +18,8 @@ import contextlib
 import dataclasses
 import importlib
 import re
+import signal
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -108,10 +110,16 @@ def cluster_class(kind: str) -> Any:
     """The dask-jobqueue cluster class of ``kind``; ImportError with the install hint."""
     if kind not in KINDS:
         raise ValueError(f"cluster kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    before = signal.getsignal(signal.SIGINT)
     try:
         module = importlib.import_module("dask_jobqueue")
     except ImportError:
         raise ImportError(f"--cluster {kind} {INSTALL_HINT}") from None
+    finally:
+        # dask_jobqueue.runner (0.9) replaces the SIGINT handler at import by one that calls
+        # sys.exit(): Ctrl-C then ended the fit with status 0 and no word. Put back ours.
+        if threading.current_thread() is threading.main_thread() and before is not None:
+            signal.signal(signal.SIGINT, before)
     return getattr(module, KINDS[kind][0])
 
 
