@@ -15,6 +15,8 @@ _LAZY = {
     "LinearRegression": "daskgd.estimators",
     "Ridge": "daskgd.estimators",
     "ConvergenceWarning": "daskgd.estimators",
+    "save_model": "daskgd.estimators.persist",
+    "load_model": "daskgd.estimators.persist",
     "load_trace": "daskgd.observe.trace",
     "save_trace": "daskgd.observe.trace",
     "minimize": "daskgd.engine",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -50,12 +52,76 @@ def test_demo_fits_and_saves_a_trace(tmp_path):
     assert trace.sizes["iteration"] >= 2
 
 
-def test_demo_default_trace_lands_in_the_working_directory(tmp_path):
-    result = run_cli(
-        "demo", "--samples", 5_000, "--features", 5, "--max-iter", 3, "--no-progress", cwd=tmp_path
-    )
+def test_demo_keeps_the_cwd_clean_and_reports_one_time_and_count(tmp_path):
+    result = run_cli("demo", "--samples", 5_000, "--features", 5, "--max-iter", 3, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert (tmp_path / "daskgd-demo-trace.nc").exists()
+    assert list(tmp_path.iterdir()) == []  # the trace went to a temporary folder
+    (saved,) = [line for line in result.stdout.splitlines() if line.startswith("trace saved to")]
+    path = Path(saved.split("trace saved to ")[1].split(" (")[0])
+    assert path.is_file() and path.parent.name.startswith("daskgd-demo-")
+    assert path.parent.parent == Path(tempfile.gettempdir())
+    # one iteration count and one iteration time, the same in the header and the summary
+    (time_line,) = [line for line in result.stdout.splitlines() if line.startswith("time: ")]
+    iterating = time_line.split(" s in the ")[0].rsplit("+ ", 1)[1]
+    assert " s in the 3 iterations" in time_line
+    assert f"daskgd gd: 3 iterations, 2 workers, {iterating} s" in result.stdout
+    # stdout is a pipe here: no progress bar redrawn into it
+    assert "it/s" not in result.stderr and "\r" not in result.stderr
+
+
+def _options(parser):
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command, sub in action.choices.items():
+                for option in sub._actions:
+                    if option.option_strings and option.help != argparse.SUPPRESS:
+                        yield command, option
+
+
+def test_every_option_has_help_with_its_default():
+    from daskgd.cli.app import build_parser
+
+    missing = []
+    for command, option in _options(build_parser()):
+        name = f"{command} {max(option.option_strings, key=len)}"
+        if option.option_strings == ["-h", "--help"]:
+            continue
+        if not option.help:
+            missing.append(f"{name}: no help")
+        elif option.nargs != 0 and not option.required and "default" not in option.help:
+            missing.append(f"{name}: no default in {option.help!r}")
+    assert missing == []
+
+
+def test_defaults_are_the_python_apis():
+    import inspect
+
+    from daskgd.cli.app import build_parser
+    from daskgd.estimators.linear import LogisticRegression
+
+    run = build_parser().parse_args(["run", "X.npy", "--target", "y.npy"])
+    api = inspect.signature(LogisticRegression).parameters
+    assert run.solver == api["solver"].default
+    assert run.l1_ratio == api["l1_ratio"].default and run.C == api["C"].default
+    assert run.tol is None and run.max_iter is None  # left to the model's own defaults
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["demo", "--latency", "5"], "'5' needs a unit, e.g. 5ms"),
+        (["demo", "--bandwidth", "100"], "'100' needs a unit"),
+        (["demo", "--queue", "short"], "--queue only apply with --cluster"),
+        (["demo", "--cluster", "slurm", "--scheduler", "127.0.0.1:9"], "either --scheduler"),
+    ],
+)
+def test_options_are_checked_before_a_cluster_starts(arguments, message):
+    result = run_cli(*arguments, timeout=60)
+    assert result.returncode == 2
+    assert message in result.stderr, result.stderr
+    assert "LocalCluster" not in result.stdout
 
 
 @pytest.fixture(scope="module")

@@ -68,7 +68,9 @@ def test_pyproject_metadata():
     meta = _pyproject()
     project = meta["project"]
     assert project["name"] == "daskgd"
-    assert project["version"] == "0.1.0"
+    # the version lives in one place, daskgd.__version__, read by setuptools
+    assert "version" not in project and project["dynamic"] == ["version"]
+    assert meta["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "daskgd.__version__"}
     assert project["requires-python"] == ">=3.10"
     assert project["scripts"] == {"daskgd": "daskgd.cli:main"}
 
@@ -89,6 +91,36 @@ def test_pyproject_metadata():
     assert pytest_opts["testpaths"] == ["tests"]
     assert int(pytest_opts["timeout"]) == 300
     assert any(m.startswith("slow") for m in pytest_opts["markers"])
+
+
+def _requirement(text: str) -> tuple[str, str]:
+    """(name, version specifier) of a pip or conda requirement, extras dropped."""
+    match = re.fullmatch(r"\s*([A-Za-z0-9_.-]+)(\[[^]]*\])?\s*(.*?)\s*(#.*)?", text)
+    assert match, text
+    return match.group(1).lower().replace("_", "-"), match.group(3).replace(" ", "")
+
+
+def _environment_yml() -> dict[str, str]:
+    yaml = pytest.importorskip("yaml")
+    document = yaml.safe_load((ROOT / "environment.yml").read_text())
+    conda = [d for d in document["dependencies"] if isinstance(d, str)]
+    return dict(_requirement(d) for d in conda if _requirement(d)[0] not in {"python", "pip"})
+
+
+def test_environment_yml_lists_what_pyproject_declares():
+    project = _pyproject()["project"]
+    declared = [*project["dependencies"]]
+    for extra in project["optional-dependencies"].values():
+        declared += extra
+    wanted = dict(_requirement(r) for r in declared)
+    assert _environment_yml() == wanted
+
+
+def test_py_typed_is_shipped():
+    import daskgd
+
+    assert (Path(daskgd.__file__).parent / "py.typed").is_file()
+    assert "py.typed" in _pyproject()["tool"]["setuptools"]["package-data"]["daskgd"]
 
 
 def test_pytest_timeout_is_active(pytestconfig):

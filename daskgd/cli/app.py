@@ -14,6 +14,24 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from daskgd.cli.cluster_options import (
+    add_hpc_options,
+    jobqueue_client,
+    jobqueue_options,
+    print_job_script,
+)
+from daskgd.cli.emulation_options import add_emulation_options, emulation_from
+from daskgd.cli.help_text import fill_all
+from daskgd.cli.predict import add_predict_command
+from daskgd.cli.results import (
+    add_model_options,
+    check_model_out,
+    check_visible_to_workers,
+    result_table,
+    save_fitted_model,
+)
+from daskgd.cli.run_data import data_paths, load_run_data
+
 #: Problem of ``daskgd demo``: about half a minute of gd on a 2-core laptop.
 DEMO_SAMPLES = 1_000_000
 DEMO_FEATURES = 100
@@ -69,8 +87,9 @@ def _add_cluster_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_fit_options(
-    parser: argparse.ArgumentParser, *, solver: str, max_iter: int, tol: float = 1e-5
+    parser: argparse.ArgumentParser, *, solver: str, max_iter: Any, tol: Any
 ) -> None:
+    """``max_iter``/``tol`` None: the Python API's default of the model (shown as text)."""
     from daskgd.optim.registry import OPTIMIZERS
     from daskgd.strategies import STRATEGIES
 
@@ -92,15 +111,15 @@ def _add_fit_options(
     group.add_argument(
         "--max-iter",
         type=_positive_int,
-        default=max_iter,
+        default=None if isinstance(max_iter, str) else max_iter,
         metavar="N",
         help=f"maximum number of iterations (default: {max_iter})",
     )
     group.add_argument(
         "--tol",
         type=_float,
-        default=tol,
-        help=f"stop when the inf-norm of the gradient is <= TOL (default: {tol:g})",
+        default=None if isinstance(tol, str) else tol,
+        help=f"stop when the inf-norm of the gradient is <= TOL (default: {tol})",
     )
     group.add_argument(
         "--learning-rate",
@@ -133,71 +152,6 @@ def _add_fit_options(
     )
 
 
-def _checked(parse: Any) -> Any:
-    """An argparse ``type`` from an emulation parser (its ValueError as usage error)."""
-
-    def check(text: str) -> str:
-        try:
-            parse(text)
-        except ValueError as error:
-            raise argparse.ArgumentTypeError(str(error)) from None
-        return text
-
-    return check
-
-
-def _add_emulation_options(parser: argparse.ArgumentParser) -> None:
-    from daskgd.runtime import codecs as compression
-    from daskgd.runtime import emulation
-
-    group = parser.add_argument_group("emulation and compression (docs/emulation.md)")
-    group.add_argument(
-        "--latency",
-        type=_checked(emulation.parse_duration),
-        metavar="TIME",
-        help="latency added to every transfer of w or a partial sum, e.g. 5ms",
-    )
-    group.add_argument(
-        "--bandwidth",
-        type=_checked(emulation.parse_bandwidth),
-        metavar="RATE",
-        help="emulated link bandwidth, e.g. 100MB/s or 1Gbit/s",
-    )
-    group.add_argument(
-        "--straggler",
-        action="append",
-        type=_checked(emulation.parse_straggler),
-        metavar="SPEC",
-        help="slow worker: INDEX:FACTORx (e.g. 1:3x), or exp:MEAN / lognormal:MEAN[:seed=N] "
-        "random delays per chunk (repeatable)",
-    )
-    group.add_argument(
-        "--fail",
-        action="append",
-        type=_checked(emulation.parse_failure),
-        metavar="SPEC",
-        help="kill worker INDEX after iteration T (INDEX@T), or each worker with "
-        "probability p per iteration (p=0.01[,seed=N]) (repeatable)",
-    )
-    group.add_argument(
-        "--transfer-dtype",
-        type=_checked(compression.get_codec),
-        default="float64",
-        metavar="CODEC",
-        help="codec of w and partial gradients: float64 (default), float32, float16, "
-        "bfloat16, int8, topk:F",
-    )
-
-
-def _emulation(args: argparse.Namespace) -> Any:
-    """The Emulation the flags ask for, or None."""
-    if not (args.latency or args.bandwidth or args.straggler or args.fail):
-        return None
-    from daskgd.runtime.emulation import Emulation
-
-    return Emulation.from_strings(args.latency, args.bandwidth, args.straggler, args.fail)
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The ``daskgd`` argument parser with its sub-commands."""
     parser = argparse.ArgumentParser(
@@ -223,9 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"number of row chunks (default: {DEMO_CHUNKS})",
     )
     demo.add_argument("--seed", type=int, default=0)
+    # gd, not the API's lbfgs: the demo shows the lecture's method and its time split
     _add_fit_options(demo, solver="gd", max_iter=DEMO_MAX_ITER, tol=DEMO_TOL)
     _add_cluster_options(demo)
-    _add_emulation_options(demo)
+    add_hpc_options(demo)
+    add_emulation_options(demo)
     demo.set_defaults(handler=_demo)
 
     run = commands.add_parser(
@@ -247,7 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--features",
         nargs="+",
         metavar="NAME",
-        help="names of the feature arrays/variables in a zarr store or netCDF file",
+        help="names of the feature arrays/variables in a zarr store or netCDF file "
+        "(default: X in a zarr store, every variable but the target in a netCDF file)",
     )
     run.add_argument("--model", default="logistic", choices=["logistic", "linear", "ridge"])
     run.add_argument("--penalty", default="l2", choices=["l2", "l1", "elasticnet", "none"])
@@ -267,16 +224,25 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--l1-ratio",
         type=_float,
-        default=0.5,
-        help="elastic-net mixing with --penalty elasticnet (default: 0.5)",
+        default=0.0,
+        help="elastic-net mixing with --penalty elasticnet (default: 0, as the Python API)",
     )
     run.add_argument("--no-intercept", action="store_true", help="fit without an intercept")
-    _add_fit_options(run, solver="lbfgs", max_iter=1000)
+    add_model_options(run)
+    _add_fit_options(
+        run,
+        solver="lbfgs",
+        max_iter="the Python API's: 100 for logistic, 1000 for linear and ridge",
+        tol="the Python API's: 1e-4 for logistic, 1e-6 for linear and ridge",
+    )
     _add_cluster_options(run)
-    _add_emulation_options(run)
+    add_hpc_options(run)
+    add_emulation_options(run)
     run.set_defaults(handler=_run)
     _add_report_command(commands)
     _add_scaling_command(commands)
+    add_predict_command(commands)
+    fill_all(parser)
     return parser
 
 
@@ -351,7 +317,13 @@ def _add_scaling_command(commands: Any) -> None:
         help="how the partial sums are gathered (default: mapreduce)",
     )
     scaling.add_argument("--max-iter", type=_positive_int, default=20, metavar="K")
-    scaling.add_argument("--chunks", type=_positive_int, default=None, metavar="ROWS")
+    scaling.add_argument(
+        "--chunks",
+        type=_positive_int,
+        default=None,
+        metavar="K",
+        help="number of row chunks, as in demo (default: a multiple of every M, at most 64)",
+    )
     scaling.add_argument("--seed", type=int, default=0)
     scaling.add_argument(
         "--out", type=Path, default=Path("scaling.nc"), help="netCDF file (default scaling.nc)"
@@ -359,7 +331,8 @@ def _add_scaling_command(commands: Any) -> None:
     scaling.add_argument(
         "--report", type=Path, default=None, help="HTML report (default: OUT with .html)"
     )
-    _add_emulation_options(scaling)
+    add_hpc_options(scaling)
+    add_emulation_options(scaling)
     scaling.set_defaults(handler=_scaling)
 
 
@@ -374,15 +347,18 @@ def _scaling(args: argparse.Namespace) -> int:
         "n_features": args.features,
         "solver": args.solver,
         "max_iter": args.max_iter,
-        "chunks": args.chunks,
+        "chunks": None if args.chunks is None else -(-args.samples // args.chunks),
         "random_state": args.seed,
         "estimator_options": {
-            "emulation": _emulation(args),
+            "emulation": emulation_from(args),
             "transfer_dtype": args.transfer_dtype,
             "strategy": args.strategy,
         },
     }
-    if args.scheduler:
+    if args.jobqueue is not None:
+        with jobqueue_client(args.jobqueue) as client:
+            result = scaling(args.workers, client=client, **options)
+    elif args.scheduler:
         from daskgd.cluster.local import connect
 
         with connect(args.scheduler, timeout_seconds=args.timeout) as client:
@@ -406,6 +382,10 @@ def _version() -> str:
 def _client(args: argparse.Namespace) -> Iterator[Any]:
     from daskgd.cluster.local import connect, make_local_cluster
 
+    if args.jobqueue is not None:
+        with jobqueue_client(args.jobqueue) as client:
+            yield client
+        return
     if args.scheduler:
         client = connect(args.scheduler, timeout_seconds=args.timeout)
         with client:
@@ -422,11 +402,23 @@ def _client(args: argparse.Namespace) -> Iterator[Any]:
             yield client
 
 
+def _progress(args: argparse.Namespace) -> bool:
+    # a bar redrawn into a log file is thousands of lines: only on a terminal
+    return not args.no_progress and sys.stderr.isatty()
+
+
+def _demo_trace_path() -> str:
+    """Where the demo's trace goes without --trace-out: a fresh temporary folder."""
+    import tempfile
+
+    return str(Path(tempfile.mkdtemp(prefix="daskgd-demo-")) / "trace.nc")
+
+
 def _demo(args: argparse.Namespace) -> int:
     from daskgd.data.synthetic import make_classification
     from daskgd.estimators.linear import LogisticRegression
 
-    emulation = _emulation(args)
+    emulation = emulation_from(args)
     with _client(args) as client:
         chunk_rows = -(-args.samples // args.chunks)
         X, y = make_classification(
@@ -444,11 +436,12 @@ def _demo(args: argparse.Namespace) -> int:
             learning_rate=args.learning_rate,
             strategy=args.strategy,
             client=client,
-            verbose=not args.no_progress,
+            verbose=_progress(args),
             transfer_dtype=args.transfer_dtype,
             emulation=emulation,
         )
-        _fit_and_report(model, X, y, args, default_trace="daskgd-demo-trace.nc")
+        default_trace = None if args.trace_out else _demo_trace_path()
+        _fit_and_report(model, X, y, args, default_trace=default_trace)
     return 0
 
 
@@ -498,12 +491,19 @@ def _report_fit(
     per_iteration = trace.wall_seconds.isel(iteration=slice(1, None))
     median_ms = float(per_iteration.median()) * 1e3 if per_iteration.size else float("nan")
     outcome = "converged" if model.converged_ else "stopped before tol"
-    print(f"iterations: {int(trace.iteration[-1])} ({outcome} with tol={model.tol:g})")
+    n_iter = int(trace.iteration[-1])
+    print(f"iterations: {n_iter} ({outcome} with tol={model.tol:g})")
     print(
         f"final loss: {float(trace.loss[-1]):.10g}   gradient inf-norm: "
         f"{float(trace.grad_norm[-1]):.3g}"
     )
-    print(f"time: {total:.2f} s in all, {median_ms:.1f} ms per iteration (median)")
+    # the iterations' seconds are the summary's below; the rest is placing the data, start-up
+    iterating = float(trace.wall_seconds.sum())
+    print(
+        f"time: {total:.2f} s in all = {total - iterating:.2f} s placing the data and "
+        f"starting + {iterating:.2f} s in the {n_iter} iterations "
+        f"({median_ms:.1f} ms per iteration, median)"
+    )
     print()
     print(format_summary(trace))
     path = args.trace_out or (Path(default_trace) if default_trace else None)
@@ -516,19 +516,22 @@ def _run(args: argparse.Namespace) -> int:
     from daskgd.data import as_dask_arrays
     from daskgd.estimators.linear import LinearRegression, LogisticRegression, Ridge
 
-    X, y = _load_run_data(args)
+    model_out = check_model_out(args.model_out)
+    X, y = load_run_data(args)
     X, y = as_dask_arrays(X, y)
     common = {
         "fit_intercept": not args.no_intercept,
-        "tol": args.tol,
-        "max_iter": args.max_iter,
         "solver": args.solver,
         "learning_rate": args.learning_rate,
         "strategy": args.strategy,
-        "verbose": not args.no_progress,
+        "verbose": _progress(args),
         "transfer_dtype": args.transfer_dtype,
-        "emulation": _emulation(args),
+        "emulation": emulation_from(args),
     }
+    # unset: the Python API's default of the model
+    common.update(
+        {k: v for k, v in (("tol", args.tol), ("max_iter", args.max_iter)) if v is not None}
+    )
     if args.model == "logistic":
         penalty = None if args.penalty == "none" else args.penalty
         model = LogisticRegression(penalty, C=args.C, l1_ratio=args.l1_ratio, **common)
@@ -537,41 +540,15 @@ def _run(args: argparse.Namespace) -> int:
     else:
         model = LinearRegression(**common)
     with _client(args) as client:
+        check_visible_to_workers(client, data_paths(args))
         model.set_params(client=client)
         _fit_and_report(model, X, y, args, default_trace=None)
+        names = args.features if args.features and len(args.features) > 1 else None
+        print()
+        print(result_table(model, X, y, names))
+        if model_out is not None:
+            save_fitted_model(model, model_out, names)
     return 0
-
-
-def _load_run_data(args: argparse.Namespace) -> tuple[Any, Any]:
-    data: Path = args.data
-    if not data.exists():
-        raise FileNotFoundError(f"data path {str(data)!r} does not exist")
-    if data.suffix == ".npy":
-        target = Path(args.target)
-        if target.suffix != ".npy":
-            raise ValueError(f"with X as .npy, --target must be a .npy path, got {args.target!r}")
-        return data, target
-    if data.suffix in (".nc", ".nc4", ".netcdf"):
-        import xarray as xr
-
-        dataset = xr.open_dataset(data, engine="h5netcdf", chunks={})
-        return _from_dataset(dataset, args)
-    return _from_zarr(data, args)
-
-
-def _from_dataset(dataset: Any, args: argparse.Namespace) -> tuple[Any, Any]:
-    from daskgd.data import as_dask_arrays
-
-    return as_dask_arrays(dataset, target=args.target, features=args.features)
-
-
-def _from_zarr(path: Path, args: argparse.Namespace) -> tuple[Any, Any]:
-    from daskgd.data import as_dask_arrays
-
-    features = args.features[0] if args.features and len(args.features) == 1 else "X"
-    if args.features and len(args.features) > 1:
-        raise ValueError("a zarr store needs one 2-D features array: pass one --features NAME")
-    return as_dask_arrays(str(path), target=args.target, features=features)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -579,6 +556,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        # every option is checked before a cluster starts or a job is submitted
+        args.jobqueue = jobqueue_options(args)
+        if args.jobqueue is not None and args.print_job_script:
+            return print_job_script(args.jobqueue)
         return int(args.handler(args) or 0)
     except USER_ERRORS as error:
         print(f"daskgd: error: {error}", file=sys.stderr)
