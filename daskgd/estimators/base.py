@@ -261,8 +261,31 @@ class GradientDescentEstimator(BaseEstimator):
                 f"this {type(self).__name__} is not fitted yet: call fit(X, y) first"
             )
 
-    def decision_function(self, X: Any) -> Any:
-        """Linear scores; lazy for dask input.
+    def coefficients(self) -> Any:
+        """``coef_`` as an xarray.DataArray labelled by feature (and class) names.
+
+        Features are named by ``feature_names_in_`` (DataFrame columns, Dataset
+        variables) when the fit had names, else numbered 0 .. n_features_in_ - 1.
+        """
+        import xarray as xr
+
+        self._check_fitted()
+        names = getattr(self, "feature_names_in_", None)
+        features = list(names) if names is not None else list(range(self.n_features_in_))
+        coef = np.asarray(self.coef_)
+        if coef.ndim == 1:
+            return xr.DataArray(coef, dims=("feature",), coords={"feature": features}, name="coef")
+        classes = getattr(self, "classes_", np.arange(len(coef)))
+        labels = classes[1:] if len(coef) == 1 and len(classes) == 2 else classes
+        return xr.DataArray(
+            coef,
+            dims=("class", "feature"),
+            coords={"class": list(labels), "feature": features},
+            name="coef",
+        )
+
+    def _decision(self, X: Any) -> Any:
+        """Linear scores; lazy for dask input (regressors have no public decision_function).
 
         Parameters
         ----------

@@ -147,7 +147,7 @@ class LinearRegression(RegressorMixin, GradientDescentEstimator):
 
     def predict(self, X: Any) -> Any:
         """Predicted targets of shape (n_samples,); lazy for dask input."""
-        return self.decision_function(X)
+        return self._decision(X)
 
     def score(self, X: Any, y: Any, sample_weight: Any = None) -> float:
         """Coefficient of determination R^2 on (X, y)."""

@@ -203,7 +203,7 @@ class LogisticRegression(ClassifierMixin, GradientDescentEstimator):
 
     def decision_function(self, X: Any) -> Any:
         """Linear scores: (n_samples,) for two classes, else (n_samples, n_classes)."""
-        return super().decision_function(X)
+        return self._decision(X)
 
     def predict_proba(self, X: Any) -> Any:
         """Class probabilities of shape (n_samples, n_classes); lazy for dask input."""
