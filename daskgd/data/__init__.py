@@ -6,6 +6,7 @@ placement.py   validation, label encoding, even contiguous placement, persist
 synthetic.py   make_classification / make_regression generated on the workers
 """
 
+from daskgd.data.frames import read_table
 from daskgd.data.placement import (
     DistributedData,
     as_dask_arrays,
@@ -13,7 +14,6 @@ from daskgd.data.placement import (
     distribute,
     encode_labels,
 )
-from daskgd.data.frames import read_table
 from daskgd.data.synthetic import make_classification, make_regression
 
 __all__ = [

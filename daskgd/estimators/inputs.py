@@ -171,8 +171,8 @@ def classes_and_indices(y):
         classes, indices = np.unique(y, return_inverse=True)
         if len(classes) < 2:
             raise ValueError(
-                "This solver needs samples of at least 2 classes in the data, but the data "
-                f"contains only one class: {classes[0]!r}"
+                f"y has a single class ({classes.tolist()[0]!r}): classification needs at "
+                "least two"
             )
         encoded = indices.astype(np.float64)
     if len(classes) > MAX_CLASSES:
