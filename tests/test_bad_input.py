@@ -48,7 +48,7 @@ CASES = {
     "string X (dask)": (da.full((200, 3), "a", chunks=50), Y_GOOD, TypeError, r"X has non-num"),
     "complex X": (X_GOOD.astype(complex), Y_GOOD, ValueError, r"Complex data not supported"),
     "zero rows": (X_GOOD[:0], Y_GOOD[:0], ValueError, r"0 sample\(s\)"),
-    "single class": (X_GOOD, np.ones(200, int), ValueError, r"single class"),
+    "single class": (X_GOOD, np.ones(200, int), ValueError, r"one class"),
 }
 
 

@@ -120,11 +120,14 @@ def test_workflow_with_dask_arrays_on_a_cluster(cluster_client, cancer):
         np.testing.assert_allclose(model.coef_, numpy_model.coef_, rtol=1e-10)
         scores = cross_val_score(daskgd.LogisticRegression(max_iter=200), X_dask, y_dask, cv=2)
         search = GridSearchCV(
-            daskgd.Ridge(max_iter=200), {"alpha": [0.1, 10.0]}, cv=2, error_score="raise"
-        ).fit(X_dask, y_dask.astype(float))
-        pipeline = make_pipeline(StandardScaler(), daskgd.Lasso(alpha=0.01)).fit(X_dask, y_dask)
+            daskgd.LogisticRegression(), {"C": [0.1, 1.0]}, cv=2, error_score="raise"
+        ).fit(X_dask, y_dask)
+        # scikit-learn's StandardScaler computes dask input into numpy: the Ridge after it
+        # then fits numpy rows on the cluster.
+        pipeline = make_pipeline(StandardScaler(), daskgd.Ridge(alpha=10.0, tol=1e-4))
+        pipeline.fit(X_dask, y_dask.astype(float))
     assert np.all(scores > 0.9)
-    assert np.isfinite(search.best_score_)
+    assert np.isfinite(search.best_score_) and search.best_score_ > 0.9
     assert pipeline.score(X, y) > 0.5
 
 
@@ -167,7 +170,7 @@ def weights():
         ("LogisticRegression", {"C": 0.5}, "iris"),
         ("LinearRegression", {}, "diabetes"),
         ("Ridge", {"alpha": 0.1}, "diabetes"),
-        ("Lasso", {"alpha": 0.05}, "diabetes"),
+        ("Lasso", {"alpha": 0.5}, "diabetes"),
         ("ElasticNet", {"alpha": 0.05, "l1_ratio": 0.3}, "diabetes"),
     ],
 )
@@ -182,7 +185,10 @@ def test_sample_weight_matches_scikit_learn(local_scheduler, weights, name, opti
     elif name in ("Lasso", "ElasticNet"):
         reference.set_params(tol=1e-12, max_iter=100_000)
     reference.fit(X, y, sample_weight=sample_weight)
-    model = getattr(daskgd, name)(tol=1e-9, max_iter=20_000, **options)
+    # FISTA takes ~1000 iterations here at 1e-7 (~10 s); the coefficients are then within
+    # 5e-8 of scikit-learn's (measured), 1e-9 only doubles the time.
+    tol = 1e-7 if name in ("Lasso", "ElasticNet") else 1e-9
+    model = getattr(daskgd, name)(tol=tol, max_iter=20_000, **options)
     # Two chunkings: weighted sums give the same totals whatever the chunks.
     fits = [
         clone(model).fit(X, y, sample_weight=sample_weight),

@@ -94,7 +94,7 @@ class GradientDescentEstimator(BaseEstimator):
     def __getstate__(self):
         # A client holds sockets and an event loop: never pickled; a loaded estimator
         # predicts locally and fits on the active client.
-        state = super().__getstate__()
+        state = dict(super().__getstate__())  # a copy: the estimator keeps its client
         state["client"] = None
         return state
 

@@ -171,8 +171,7 @@ def classes_and_indices(y):
         classes, indices = np.unique(y, return_inverse=True)
         if len(classes) < 2:
             raise ValueError(
-                f"y has a single class ({classes.tolist()[0]!r}): classification needs at "
-                "least two"
+                f"y has only one class ({classes.tolist()[0]!r}): classification needs at least two"
             )
         encoded = indices.astype(np.float64)
     if len(classes) > MAX_CLASSES:

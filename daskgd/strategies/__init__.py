@@ -1,8 +1,8 @@
 """Strategies: how the workers' partial sums are gathered, and who updates w.
 
-    base.py          the protocol: capabilities, FitProblem, the registry
-    synchronous.py   the shared run of the synchronous strategies (one driver)
-    mapreduce.py     w to every worker, map_blocks, da.sum, update on the client (default)
+base.py          the protocol: capabilities, FitProblem, the registry
+synchronous.py   the shared run of the synchronous strategies (one driver)
+mapreduce.py     w to every worker, map_blocks, da.sum, update on the client (default)
 """
 
 from daskgd.strategies.base import (
