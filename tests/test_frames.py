@@ -109,6 +109,10 @@ def test_daskgd_run_on_a_table(tmp_path, capsys, table, kind):
     assert "iteration" in capsys.readouterr().out.lower()
     assert main(["run", str(path), "--target", "nope", *options]) == 2
     assert "no column 'nope'" in capsys.readouterr().err
+    # A continuous column as the target of --model logistic: refused, not 11 minutes of
+    # encoding hundreds of "classes".
+    assert main(["run", str(path), "--target", "a", *options]) == 2
+    assert "Unknown label type: continuous" in capsys.readouterr().err
 
 
 def test_a_table_is_never_read_as_a_pickle(tmp_path, capsys):

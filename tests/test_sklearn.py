@@ -253,3 +253,17 @@ def test_continuous_target_is_refused_before_any_cluster_work(cluster_client):
     # Lazy floats: the distinct values are computed (one small task), then refused.
     with cluster_client.as_current(), pytest.raises(ValueError, match="continuous"):
         daskgd.LogisticRegression().fit(da.from_array(X, chunks=100), da.from_array(X[:, 1]))
+
+
+def test_bad_sample_weight_is_named(local_scheduler):
+    X, y = np.random.default_rng(0).normal(size=(40, 2)), np.arange(40) % 2
+    X_dask = da.from_array(X, chunks=(10, -1))
+    for features in (X, X_dask):
+        with pytest.raises(ValueError, match="Negative values in data passed to `sample_weight`"):
+            daskgd.LogisticRegression().fit(features, y, sample_weight=-np.ones(40))
+        with pytest.raises(ValueError, match=r"sample_weight.shape == \(39,\), expected \(40,\)"):
+            daskgd.Ridge().fit(features, y, sample_weight=np.ones(39))
+    with pytest.raises(ValueError, match="sample_weight contains NaN"):
+        daskgd.Ridge().fit(X_dask, y, sample_weight=da.full(40, np.nan, chunks=10))
+    with pytest.raises(ValueError, match="sums to 0"):
+        daskgd.Ridge().fit(X_dask, y, sample_weight=np.zeros(40))

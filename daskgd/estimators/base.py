@@ -11,7 +11,6 @@ parameters give the same coefficients.
 
 from __future__ import annotations
 
-import math
 import numbers
 import platform
 import warnings
@@ -68,16 +67,6 @@ class NotFittedError(sklearn.exceptions.NotFittedError):
     """The estimator is used before ``fit`` (scikit-learn's error: ValueError, AttributeError)."""
 
 
-def _check_positive(name: str, value: Any, *, allow_zero: bool = False, allow_inf: bool = False):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number, got {value!r}")
-    if math.isnan(value) or (math.isinf(value) and not allow_inf):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    if value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name} must be {bound}, got {value!r}")
-
-
 class GradientDescentEstimator(BaseEstimator):
     """Shared machinery: parameters, fit loop, trace, predict plumbing."""
 
@@ -100,9 +89,7 @@ class GradientDescentEstimator(BaseEstimator):
 
     # -- validation ------------------------------------------------------------
     def _validate_common(self) -> None:
-        self._validate_params()
-        if isinstance(self.solver, str) and self.solver not in OPTIMIZERS:
-            raise ValueError(f"unknown solver {self.solver!r}; choose one of {sorted(OPTIMIZERS)}")
+        self._validate_params()  # _parameter_constraints, with scikit-learn's messages
         get_codec(self.transfer_dtype)
         if self.workers is not None and (
             isinstance(self.workers, (str, bytes))

@@ -220,7 +220,7 @@ def normalized_weights(weights):
     if not finite:
         raise ValueError("sample_weight contains NaN or infinity")
     if smallest < 0:
-        raise ValueError("Negative values in data passed to sample_weight")
+        raise ValueError("Negative values in data passed to `sample_weight`.")
     if total <= 0:
         raise ValueError("sample_weight sums to 0: at least one sample needs a positive weight")
     return weights * (weights.shape[0] / float(total)), float(total)
