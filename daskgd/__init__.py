@@ -14,6 +14,8 @@ _LAZY = {
     "LogisticRegression": "daskgd.estimators",
     "LinearRegression": "daskgd.estimators",
     "Ridge": "daskgd.estimators",
+    "Lasso": "daskgd.estimators",
+    "ElasticNet": "daskgd.estimators",
     "ConvergenceWarning": "daskgd.estimators",
     "save_model": "daskgd.estimators.persist",
     "load_model": "daskgd.estimators.persist",

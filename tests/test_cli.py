@@ -173,7 +173,10 @@ def test_run_against_scheduler_and_worker_processes(scheduler_processes, npy_pro
             ],
             "cannot reach the Dask scheduler at '127.0.0.1:9'",
         ),
-        (["run", "{folder}/X.npy", "--target", "{folder}/y.npy", "--C", "-1"], "C must be > 0"),
+        (
+            ["run", "{folder}/X.npy", "--target", "{folder}/y.npy", "--C", "-1"],
+            "'C' parameter of LogisticRegression must be",
+        ),
         (
             [
                 "run",

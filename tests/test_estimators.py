@@ -150,7 +150,7 @@ def test_get_and_set_params_follow_scikit_learn():
     assert model.get_params()["C"] == 3.0
     assert model.set_params(max_iter=7).max_iter == 7
     assert "C=3.0" in repr(model)
-    with pytest.raises(ValueError, match="invalid parameter 'gamma'"):
+    with pytest.raises(ValueError, match="Invalid parameter 'gamma'"):
         model.set_params(gamma=1)
 
 

@@ -187,24 +187,26 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser(
         "run",
         help="fit a model on your data",
-        description="Fit a model on data from .npy files, a zarr store or a netCDF file.",
+        description=(
+            "Fit a model on data from .npy files, a zarr store, a netCDF file, or a CSV or "
+            "Parquet table (--target COLUMN; --features COLUMN ...: default every other column)."
+        ),
     )
     run.add_argument(
         "data",
         type=Path,
-        help="X as .npy, or a zarr store / netCDF file holding features and target",
+        help="X as .npy, a zarr store / netCDF file, or a .csv / .parquet table",
     )
     run.add_argument(
         "--target",
         required=True,
-        help="y: a .npy path, or the name of the target array/variable in DATA",
+        help="y: a .npy path, or the name of the target array/variable/column in DATA",
     )
     run.add_argument(
         "--features",
         nargs="+",
         metavar="NAME",
-        help="names of the feature arrays/variables in a zarr store or netCDF file "
-        "(default: X in a zarr store, every variable but the target in a netCDF file)",
+        help="names of the feature arrays/variables/columns (default: all but the target)",
     )
     run.add_argument("--model", default="logistic", choices=["logistic", "linear", "ridge"])
     run.add_argument("--penalty", default="l2", choices=["l2", "l1", "elasticnet", "none"])
@@ -513,11 +515,13 @@ def _report_fit(
 
 
 def _run(args: argparse.Namespace) -> int:
-    from daskgd.data import as_dask_arrays
+    from daskgd.data import as_dask_arrays, frames
     from daskgd.estimators.linear import LinearRegression, LogisticRegression, Ridge
 
     model_out = check_model_out(args.model_out)
     X, y = load_run_data(args)
+    if frames.is_frame(X):  # a CSV or Parquet table: columns checked and named
+        X, y = frames.frame_to_array(X)[1], frames.series_to_array(y)
     X, y = as_dask_arrays(X, y)
     common = {
         "fit_intercept": not args.no_intercept,

@@ -21,6 +21,10 @@ def load_run_data(args: argparse.Namespace) -> tuple[Any, Any]:
         raise FileNotFoundError(f"data path {str(args.data)!r} does not exist")
     args.data = args.data.expanduser().resolve()
     data: Path = args.data
+    from daskgd.data import frames
+
+    if frames.table_kind(data) is not None:  # CSV or Parquet, through dask.dataframe
+        return frames.read_table(data, args.features, args.target)
     if data.suffix == ".npy":
         target = Path(args.target).expanduser().resolve()
         if target.suffix != ".npy":

@@ -1,10 +1,12 @@
 """Data: sources opened as row-chunked dask arrays, validated, placed over the workers.
 
 sources.py     numpy | dask | xarray | zarr | .npy  ->  dask arrays
+frames.py      pandas / dask DataFrames, CSV and Parquet tables -> arrays + column names
 placement.py   validation, label encoding, even contiguous placement, persist
 synthetic.py   make_classification / make_regression generated on the workers
 """
 
+from daskgd.data.frames import read_table
 from daskgd.data.placement import (
     DistributedData,
     as_dask_arrays,
@@ -22,4 +24,5 @@ __all__ = [
     "encode_labels",
     "make_classification",
     "make_regression",
+    "read_table",
 ]

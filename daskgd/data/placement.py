@@ -188,8 +188,9 @@ class DistributedData:
     ----------
     X : dask.array.Array (n_samples, n_features)
         Persisted features, float32 or float64, one block across columns.
-    y : dask.array.Array (n_samples, 1)
-        Persisted float64 target with X's row chunks; chunk i lives where X's does.
+    y : dask.array.Array (n_samples, 1) or (n_samples, 2)
+        Persisted float64 target with X's row chunks; chunk i lives where X's does; a
+        second column holds the sample weights.
     n_samples, n_features : int
     chunk_rows : tuple of int (n_chunks,)
         Rows of each chunk.
@@ -237,7 +238,7 @@ def current_client(client=None):
         return None
 
 
-def distribute(X, y, client=None, *, chunks_per_worker=None, workers=None):
+def distribute(X, y, client=None, *, chunks_per_worker=None, workers=None, sample_weight=None):
     """Validate, place and persist X and y on the workers.
 
     Contiguous ranges of chunks go to each worker (chunks 0..k-1 on the first worker,
@@ -260,6 +261,9 @@ def distribute(X, y, client=None, *, chunks_per_worker=None, workers=None):
     workers : sequence of str, optional
         Addresses of the workers to place the chunks on (default: every worker of the
         cluster); n_workers above is then their number. Needs a distributed client.
+    sample_weight : numpy or dask array (n,), optional
+        Row weights, placed with y as its second column (y is then (n, 2)), which the
+        chunk functions read as weights.
 
     Returns
     -------
@@ -276,6 +280,8 @@ def distribute(X, y, client=None, *, chunks_per_worker=None, workers=None):
     X, y = as_dask_arrays(X, y)
     if y is None:
         raise ValueError("y is required: pass it, or target= with a Dataset or zarr group")
+    if sample_weight is not None:
+        y = _with_weights(y, sample_weight)
     client = current_client(client)
     if workers is not None and client is None:
         raise ValueError("workers needs a distributed client (a cluster to place the data on)")
@@ -305,6 +311,18 @@ def distribute(X, y, client=None, *, chunks_per_worker=None, workers=None):
         max_row_squared_norm=max_row_squared_norm,
         futures=futures,
     )
+
+
+def _with_weights(y, sample_weight):
+    """y and the weights as the two columns of one (n, 2) array, with y's chunks."""
+    weights = open_array(sample_weight, "sample_weight")
+    check_dtype(weights, "sample_weight")
+    if weights.ndim != 1 or weights.shape[0] != y.shape[0]:
+        raise ValueError(
+            f"sample_weight must have shape ({y.shape[0]},) like y, got {tuple(weights.shape)}"
+        )
+    weights = as_dask(weights, y.chunks[0]).astype(np.float64).rechunk({0: y.chunks[0]})
+    return da.stack([y, weights], axis=1).rechunk({1: -1})
 
 
 def _worker_threads(client, workers=None):
@@ -359,7 +377,7 @@ def _owned_blocks(X, y, assignment):
     # tasks 'processing' on a worker that had released them).
     token = uuid.uuid4().hex
     X_owned = X.map_blocks(_own_block, X.dtype, dtype=X.dtype, name=f"daskgd-X-{token}")
-    y_column = y[:, None]
+    y_column = y[:, None] if y.ndim == 1 else y  # (n, 2) holds the sample weights
     y_owned = y_column.map_blocks(
         _own_block, np.dtype(np.float64), dtype=np.float64, name=f"daskgd-y-{token}"
     )

@@ -73,10 +73,19 @@ def _open_path(path, name):
     if os.path.isdir(path):
         node = zarr.open(path, mode="r")
         return node if isinstance(node, zarr.Group) else da.from_zarr(path)
+    if os.path.splitext(path)[1].lower() in (".csv", ".parquet", ".pq"):
+        raise ValueError(
+            f"{name}: {path!r} is a table: open it with daskgd.data.read_table(path, "
+            "features=..., target=...) (or `daskgd run PATH --target COLUMN`)"
+        )
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError) as error:
-        raise ValueError(f"{name}: cannot read {path!r} as a .npy file ({error})") from error
+        # numpy's own message suggests allow_pickle=True: never load pickles from data.
+        raise ValueError(
+            f"{name}: cannot read {path!r} as a .npy file holding numbers (a .npy file of "
+            "numbers, a zarr store, a .csv or .parquet table are accepted)"
+        ) from error
     if not isinstance(array, np.ndarray):
         raise ValueError(f"{name}: {path!r} is not a .npy file holding one array")
     status = os.stat(path)

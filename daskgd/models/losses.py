@@ -132,7 +132,7 @@ class Model:
             raise ValueError(f"y has {y.shape[0]} entries but X has {n_rows} rows")
         return y
 
-    def _link(self, z, y):
+    def _link(self, z, y, weights=None):
         """Loss sum and residual ``d loss / d z`` for one block of linear predictors.
 
         Parameters
@@ -141,6 +141,8 @@ class Model:
             Linear predictors of the block, float64.
         y : ndarray of shape (n_block,)
             Targets of the block as returned by ``_targets``.
+        weights : ndarray of shape (n_block,) or None
+            Row weights: the loss sum and the residuals are weighted by them.
 
         Returns
         -------
@@ -184,12 +186,13 @@ class Model:
             # Empty chunks (and dask's zero-size meta probes) contribute nothing.
             return 0.0, np.zeros(np.size(w), dtype=np.float64), 0
         coef, intercept = self._split(w, n_features, fit_intercept)
+        y, weights = _weight_column(y)
         y = self._targets(y, n_rows)
         kernels = _kernels_for(X)
-        if kernels is not None and self._has_kernel():
+        if kernels is not None and self._has_kernel() and weights is None:
             sums = self._kernel(kernels, X, y, coef, intercept)
-        else:
-            sums = self._blocked_loss_grad(X, y, coef, intercept)
+        else:  # the kernels take no sample weights: weighted fits use the block loop
+            sums = self._blocked_loss_grad(X, y, coef, intercept, weights)
         loss_sum, grad_coef, grad_intercept = sums
         return float(loss_sum), self._join(grad_coef, grad_intercept, fit_intercept), n_rows
 
@@ -200,7 +203,7 @@ class Model:
         """``(loss_sum, grad_coef, grad_intercept)`` by a compiled kernel (subclasses)."""
         raise NotImplementedError
 
-    def _blocked_loss_grad(self, X, y, coef, intercept):
+    def _blocked_loss_grad(self, X, y, coef, intercept, weights=None):
         """``(loss_sum, grad_coef, grad_intercept)`` by the numpy block loop."""
         n_rows, n_features = X.shape
         loss_sum = 0.0
@@ -226,7 +229,9 @@ class Model:
             z = block @ coef
             if intercept is not None:
                 z += intercept
-            block_loss, residual = self._link(z, y[start:stop])
+            # Weighted sums (a weight per row): any chunking adds up to the same totals.
+            block_weights = None if weights is None else weights[start:stop]
+            block_loss, residual = self._link(z, y[start:stop], block_weights)
             loss_sum += block_loss
             grad_coef += block.T @ residual
             grad_intercept += residual.sum(axis=0)
@@ -269,9 +274,12 @@ class LeastSquares(Model):
     name = "least_squares"
     curvature = 1.0
 
-    def _link(self, z, y):
+    def _link(self, z, y, weights=None):
         residual = z - y
-        return 0.5 * float(residual @ residual), residual
+        if weights is None:
+            return 0.5 * float(residual @ residual), residual
+        weighted = weights * residual
+        return 0.5 * float(weighted @ residual), weighted
 
     def _kernel(self, kernels, X, y, coef, intercept):
         return _binary_kernel(kernels, X, y, coef, intercept, logistic=False)
@@ -287,14 +295,16 @@ class Logistic(Model):
     name = "logistic"
     curvature = 0.25
 
-    def _link(self, z, y):
+    def _link(self, z, y, weights=None):
         decay = np.exp(-np.abs(z))
         loss = np.maximum(z, 0.0) + np.log1p(decay) - y * z
         inverse = 1.0 / (1.0 + decay)
         # sigmoid(z) = 1 / (1 + e^-z) for z >= 0 and e^z / (1 + e^z) for z < 0, both from
         # the same decay = exp(-|z|) in (0, 1].
         probability = np.where(z >= 0, inverse, decay * inverse)
-        return float(loss.sum()), probability - y
+        if weights is None:
+            return float(loss.sum()), probability - y
+        return float(weights @ loss), weights * (probability - y)
 
     def _kernel(self, kernels, X, y, coef, intercept):
         return _binary_kernel(kernels, X, y, coef, intercept, logistic=True)
@@ -335,7 +345,7 @@ class Multinomial(Model):
             raise ValueError(f"multinomial targets must be class indices 0..{self.n_classes - 1}")
         return labels
 
-    def _link(self, z, y):
+    def _link(self, z, y, weights=None):
         rows = np.arange(z.shape[0])
         shifted = z - z.max(axis=1, keepdims=True)
         exponentials = np.exp(shifted)
@@ -343,7 +353,17 @@ class Multinomial(Model):
         loss = np.log(totals) - shifted[rows, y]
         residual = exponentials / totals[:, np.newaxis]
         residual[rows, y] -= 1.0
-        return float(loss.sum()), residual
+        if weights is None:
+            return float(loss.sum()), residual
+        return float(weights @ loss), residual * weights[:, np.newaxis]
+
+
+def _weight_column(y):
+    """Targets and per-row weights: a (n, 2) chunk is ``[target, weight]`` per row."""
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 2:
+        return y[:, 0], np.asarray(y[:, 1], dtype=np.float64)
+    return y, None
 
     def _kernel(self, kernels, X, y, coef, intercept):
         n_features = X.shape[1]
