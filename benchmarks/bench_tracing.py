@@ -32,7 +32,7 @@ from daskgd.engine.driver import minimize
 from daskgd.models.losses import Logistic
 from daskgd.models.objective import Objective
 from daskgd.models.penalties import make_penalty
-from daskgd.observe.instrument import Instrumentation, SpanRecorder
+from daskgd.observe.instrument import EvaluationRecorder, Instrumentation
 from daskgd.optim.optimizers import get_optimizer
 from daskgd.strategies.mapreduce import MapReduce
 
@@ -87,8 +87,8 @@ def timed(method):
     return wrapper
 
 
-SpanRecorder.update_graph = timed(SpanRecorder.update_graph)
-SpanRecorder.transition = timed(SpanRecorder.transition)
+EvaluationRecorder.update_graph = timed(EvaluationRecorder.update_graph)
+EvaluationRecorder.transition = timed(EvaluationRecorder.transition)
 
 
 class TimedInstrumentation(Instrumentation):

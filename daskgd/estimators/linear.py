@@ -1,19 +1,13 @@
-"""scikit-learn style estimators on top of the engine.
+"""scikit-learn style estimators on top of the engine (the shared machinery is in
+:mod:`daskgd.estimators.base`).
 
-``__init__`` only stores parameters; ``fit`` validates them and the data, places the
-data on the cluster, builds model, penalty, strategy and optimizer by name, runs
-:func:`daskgd.engine.driver.minimize` and sets the fitted attributes (ending in ``_``).
 Parameter names, defaults and objective follow scikit-learn, so the same parameters
 give the same coefficients.
 """
 
 from __future__ import annotations
 
-import inspect
 import math
-import numbers
-import platform
-import warnings
 from typing import Any
 
 import dask
@@ -21,257 +15,26 @@ import dask.array as da
 import numpy as np
 
 from daskgd import data as data_module
-from daskgd.engine.driver import Callback, ProgressBar, minimize
-from daskgd.engine.failures import FailureInjector
-from daskgd.models.losses import LeastSquares, Logistic, Model, Multinomial
-from daskgd.models.objective import Objective
+from daskgd.data import waits
+from daskgd.engine.driver import Callback
+from daskgd.estimators.base import (
+    ConvergenceWarning,
+    NotFittedError,
+    _check_positive,
+    _GradientDescentEstimator,
+)
+from daskgd.models.losses import LeastSquares, Logistic, Multinomial
 from daskgd.models.penalties import make_penalty
-from daskgd.observe.instrument import Instrumentation
-from daskgd.observe.trace import build_trace
-from daskgd.optim.optimizers import OPTIMIZERS, get_optimizer
-from daskgd.runtime.codecs import get_codec
-from daskgd.runtime.emulation import Emulation
-from daskgd.strategies.mapreduce import get_strategy
 
 PENALTIES = ("l2", "l1", "elasticnet", None)
 
-
-class ConvergenceWarning(UserWarning):
-    """The solver stopped at max_iter before reaching tol."""
-
-
-class NotFittedError(ValueError, AttributeError):
-    """The estimator is used before ``fit``."""
-
-
-def _check_positive(name: str, value: Any, *, allow_zero: bool = False, allow_inf: bool = False):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number, got {value!r}")
-    if math.isnan(value) or (math.isinf(value) and not allow_inf):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    if value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name} must be {bound}, got {value!r}")
-
-
-def _check_int(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
-class _GradientDescentEstimator:
-    """Shared machinery: parameters, fit loop, trace, predict plumbing."""
-
-    _estimator_type = "regressor"
-
-    def get_params(self, deep: bool = True) -> dict:
-        names = inspect.signature(type(self).__init__).parameters
-        return {name: getattr(self, name) for name in names if name != "self"}
-
-    def set_params(self, **params: Any) -> Any:
-        valid = self.get_params()
-        for name, value in params.items():
-            if name not in valid:
-                raise ValueError(f"invalid parameter {name!r} for {type(self).__name__}")
-            setattr(self, name, value)
-        return self
-
-    def __repr__(self) -> str:
-        defaults = {
-            name: p.default for name, p in inspect.signature(type(self).__init__).parameters.items()
-        }
-        changed = [
-            f"{name}={value!r}"
-            for name, value in self.get_params().items()
-            if not (value is defaults.get(name) or _equal(value, defaults.get(name)))
-        ]
-        return f"{type(self).__name__}({', '.join(changed)})"
-
-    # -- validation ------------------------------------------------------------
-    def _validate_common(self) -> None:
-        if not isinstance(self.fit_intercept, bool):
-            raise TypeError(f"fit_intercept must be True or False, got {self.fit_intercept!r}")
-        _check_positive("tol", self.tol, allow_zero=True)
-        _check_int("max_iter", self.max_iter, 1)
-        if not isinstance(self.instrument, bool):
-            raise TypeError(f"instrument must be True or False, got {self.instrument!r}")
-        if isinstance(self.solver, str) and self.solver not in OPTIMIZERS:
-            raise ValueError(f"unknown solver {self.solver!r}; choose one of {sorted(OPTIMIZERS)}")
-        get_codec(self.transfer_dtype)
-        if self.emulation is not None and not isinstance(self.emulation, Emulation):
-            raise TypeError(
-                "emulation must be a daskgd.runtime.emulation.Emulation or None, "
-                f"got {self.emulation!r}"
-            )
-        if self.workers is not None and (
-            isinstance(self.workers, (str, bytes))
-            or not hasattr(self.workers, "__iter__")
-            or len(list(self.workers)) == 0
-            or not all(isinstance(address, str) for address in self.workers)
-        ):
-            raise ValueError(
-                f"workers must be a non-empty sequence of worker addresses or None, "
-                f"got {self.workers!r}"
-            )
-
-    def _optimizer(self) -> Any:
-        options: dict = {}
-        if self.solver in ("gd", "nesterov", "sgd"):
-            options["learning_rate"] = self.learning_rate
-        if self.solver == "sgd":
-            options["random_state"] = self.random_state
-        return get_optimizer(self.solver, **options)
-
-    # -- fitting ---------------------------------------------------------------
-    def _fit_model(self, X: Any, y: Any, model: Model, penalty: Any, callbacks: list) -> None:
-        client = data_module.current_client(self.client)
-        if self.emulation is not None:  # checked before the data moves
-            if client is None:
-                raise ValueError("emulation needs a distributed client (a cluster to slow down)")
-            self.emulation.resolve(list(client.scheduler_info()["workers"]))
-        if self.workers is not None and client is None:
-            raise ValueError("workers needs a distributed client (a cluster to place data on)")
-        placed = data_module.distribute(X, y, client, workers=self.workers)
-        strategy = get_strategy(
-            "mapreduce",
-            split_every=self.split_every,
-            transfer_dtype=self.transfer_dtype,
-            emulation=self.emulation,
-        )
-        optimizer = self._optimizer()
-        mask = model.penalty_mask(placed.n_features, self.fit_intercept)
-        w0 = np.zeros(model.n_params(placed.n_features, self.fit_intercept))
-        info = self._run_info(placed, model, penalty, optimizer, strategy)
-        if self.verbose:
-            callbacks = [ProgressBar(f"daskgd {optimizer.name}"), *callbacks]
-        if self.emulation is not None and self.emulation.failures:
-            callbacks = [*callbacks, FailureInjector(placed.client, self.emulation)]
-        instrumentation = None
-        if self.instrument and placed.client is not None:
-            instrumentation = Instrumentation(placed.client)
-            callbacks = [*callbacks, instrumentation]
-            for callback in callbacks:  # a LiveTrace shows the same measurements
-                if hasattr(callback, "use_instrumentation"):
-                    callback.use_instrumentation(instrumentation)
-        with strategy.session(placed, model, self.fit_intercept) as session:
-            objective = Objective(session, penalty, mask)
-            result = minimize(
-                objective,
-                optimizer,
-                w0,
-                max_iter=self.max_iter,
-                tol=self.tol,
-                callbacks=callbacks,
-                info=info,
-            )
-        self.n_features_in_ = placed.n_features
-        self._set_coefficients(result.w, model, placed.n_features)
-        self.n_iter_ = result.n_iter
-        self.converged_ = result.converged
-        workers = instrumentation.worker_dataset(result.records) if instrumentation else None
-        self.trace_ = build_trace(result.records, info, workers)
-        if result.stalled:
-            warnings.warn(
-                f"{type(self).__name__} with solver {optimizer.name!r} stopped after "
-                f"{result.n_iter} iterations: no step decreases the loss any more (gradient "
-                f"inf-norm {result.state.optimality:.3g} > tol={self.tol}); the loss is at "
-                "the limit of floating-point precision: use a larger tol or scale X",
-                ConvergenceWarning,
-                stacklevel=3,
-            )
-        elif not result.converged:
-            warnings.warn(
-                f"{type(self).__name__} with solver {optimizer.name!r} stopped at "
-                f"max_iter={self.max_iter} before reaching tol={self.tol}; increase max_iter",
-                ConvergenceWarning,
-                stacklevel=3,
-            )
-
-    def _run_info(self, placed: Any, model: Model, penalty: Any, optimizer: Any, strategy: Any):
-        import distributed
-
-        workers = sorted(set(placed.placement)) if placed.placement else []
-        return {
-            "estimator": repr(self),
-            "model": model.name,
-            "solver": optimizer.name,
-            "optimizer": repr(optimizer),
-            "penalty": type(penalty).__name__,
-            "strategy": strategy.name,
-            "transfer_dtype": strategy.codec.name,
-            "emulation": self.emulation.to_attrs() if self.emulation is not None else None,
-            "n_samples": int(placed.n_samples),
-            "n_features": int(placed.n_features),
-            "dtype": str(placed.X.dtype),
-            "chunk_rows": [int(c) for c in placed.chunk_rows],
-            "chunk_workers": list(placed.placement or []),
-            "n_workers": len(workers),
-            "scheduler": getattr(getattr(placed.client, "scheduler", None), "address", "threads"),
-            "versions": {
-                "python": platform.python_version(),
-                "dask": dask.__version__,
-                "distributed": distributed.__version__,
-                "numpy": np.__version__,
-            },
-        }
-
-    def _set_coefficients(self, w: np.ndarray, model: Model, n_features: int) -> None:
-        n_columns = n_features + int(self.fit_intercept)
-        matrix = w.reshape(-1, n_columns)
-        coef = matrix[:, :n_features]
-        intercept = matrix[:, n_features] if self.fit_intercept else np.zeros(len(matrix))
-        self._w = w
-        self._model = model
-        self.coef_, self.intercept_ = self._shape_coefficients(coef, intercept)
-
-    def _shape_coefficients(self, coef: np.ndarray, intercept: np.ndarray) -> tuple:
-        return coef[0], float(intercept[0])
-
-    # -- prediction ------------------------------------------------------------
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "_w"):
-            raise NotFittedError(
-                f"this {type(self).__name__} is not fitted yet: call fit(X, y) first"
-            )
-
-    def decision_function(self, X: Any) -> Any:
-        """Linear scores; lazy for dask input.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-
-        Returns
-        -------
-        scores : array of shape (n_samples,) or (n_samples, n_classes)
-        """
-        self._check_fitted()
-        X = _as_features(X, self.n_features_in_)
-        return self._model.decision_function(self._w, X, self.fit_intercept)
-
-
-def _equal(a: Any, b: Any) -> bool:
-    try:
-        return bool(a == b)
-    except Exception:
-        return False
-
-
-def _as_features(X: Any, n_features: int) -> Any:
-    """Prediction input as numpy or dask (never computed), with its width checked."""
-    if hasattr(X, "dims") and hasattr(X, "data"):  # xarray.DataArray
-        X = X.data
-    if not isinstance(X, da.Array):
-        X = np.asarray(X)
-        if X.dtype == object or not np.issubdtype(X.dtype, np.number):
-            raise TypeError(f"X must hold numbers, got dtype {X.dtype}")
-    if X.ndim != 2:
-        raise ValueError(f"X must be 2-D (n_samples, n_features), got shape {X.shape}")
-    if X.shape[1] != n_features:
-        raise ValueError(
-            f"X has {X.shape[1]} features, but the estimator was fitted with {n_features}"
-        )
-    return X
+__all__ = [
+    "ConvergenceWarning",
+    "LinearRegression",
+    "LogisticRegression",
+    "NotFittedError",
+    "Ridge",
+]
 
 
 class LogisticRegression(_GradientDescentEstimator):
@@ -317,6 +80,13 @@ class LogisticRegression(_GradientDescentEstimator):
         Addresses of the workers to place the data on and compute with (None: every
         worker of the cluster; see :func:`daskgd.data.distribute`; needs a distributed
         client).
+    timeout : float, default=60.0
+        Seconds any request to the cluster may go unanswered, and seconds the fit waits
+        for a worker when all were lost, before it stops with
+        :class:`daskgd.data.waits.ClusterTimeoutError` or
+        :class:`~daskgd.data.waits.NoWorkersError` (:mod:`daskgd.data.waits`).
+    wait_for_workers : float, default=0.0
+        Seconds to wait for a first worker when the cluster has none at the start.
 
     Attributes
     ----------
@@ -349,6 +119,8 @@ class LogisticRegression(_GradientDescentEstimator):
         transfer_dtype: str = "float64",
         emulation: Any = None,
         workers: Any = None,
+        timeout: float = waits.DEFAULT_TIMEOUT_SECONDS,
+        wait_for_workers: float = 0.0,
     ):
         self.penalty = penalty
         self.C = C
@@ -366,6 +138,8 @@ class LogisticRegression(_GradientDescentEstimator):
         self.transfer_dtype = transfer_dtype
         self.emulation = emulation
         self.workers = workers
+        self.timeout = timeout
+        self.wait_for_workers = wait_for_workers
 
     def _penalty(self, n_samples: int) -> Any:
         if self.penalty not in PENALTIES:
@@ -398,10 +172,11 @@ class LogisticRegression(_GradientDescentEstimator):
         if y is None:
             raise ValueError("y is required to fit a LogisticRegression")
         penalty = self._penalty(X.shape[0])
-        self.classes_, y_encoded = data_module.encode_labels(y)
+        client = self._checked_client()
+        self.classes_, y_encoded = data_module.encode_labels(y, client=client, timeout=self.timeout)
         n_classes = len(self.classes_)
         model = Logistic() if n_classes == 2 else Multinomial(n_classes)
-        self._fit_model(X, y_encoded, model, penalty, list(callbacks or []))
+        self._fit_model(X, y_encoded, model, penalty, list(callbacks or []), client)
         self.n_iter_ = np.array([self.n_iter_])
         return self
 
@@ -446,7 +221,7 @@ class LinearRegression(_GradientDescentEstimator):
     max_iter : int, default=1000
     solver : {'lbfgs', 'gd', 'nesterov', 'sgd'}, default='lbfgs'
     learning_rate, split_every, random_state, client, verbose, instrument, transfer_dtype,
-    emulation, workers
+    emulation, workers, timeout, wait_for_workers
         As in :class:`LogisticRegression`.
     """
 
@@ -466,6 +241,8 @@ class LinearRegression(_GradientDescentEstimator):
         transfer_dtype: str = "float64",
         emulation: Any = None,
         workers: Any = None,
+        timeout: float = waits.DEFAULT_TIMEOUT_SECONDS,
+        wait_for_workers: float = 0.0,
     ):
         self.fit_intercept = fit_intercept
         self.tol = tol
@@ -480,6 +257,8 @@ class LinearRegression(_GradientDescentEstimator):
         self.transfer_dtype = transfer_dtype
         self.emulation = emulation
         self.workers = workers
+        self.timeout = timeout
+        self.wait_for_workers = wait_for_workers
 
     def _penalty(self, n_samples: int) -> Any:
         return make_penalty(None, 0.0)
@@ -491,7 +270,8 @@ class LinearRegression(_GradientDescentEstimator):
         if y is None:
             raise ValueError(f"y is required to fit a {type(self).__name__}")
         penalty = self._penalty(X.shape[0])
-        self._fit_model(X, y, LeastSquares(), penalty, list(callbacks or []))
+        client = self._checked_client()
+        self._fit_model(X, y, LeastSquares(), penalty, list(callbacks or []), client)
         return self
 
     def predict(self, X: Any) -> Any:
@@ -519,7 +299,8 @@ class Ridge(LinearRegression):
     alpha : float, default=1.0
         Regularisation strength (>= 0).
     fit_intercept, tol, max_iter, solver, learning_rate, split_every, random_state,
-    client, verbose, instrument, transfer_dtype, emulation, workers
+    client, verbose, instrument, transfer_dtype, emulation, workers, timeout,
+    wait_for_workers
         As in :class:`LinearRegression`.
     """
 
@@ -540,6 +321,8 @@ class Ridge(LinearRegression):
         transfer_dtype: str = "float64",
         emulation: Any = None,
         workers: Any = None,
+        timeout: float = waits.DEFAULT_TIMEOUT_SECONDS,
+        wait_for_workers: float = 0.0,
     ):
         super().__init__(
             fit_intercept=fit_intercept,
@@ -555,6 +338,8 @@ class Ridge(LinearRegression):
             transfer_dtype=transfer_dtype,
             emulation=emulation,
             workers=workers,
+            timeout=timeout,
+            wait_for_workers=wait_for_workers,
         )
         self.alpha = alpha
 
