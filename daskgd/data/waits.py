@@ -43,7 +43,7 @@ __all__ = [
 #: Seconds a request to the scheduler may go unanswered before the fit stops. A scheduler
 #: answers in milliseconds (~1 ms per RPC measured here); the bound is for the scheduler
 #: that answers nothing, and leaves room for a loaded host or a long GC pause.
-DEFAULT_TIMEOUT_SECONDS = 60.0
+DEFAULT_TIMEOUT_SECONDS = 30.0
 
 #: Longest slice of a wait on a computation between two questions to the scheduler.
 _SLICE_SECONDS = 2.0
@@ -78,6 +78,11 @@ def check_seconds(name: str, value: Any, *, allow_zero: bool = False) -> float:
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name} must be a finite number of seconds {bound}, got {value!r}")
     return float(value)
+
+
+def unanswered(client: Any) -> bool:
+    """Whether the client's scheduler left its latest bounded request unanswered."""
+    return client in _UNANSWERED
 
 
 def scheduler_address(client: Any) -> str:
@@ -186,8 +191,10 @@ def result(client: Any, future: Any, *, what: str, timeout: float) -> Any:
         try:
             return future.result(timeout=piece)
         except _TIMEOUTS:
-            if future.done():
-                raise  # the task itself raised a TimeoutError
+            # The task's own error is held by the client (no request): raise it. A future
+            # that finished just as the slice ended is fetched on the next turn.
+            if future.status == "error":
+                return future.result()
         liveness.check()
 
 
@@ -199,7 +206,8 @@ def first_completed(client: Any, futures: Collection[Any], *, what: str, timeout
     piece = min(timeout, _SLICE_SECONDS)
     while True:
         try:
-            done, _ = wait(list(futures), timeout=piece, return_when="FIRST_COMPLETED")
+            with client.as_current():  # wait() finds its client there, not the default
+                done, _ = wait(list(futures), timeout=piece, return_when="FIRST_COMPLETED")
             return set(done)
         except _TIMEOUTS:
             liveness.check()

@@ -329,7 +329,8 @@ class Instrumentation(Callback):
             return
         self._stop.set()
         if self._thread is not None:  # its poll is bounded by the timeout too
-            self._thread.join(timeout=self.timeout)
+            gone = waits.unanswered(self.client)  # then its poll waits for nothing
+            self._thread.join(timeout=min(self.timeout, 0.5) if gone else self.timeout)
         try:
             if self._thread is not None and self._thread.is_alive():
                 raise TimeoutError("a poll of the cluster did not return")
