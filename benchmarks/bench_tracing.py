@@ -30,7 +30,7 @@ from daskgd.data.synthetic import make_classification
 from daskgd.engine.driver import Stopping
 from daskgd.models.losses import Logistic
 from daskgd.models.penalties import make_penalty
-from daskgd.observe.instrument import Instrumentation, SpanRecorder
+from daskgd.observe.instrument import EvaluationRecorder, Instrumentation
 from daskgd.optim import get_optimizer
 from daskgd.strategies import FitProblem, MapReduce
 
@@ -81,8 +81,8 @@ def timed(method):
     return wrapper
 
 
-SpanRecorder.update_graph = timed(SpanRecorder.update_graph)
-SpanRecorder.transition = timed(SpanRecorder.transition)
+EvaluationRecorder.update_graph = timed(EvaluationRecorder.update_graph)
+EvaluationRecorder.transition = timed(EvaluationRecorder.transition)
 
 
 class TimedInstrumentation(Instrumentation):

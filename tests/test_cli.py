@@ -208,6 +208,19 @@ def test_bad_option_values_are_refused_by_the_parser():
     assert "expected a positive integer" in result.stderr
 
 
+def _listening(pid):
+    """(host, port) of the listening TCP sockets of a process and its children."""
+    import psutil
+
+    root = psutil.Process(pid)
+    sockets = set()
+    for proc in [root, *root.children(recursive=True)]:
+        for connection in proc.net_connections(kind="inet"):
+            if connection.status == psutil.CONN_LISTEN:
+                sockets.add((connection.laddr.ip, connection.laddr.port))
+    return sockets
+
+
 def test_demo_serves_a_live_dashboard(tmp_path):
     import urllib.request
 
@@ -240,6 +253,11 @@ def test_demo_serves_a_live_dashboard(tmp_path):
         with urllib.request.urlopen(url, timeout=30) as response:
             assert response.status == 200
             assert "bokeh" in response.read().decode().lower()
+        # Secure by default: the CLI, its LocalCluster's scheduler, Dask dashboard and
+        # worker processes listen on 127.0.0.1 only (the Dask dashboard was on 0.0.0.0).
+        listening = _listening(process.pid)
+        assert len(listening) >= 5, listening  # scheduler, 2 dashboards, 2 workers, ...
+        assert {host for host, _ in listening} == {"127.0.0.1"}, listening
     finally:
         process.send_signal(signal.SIGINT)  # what Ctrl-C sends: the CLI closes its cluster
         assert process.wait(timeout=60) == 0

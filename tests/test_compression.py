@@ -50,8 +50,8 @@ def test_topk_error_feedback_sends_everything_eventually():
     packed = np.concatenate([[7.0], g, [100.0]])
     sent = np.zeros(50)
     rounds = 200
-    for _ in range(rounds):
-        row = encode_partial(packed, codec, ("fit-test", 0))
+    for done in range(rounds):
+        row = encode_partial(packed, codec, ("fit-test", 0, done))
         decoded = decode_partial(row, codec, 50)
         assert decoded[0] == 7.0 and decoded[-1] == 100.0  # loss and rows exact
         sent += decoded[1:-1]

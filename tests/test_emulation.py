@@ -206,18 +206,19 @@ def test_attrs_of_an_undisturbed_fit(cluster_client):
 
 def test_cli_flags_build_the_emulation():
     from daskgd.cli import app as cli
+    from daskgd.cli.options import emulation_from
 
     args = cli.build_parser().parse_args(
         ["demo", "--latency", "5ms", "--bandwidth", "100MB/s", "--straggler", "1:3x",
          "--fail", "p=0.01", "--fail", "0@20", "--transfer-dtype", "float16"]
     )  # fmt: skip
-    emulation = cli._emulation(args)
+    emulation = emulation_from(args)
     assert emulation.latency_seconds == pytest.approx(0.005)
     assert emulation.bandwidth_bytes_per_second == pytest.approx(1e8)
     assert emulation.stragglers == {1: 3.0}
     assert emulation.failures == (KillRandomly(0.01), KillAt(0, 20))
     assert args.transfer_dtype == "float16"
-    assert cli._emulation(cli.build_parser().parse_args(["demo"])) is None
+    assert emulation_from(cli.build_parser().parse_args(["demo"])) is None
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ import dask.array as da
 import distributed
 import numpy as np
 
+from daskgd.data import waits
 from daskgd.data.sources import (
     LABEL_KINDS,
     NUMERIC_KINDS,
@@ -126,13 +127,17 @@ def _check_positive_int(value, name):
 # ------------------------------------------------------------------------- labels
 
 
-def encode_labels(y):
+def encode_labels(y, *, client=None, timeout=waits.DEFAULT_TIMEOUT_SECONDS):
     """Map class labels to class indices 0.0 .. K-1.
 
     Parameters
     ----------
     y : numpy.ndarray (n,), dask.array.Array (n,), xarray.DataArray (n,), list or path
         Class labels: bool, integer, float, str, or an object array of str.
+    client : distributed.Client, optional
+        Where to find the classes; default the active client, else dask's threads.
+    timeout : float, default 60
+        Seconds the scheduler may go unanswered (:mod:`daskgd.data.waits`).
 
     Returns
     -------
@@ -155,8 +160,13 @@ def encode_labels(y):
     if source.shape[0] == 0:
         raise ValueError("y has no rows: at least one sample is needed")
     labels = as_dask(source, row_chunks_for(source, None))
+    client = current_client(client)
     try:
-        classes = da.unique(labels).compute()
+        if client is None:
+            classes = da.unique(labels).compute()
+        else:
+            future = client.compute(da.unique(labels))
+            classes = waits.result(client, future, what="finding the classes of y", timeout=timeout)
     except TypeError as error:
         raise TypeError(
             f"y labels cannot be sorted ({error}); use labels of a single type"
@@ -203,6 +213,9 @@ class DistributedData:
         Largest squared Euclidean norm of a row of X (step sizes of stochastic methods).
     futures : tuple of distributed.Future
         The futures holding the chunks; referencing them keeps the data in memory.
+    timeout : float
+        Seconds a request to the cluster may go unanswered during a fit on this data
+        (:mod:`daskgd.data.waits`).
     """
 
     X: da.Array
@@ -215,6 +228,7 @@ class DistributedData:
     squared_norm: float
     max_row_squared_norm: float
     futures: tuple[Any, ...] = field(default=(), repr=False)
+    timeout: float = waits.DEFAULT_TIMEOUT_SECONDS
 
     @property
     def n_chunks(self) -> int:
@@ -238,7 +252,17 @@ def current_client(client=None):
         return None
 
 
-def distribute(X, y, client=None, *, chunks_per_worker=None, workers=None, sample_weight=None):
+def distribute(
+    X,
+    y,
+    client=None,
+    *,
+    chunks_per_worker=None,
+    workers=None,
+    sample_weight=None,
+    timeout=waits.DEFAULT_TIMEOUT_SECONDS,
+    wait_for_workers=0.0,
+):
     """Validate, place and persist X and y on the workers.
 
     Contiguous ranges of chunks go to each worker (chunks 0..k-1 on the first worker,
@@ -259,11 +283,16 @@ def distribute(X, y, client=None, *, chunks_per_worker=None, workers=None, sampl
         (n_workers is 1 without a client). Default: keep X's chunks, unless there are
         fewer chunks than workers; then split the rows into one chunk per worker.
     workers : sequence of str, optional
-        Addresses of the workers to place the chunks on (default: every worker of the
-        cluster); n_workers above is then their number. Needs a distributed client.
+        Addresses of the workers to place the chunks on (default: every running worker
+        of the cluster); n_workers above is then their number. Needs a distributed client.
     sample_weight : numpy or dask array (n,), optional
         Row weights, placed with y as its second column (y is then (n, 2)), which the
         chunk functions read as weights.
+    timeout : float, default 60
+        Seconds a request to the scheduler may go unanswered, here and during fits on
+        the result (:mod:`daskgd.data.waits`).
+    wait_for_workers : float, default 0
+        Seconds to wait for a first worker when the cluster has none.
 
     Returns
     -------
@@ -274,9 +303,13 @@ def distribute(X, y, client=None, *, chunks_per_worker=None, workers=None, sampl
     ValueError
         Bad inputs (see `as_dask_arrays`), NaN / infinity in X or y, or ``workers``
         empty, given without a client, or naming addresses the scheduler does not know.
-    RuntimeError
-        The cluster has no workers.
+    daskgd.data.waits.NoWorkersError
+        The cluster has no running workers (after ``wait_for_workers`` seconds).
+    daskgd.data.waits.ClusterTimeoutError
+        The scheduler did not answer within ``timeout`` seconds.
     """
+    timeout = waits.check_seconds("timeout", timeout)
+    wait_for_workers = waits.check_seconds("wait_for_workers", wait_for_workers, allow_zero=True)
     X, y = as_dask_arrays(X, y)
     if y is None:
         raise ValueError("y is required: pass it, or target= with a Dataset or zarr group")
@@ -285,7 +318,9 @@ def distribute(X, y, client=None, *, chunks_per_worker=None, workers=None, sampl
     client = current_client(client)
     if workers is not None and client is None:
         raise ValueError("workers needs a distributed client (a cluster to place the data on)")
-    threads = _worker_threads(client, workers) if client is not None else None
+    threads = None
+    if client is not None:
+        threads = _worker_threads(client, workers, timeout, wait_for_workers)
     n_workers = len(threads) if threads else 1
     if chunks_per_worker is not None:
         per_worker = _check_positive_int(chunks_per_worker, "chunks_per_worker")
@@ -297,8 +332,8 @@ def distribute(X, y, client=None, *, chunks_per_worker=None, workers=None, sampl
         X_data, y_data = dask.persist(*_owned_blocks(X, y, None))
         placement, futures = None, ()
     else:
-        X_data, y_data, placement, futures = _place(client, X, y, threads)
-    squared_norm, max_row_squared_norm = _check_finite(X_data, y_data, client, futures)
+        X_data, y_data, placement, futures = _place(client, X, y, threads, timeout)
+    squared_norm, max_row_squared_norm = _check_finite(X_data, y_data, client, futures, timeout)
     return DistributedData(
         X=X_data,
         y=y_data,
@@ -310,6 +345,7 @@ def distribute(X, y, client=None, *, chunks_per_worker=None, workers=None, sampl
         squared_norm=squared_norm,
         max_row_squared_norm=max_row_squared_norm,
         futures=futures,
+        timeout=timeout,
     )
 
 
@@ -325,13 +361,15 @@ def _with_weights(y, sample_weight):
     return da.stack([y, weights], axis=1).rechunk({1: -1})
 
 
-def _worker_threads(client, workers=None):
-    """Return {address: nthreads} sorted by address, or raise if there are no workers.
+def _worker_threads(client, workers, timeout, wait_for_workers):
+    """Return {address: nthreads} of the running workers sorted by address, or raise.
 
     With ``workers``, only those workers (validated: a non-empty sequence of addresses
-    the scheduler knows).
+    of running workers).
     """
-    threads = client.nthreads()
+    threads = waits.running_workers(
+        client, what="placing the data", timeout=timeout, wait_for_workers=wait_for_workers
+    )
     if workers is not None:
         if isinstance(workers, (str, bytes)) or not hasattr(workers, "__iter__"):
             raise ValueError(f"workers must be a sequence of worker addresses, got {workers!r}")
@@ -341,11 +379,10 @@ def _worker_threads(client, workers=None):
         unknown = [address for address in workers if address not in threads]
         if unknown:
             raise ValueError(
-                f"workers not known to the scheduler: {unknown}; known: {sorted(threads)}"
+                f"workers not known to the scheduler as running: {unknown}; "
+                f"running: {sorted(threads)}"
             )
         threads = {address: threads[address] for address in workers}
-    if not threads:
-        raise RuntimeError("the Dask cluster has no workers: start some (client.wait_for_workers)")
     return dict(sorted(threads.items()))
 
 
@@ -388,17 +425,17 @@ def _own_block(block, dtype):
     return np.require(block, dtype=dtype, requirements=["C", "O"])
 
 
-def _place(client, X, y, threads):
+def _place(client, X, y, threads, timeout):
     """Compute chunk i of X and y on its assigned worker; return the persisted arrays."""
     assignment = _contiguous_assignment(X.numblocks[0], list(threads))
     X_owned, y_owned = _owned_blocks(X, y, assignment)
-    X_futures, y_futures = _compute_in_place(client, X_owned, y_owned, assignment, threads)
-    placement = _actual_placement(client, X_futures, y_futures, assignment)
+    X_futures, y_futures = _compute_in_place(client, X_owned, y_owned, assignment, threads, timeout)
+    placement = _actual_placement(client, X_futures, y_futures, assignment, timeout)
     futures = tuple(X_futures) + tuple(y_futures)
     return _rebuild(X_owned, X_futures), _rebuild(y_owned, y_futures), placement, futures
 
 
-def _compute_in_place(client, X_owned, y_owned, assignment, threads):
+def _compute_in_place(client, X_owned, y_owned, assignment, threads, timeout):
     """Submit each worker's chunks one task chain at a time per thread.
 
     ``allow_other_workers`` keeps lineage usable when the worker dies, but makes the
@@ -413,7 +450,7 @@ def _compute_in_place(client, X_owned, y_owned, assignment, threads):
         queues[address].extend([(y_parts[index], 1, index), (X_parts[index], 0, index)])
     results = [[None] * len(assignment), [None] * len(assignment)]
     owners = {}
-    pending = distributed.as_completed(loop=client.loop)
+    pending = set()
 
     def submit(address):
         part, kind, index = queues[address].popleft()
@@ -425,17 +462,23 @@ def _compute_in_place(client, X_owned, y_owned, assignment, threads):
     for address, count in threads.items():
         for _ in range(min(count, len(queues[address]))):
             submit(address)
-    for future in pending:
-        if future.status == "error":
-            future.result()  # raise the failure of reading or computing the chunk
-        if queues[owners[future.key]]:
-            submit(owners[future.key])
+    while pending:
+        for future in waits.first_completed(
+            client, pending, what="placing the data chunks", timeout=timeout
+        ):
+            pending.discard(future)
+            if future.status == "error":
+                future.result()  # raise the failure of reading or computing the chunk
+            if queues[owners[future.key]]:
+                submit(owners[future.key])
     return results
 
 
-def _actual_placement(client, X_futures, y_futures, assignment):
+def _actual_placement(client, X_futures, y_futures, assignment, timeout):
     """Read where the chunks are; warn if some moved (stolen) off their worker."""
-    holders = client.who_has(list(X_futures) + list(y_futures))
+    keys = [future.key for future in (*X_futures, *y_futures)]
+    what = "reading where the chunks are"
+    holders = waits.call(client, client.scheduler.who_has, keys=keys, what=what, timeout=timeout)
     placement, moved = [], 0
     for X_future, y_future, address in zip(X_futures, y_futures, assignment, strict=True):
         # A chunk lost with a dying worker has no holder yet: count it as planned.
@@ -454,14 +497,17 @@ def _rebuild(array, futures):
     return rebuild({future.key: future for future in futures}, *arguments)
 
 
-def _check_finite(X, y, client, futures):
+def _check_finite(X, y, client, futures, timeout):
     """One pass over the chunks: finiteness of X and y, squared norms of X."""
     pairs = zip(X.to_delayed().ravel(), y.to_delayed().ravel(), strict=True)
     parts = [dask.delayed(_chunk_statistics, pure=True)(x, y) for x, y in pairs]
     if client is None:
         statistics = np.array(dask.compute(*parts))
     else:
-        statistics = np.array(client.gather(client.compute(parts)))
+        what = "checking the data for NaN and infinity"
+        statistics = np.array(
+            waits.gather(client, client.compute(parts), what=what, timeout=timeout)
+        )
     offsets = np.cumsum((0,) + X.chunks[0])
     for column, name in ((0, "X"), (1, "y")):
         bad_chunks = np.flatnonzero(statistics[:, column] >= 0)

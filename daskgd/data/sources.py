@@ -7,6 +7,7 @@ builds the dask array with the requested row chunks.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 
@@ -71,6 +72,7 @@ def _open_path(path, name):
     if not os.path.exists(path):
         raise FileNotFoundError(f"{name}: no .npy file or zarr store at {path!r}")
     if os.path.isdir(path):
+        reject_object_arrays(path, name)
         node = zarr.open(path, mode="r")
         return node if isinstance(node, zarr.Group) else da.from_zarr(path)
     if os.path.splitext(path)[1].lower() in (".csv", ".parquet", ".pq"):
@@ -92,6 +94,72 @@ def _open_path(path, name):
     # The token changes when the file does, so cached keys never serve stale data.
     token = tokenize(path, status.st_mtime_ns, status.st_size)
     return NpyFile(path, array.shape, array.ndim, array.dtype, token)
+
+
+def reject_object_arrays(store, name):
+    """Refuse a zarr store holding an object-dtype array, before zarr reads anything.
+
+    Decoding an object array runs its object codec, and the codec is named by the file:
+    with zarr 2 (which ``zarr>=2.18`` allows) a ``pickle`` codec unpickles the chunks,
+    i.e. runs code from the store. zarr 3 refuses such arrays itself, but zarr 3 needs
+    Python >= 3.11, so daskgd checks the stored metadata (the arrays' ``.zarray`` and
+    the consolidated ``.zmetadata`` of zarr format 2; format 3 has no object type) and
+    reads numbers (and fixed-width strings for labels) only.
+
+    Raises
+    ------
+    TypeError
+        Naming the store, the array and its codec.
+    """
+    for array, metadata in _v2_array_metadata(store):
+        if _has_objects(metadata.get("dtype")):
+            codecs = [f.get("id") for f in metadata.get("filters") or () if isinstance(f, dict)]
+            raise TypeError(
+                f"{name}: the zarr store {store!r} holds the object-dtype array {array!r} "
+                f"(codecs {codecs}); daskgd does not read object arrays from files, since "
+                "decoding them can run code stored in the file: store numbers (or "
+                "fixed-width strings for class labels)"
+            )
+
+
+def _v2_array_metadata(store):
+    """(array path, metadata) of every zarr format 2 array below ``store``."""
+    consolidated = os.path.join(store, ".zmetadata")
+    if os.path.isfile(consolidated):
+        entries = _read_json(consolidated).get("metadata", {})
+        for key, metadata in entries.items():
+            if key.endswith(".zarray") and isinstance(metadata, dict):
+                yield os.path.dirname(key) or ".", metadata
+    pending = [store]
+    while pending:
+        folder = pending.pop()
+        if os.path.isfile(os.path.join(folder, ".zarray")):
+            yield os.path.relpath(folder, store), _read_json(os.path.join(folder, ".zarray"))
+            continue  # an array's subfolders hold chunks
+        if folder == store or os.path.isfile(os.path.join(folder, ".zgroup")):
+            with os.scandir(folder) as entries:
+                pending += [entry.path for entry in entries if entry.is_dir()]
+
+
+def _read_json(path):
+    try:
+        with open(path, "rb") as file:
+            value = json.load(file)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"cannot read the zarr metadata {path!r}: {error}") from None
+    return value if isinstance(value, dict) else {}
+
+
+def _has_objects(spec):
+    """Whether a zarr 2 dtype (a string, or a list of fields) holds Python objects."""
+    if isinstance(spec, str):
+        try:
+            return np.dtype(spec).hasobject
+        except TypeError:
+            return spec.lstrip("|<>=").startswith("O")
+    if isinstance(spec, list):
+        return any(isinstance(f, list) and len(f) > 1 and _has_objects(f[1]) for f in spec)
+    return False
 
 
 def _open_zarr_group(group, y, target, features):

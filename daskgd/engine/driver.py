@@ -78,6 +78,9 @@ class FitResult:
     optimality: float = math.inf
     #: The run's configuration as the callbacks saw it (the estimator's and the strategy's).
     info: dict = field(default_factory=dict)
+    #: What the strategy's session reports after the loop (e.g. ``retries``,
+    #: ``residual_resets`` of mapreduce: the trace's recovery variables).
+    session_report: dict = field(default_factory=dict)
 
 
 class Stepper(Protocol):

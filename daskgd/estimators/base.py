@@ -23,12 +23,14 @@ from sklearn.base import BaseEstimator
 from sklearn.utils._param_validation import Interval, StrOptions
 
 from daskgd import data as data_module
+from daskgd.data import waits
 from daskgd.engine.callbacks import ProgressBar
 from daskgd.engine.driver import Stopping
 from daskgd.engine.failures import FailureInjector
 from daskgd.estimators import inputs
 from daskgd.models.losses import Model
 from daskgd.observe.instrument import Instrumentation
+from daskgd.observe.recovery import recovery_dataset
 from daskgd.observe.resident import has_resident_measures, resident_worker_dataset
 from daskgd.observe.trace import build_trace
 from daskgd.optim.registry import OPTIMIZERS, get_optimizer
@@ -56,6 +58,8 @@ COMMON_CONSTRAINTS: dict = {
     "emulation": [Emulation, None],
     "workers": ["array-like", None],
     "warm_start": ["boolean"],
+    "timeout": [Interval(numbers.Real, 0, None, closed="neither")],
+    "wait_for_workers": [Interval(numbers.Real, 0, None, closed="left")],
 }
 
 
@@ -139,21 +143,45 @@ class GradientDescentEstimator(BaseEstimator):
         return self._w
 
     # -- fitting ---------------------------------------------------------------
+    def _checked_client(self) -> Any:
+        """The fit's client (or None), checked before anything is read or computed.
+
+        A cluster without workers would leave the first computation (the label encoding
+        of a classifier) waiting forever: it fails here, after ``wait_for_workers``.
+        """
+        client = data_module.current_client(self.client)
+        strategy = self._strategy()
+        strategy.check(self._optimizer())
+        if client is None:
+            if strategy.emulation is not None:
+                raise ValueError("emulation needs a distributed client (a cluster to slow down)")
+            if self.workers is not None:
+                raise ValueError("workers needs a distributed client (a cluster to place data on)")
+            return None
+        running = waits.running_workers(
+            client,
+            what=f"starting a {type(self).__name__} fit",
+            timeout=self.timeout,
+            wait_for_workers=self.wait_for_workers,
+        )
+        if strategy.emulation is not None:  # checked before the data moves
+            strategy.emulation.resolve(sorted(running))
+        return client
+
     def _fit_model(
         self, X: Any, y: Any, model: Model, penalty: Any, callbacks: list, sample_weight=None
     ) -> None:
-        client = data_module.current_client(self.client)
+        client = self._checked_client()
         strategy, optimizer = self._strategy(), self._optimizer()
-        strategy.check(optimizer)
         emulation = strategy.emulation
-        if emulation is not None:  # checked before the data moves
-            if client is None:
-                raise ValueError("emulation needs a distributed client (a cluster to slow down)")
-            emulation.resolve(list(client.scheduler_info()["workers"]))
-        if self.workers is not None and client is None:
-            raise ValueError("workers needs a distributed client (a cluster to place data on)")
         placed = data_module.distribute(
-            X, y, client, workers=self.workers, sample_weight=sample_weight
+            X,
+            y,
+            client,
+            workers=self.workers,
+            sample_weight=sample_weight,
+            timeout=self.timeout,
+            wait_for_workers=self.wait_for_workers,
         )
         w0 = self._start(model, placed.n_features)
         problem = FitProblem(placed, model, self.fit_intercept, penalty, w0)
@@ -164,7 +192,7 @@ class GradientDescentEstimator(BaseEstimator):
             callbacks = [*callbacks, FailureInjector(placed.client, emulation)]
         instrumentation = None
         if self.instrument and placed.client is not None and not strategy.self_measured:
-            instrumentation = Instrumentation(placed.client)
+            instrumentation = Instrumentation(placed.client, timeout=self.timeout)
             callbacks = [*callbacks, instrumentation]
             for callback in callbacks:  # a LiveTrace shows the same measurements
                 if hasattr(callback, "use_instrumentation"):
@@ -180,10 +208,8 @@ class GradientDescentEstimator(BaseEstimator):
         self._set_coefficients(result.w, model, placed.n_features)
         self.n_iter_ = result.n_iter
         self.converged_ = result.converged
-        workers = instrumentation.worker_dataset(result.records) if instrumentation else None
-        if self.instrument and strategy.self_measured and has_resident_measures(result.records):
-            workers = resident_worker_dataset(result.records, client=placed.client)
-        self.trace_ = build_trace(result.records, result.info, workers)
+        self.trace_ = self._trace(result, strategy, instrumentation, placed.client)
+        self._warn_resets()
         if result.stalled:
             warnings.warn(
                 f"{type(self).__name__} with solver {optimizer.name!r} stopped after "
@@ -199,6 +225,34 @@ class GradientDescentEstimator(BaseEstimator):
                 f"max_iter={self.max_iter} before reaching tol={self.tol}; increase max_iter",
                 ConvergenceWarning,
                 stacklevel=3,
+            )
+
+    def _trace(self, result: Any, strategy: Strategy, instrumentation: Any, client: Any) -> Any:
+        """The trace: records, per-worker measures, and what failures cost (recovery)."""
+        report = result.session_report
+        recovery = recovery_dataset(
+            result.records,
+            report.get("retries"),
+            report.get("residual_resets"),
+            instrumentation.recovery_events() if instrumentation is not None else None,
+        )
+        if instrumentation is not None:
+            recovery = instrumentation.worker_dataset(result.records).merge(recovery)
+        elif self.instrument and strategy.self_measured and has_resident_measures(result.records):
+            recovery = resident_worker_dataset(result.records, client=client).merge(recovery)
+        return build_trace(result.records, result.info, recovery)
+
+    def _warn_resets(self) -> None:
+        resets = int(self.trace_.residual_resets.sum()) if "residual_resets" in self.trace_ else 0
+        if resets:
+            iterations = self.trace_.iteration.values[self.trace_.residual_resets.values > 0]
+            warnings.warn(
+                f"transfer_dtype={self.transfer_dtype!r}: {resets} top-k error-feedback "
+                f"residuals were lost with their workers (iterations {iterations.tolist()}) "
+                "and restarted from zero, so the coefficients differ from an undisturbed "
+                "fit's (within the codec's tolerance); see trace_.residual_resets",
+                RuntimeWarning,
+                stacklevel=4,
             )
 
     def _run_info(self, placed: Any, model: Model, penalty: Any, optimizer: Any, strategy: Any):

@@ -18,6 +18,7 @@ from sklearn.base import RegressorMixin
 from sklearn.metrics import r2_score
 from sklearn.utils._param_validation import Interval
 
+from daskgd.data.waits import DEFAULT_TIMEOUT_SECONDS
 from daskgd.engine.callbacks import Callback
 from daskgd.estimators import inputs
 from daskgd.estimators.base import (
@@ -42,7 +43,7 @@ __all__ = [
 ]
 
 _OPTIONS_DOC = """learning_rate, strategy, split_every, random_state, client, verbose, instrument,
-    transfer_dtype, emulation, workers, warm_start
+    transfer_dtype, emulation, workers, warm_start, timeout, wait_for_workers
         As in :class:`daskgd.LogisticRegression`."""
 
 
@@ -86,6 +87,8 @@ class LinearRegression(RegressorMixin, GradientDescentEstimator):
         emulation: Any = None,
         workers: Any = None,
         warm_start: bool = False,
+        timeout: float = DEFAULT_TIMEOUT_SECONDS,
+        wait_for_workers: float = 0.0,
     ):
         self.fit_intercept = fit_intercept
         self.tol = tol
@@ -102,6 +105,8 @@ class LinearRegression(RegressorMixin, GradientDescentEstimator):
         self.emulation = emulation
         self.workers = workers
         self.warm_start = warm_start
+        self.timeout = timeout
+        self.wait_for_workers = wait_for_workers
 
     def _penalty(self, total_weight: float) -> Any:
         return make_penalty(None, 0.0)
@@ -131,6 +136,7 @@ class LinearRegression(RegressorMixin, GradientDescentEstimator):
         """
         self._validate_common()
         self._check_solver()
+        self._checked_client()  # workers there before any computation
         X, y = inputs.fit_inputs(self, X, y, features=features, target=target)
         if isinstance(y, da.Array):
             inputs_dtype = np.dtype(y.dtype)
@@ -200,6 +206,8 @@ class Ridge(LinearRegression):
         emulation: Any = None,
         workers: Any = None,
         warm_start: bool = False,
+        timeout: float = DEFAULT_TIMEOUT_SECONDS,
+        wait_for_workers: float = 0.0,
     ):
         super().__init__(
             fit_intercept=fit_intercept,
@@ -217,6 +225,8 @@ class Ridge(LinearRegression):
             emulation=emulation,
             workers=workers,
             warm_start=warm_start,
+            timeout=timeout,
+            wait_for_workers=wait_for_workers,
         )
         self.alpha = alpha
 
@@ -274,6 +284,8 @@ class ElasticNet(LinearRegression):
         emulation: Any = None,
         workers: Any = None,
         warm_start: bool = False,
+        timeout: float = DEFAULT_TIMEOUT_SECONDS,
+        wait_for_workers: float = 0.0,
     ):
         super().__init__(
             fit_intercept=fit_intercept,
@@ -291,6 +303,8 @@ class ElasticNet(LinearRegression):
             emulation=emulation,
             workers=workers,
             warm_start=warm_start,
+            timeout=timeout,
+            wait_for_workers=wait_for_workers,
         )
         self.alpha = alpha
         self.l1_ratio = l1_ratio
@@ -349,6 +363,8 @@ class Lasso(ElasticNet):
         emulation: Any = None,
         workers: Any = None,
         warm_start: bool = False,
+        timeout: float = DEFAULT_TIMEOUT_SECONDS,
+        wait_for_workers: float = 0.0,
     ):
         LinearRegression.__init__(
             self,
@@ -367,5 +383,7 @@ class Lasso(ElasticNet):
             emulation=emulation,
             workers=workers,
             warm_start=warm_start,
+            timeout=timeout,
+            wait_for_workers=wait_for_workers,
         )
         self.alpha = alpha

@@ -12,6 +12,7 @@ from sklearn.base import ClassifierMixin
 from sklearn.metrics import accuracy_score
 from sklearn.utils._param_validation import Interval, StrOptions
 
+from daskgd.data.waits import DEFAULT_TIMEOUT_SECONDS
 from daskgd.engine.callbacks import Callback
 from daskgd.estimators import inputs
 from daskgd.estimators.base import COMMON_CONSTRAINTS, GradientDescentEstimator
@@ -75,6 +76,12 @@ class LogisticRegression(ClassifierMixin, GradientDescentEstimator):
         client).
     warm_start : bool, default=False
         Start from the previous fit's coefficients (same classes and features).
+    timeout : float, default=60.0
+        Seconds any request to the cluster may go unanswered (a frozen scheduler, a lost
+        worker) before the fit stops with an error naming what did not answer.
+    wait_for_workers : float, default=0.0
+        Seconds to wait for a first worker when the cluster has none (workers still
+        starting, jobs still queued); then the fit fails with a clear error.
 
     Attributes
     ----------
@@ -119,6 +126,8 @@ class LogisticRegression(ClassifierMixin, GradientDescentEstimator):
         emulation: Any = None,
         workers: Any = None,
         warm_start: bool = False,
+        timeout: float = DEFAULT_TIMEOUT_SECONDS,
+        wait_for_workers: float = 0.0,
     ):
         self.penalty = penalty
         self.C = C
@@ -139,6 +148,8 @@ class LogisticRegression(ClassifierMixin, GradientDescentEstimator):
         self.emulation = emulation
         self.workers = workers
         self.warm_start = warm_start
+        self.timeout = timeout
+        self.wait_for_workers = wait_for_workers
 
     def _penalty(self, total_weight: float) -> Any:
         """scikit-learn's penalty / (C * sum of sample weights) on the mean loss."""
@@ -183,6 +194,7 @@ class LogisticRegression(ClassifierMixin, GradientDescentEstimator):
         """
         self._validate_common()
         self._check_solver()
+        self._checked_client()  # workers there before any computation (label encoding)
         X, y = inputs.fit_inputs(self, X, y, features=features, target=target, classifier=True)
         classes, y_encoded = inputs.classes_and_indices(y)
         weights = inputs.sample_weights(sample_weight, X)

@@ -4,10 +4,13 @@
 records and adds no timer of its own:
 
 - a :class:`~distributed.diagnostics.plugin.SchedulerPlugin`, registered for the fit,
-  follows the tasks of each evaluation through the ``distributed.span`` the strategy
-  names after the evaluation's ``key_prefix``: from ``processing -> memory``
-  transitions the task's worker and ``startstops``, from ``update_graph`` the scattered
-  inputs (w) with the nbytes and holders the scheduler knows;
+  follows the tasks of each evaluation through the ``daskgd_evaluation`` annotation the
+  strategy gives them (the evaluation's ``key_prefix``; an annotation lives and dies with
+  its task, where a ``distributed.span`` per evaluation would stay on the scheduler for
+  good): from ``processing -> memory`` transitions the task's worker and ``startstops``,
+  from ``update_graph`` the scattered inputs (w) with the nbytes and holders the
+  scheduler knows; and what a failure cost: workers leaving the cluster, placed chunks
+  (and their inputs) computed again after they were lost;
 - the workers' ``transfer_incoming_log`` / ``transfer_outgoing_log`` (bounded by
   ``distributed.admin.low-level-log-length``) give start, stop, peer and bytes of
   every transfer.
@@ -74,47 +77,55 @@ import numpy as np
 import xarray as xr
 from distributed.diagnostics.plugin import SchedulerPlugin
 from distributed.metrics import time as cluster_time
+from distributed.protocol.pickle import dumps
 
+from daskgd.data import waits
 from daskgd.engine.driver import Callback
 from daskgd.observe.trace import build_trace
 from daskgd.observe.worker_measures import Collected, straggler_flags, worker_dataset
 
-__all__ = ["Instrumentation", "SpanRecorder", "straggler_flags"]
+__all__ = ["EvaluationRecorder", "Instrumentation", "straggler_flags"]
 
-#: Prefix of the span names (evaluation key prefixes) the scheduler plugin follows.
-SPAN_MARKER = "daskgd-"
+#: Prefix of the evaluation names (key prefixes) the scheduler plugin follows.
+EVALUATION_MARKER = "daskgd-"
+#: The task annotation holding the evaluation's name (set by the strategy).
+EVALUATION_ANNOTATION = "daskgd_evaluation"
+#: Dependents followed from a recomputed task to find the lost chunk it rebuilds.
+_LINEAGE_SEARCH_LIMIT = 64
 
 #: Seconds a log entry may finish out of order; re-read entries are de-duplicated.
 _LOG_OVERLAP_SECONDS = 1.0
 
-#: How long the end of a fit waits for a poll in flight (a hung worker must not hang it).
-_JOIN_TIMEOUT_SECONDS = 30.0
-
 # ------------------------------------------------------------------- cluster side
 
 
-class SpanRecorder(SchedulerPlugin):
-    """Scheduler plugin: tasks and scattered inputs of spans named ``marker...``.
+class EvaluationRecorder(SchedulerPlugin):
+    """Scheduler plugin: tasks and inputs of the evaluations named ``marker...``, and the
+    failures under them (workers lost, lost chunks computed again).
 
     Rows accumulate on the scheduler until :func:`drain_recorder` takes them.
     """
 
-    def __init__(self, marker: str = SPAN_MARKER):
+    def __init__(self, marker: str = EVALUATION_MARKER):
         self.marker = marker
         self.tasks: list[tuple] = []
         self.inputs: list[tuple] = []
+        #: (kind, prefix, detail, seconds, time): kind 'worker_lost' (detail: address),
+        #: 'chunk_recomputed' or 'input_recomputed' (detail: the key as text).
+        self.failures: list[tuple] = []
         self._prefix_of: dict[Any, str] = {}
         self._inputs_seen: set[tuple] = set()
+        self._chunks: set[Any] = set()  # data chunks the evaluations read
+        self._current = ""  # the latest evaluation submitted
         self.scheduler: Any = None
 
     async def start(self, scheduler: Any) -> None:
         self.scheduler = scheduler
 
     def update_graph(self, scheduler: Any, *, tasks: list, annotations: dict, **kwargs: Any):
-        for key, span in annotations.get("span", {}).items():
-            name = span["name"][-1]
-            if name.startswith(self.marker):
-                self._prefix_of[key] = name
+        for key, name in annotations.get(EVALUATION_ANNOTATION, {}).items():
+            if isinstance(name, str) and name.startswith(self.marker):
+                self._prefix_of[key] = self._current = name
         now = cluster_time()
         for key in tasks:
             prefix = self._prefix_of.get(key)
@@ -128,29 +139,61 @@ class SpanRecorder(SchedulerPlugin):
                 holders = tuple(sorted(ws.address for ws in dependency.who_has or ()))
                 # Scattered data has no run_spec: that is w; the rest are data chunks.
                 scattered = dependency.run_spec is None
+                if not scattered:
+                    self._chunks.add(dependency.key)
                 self.inputs.append(
                     (prefix, dependency.key, scattered, dependency.nbytes, holders, now)
                 )
 
+    def remove_worker(self, scheduler: Any, worker: str, **kwargs: Any) -> None:
+        self.failures.append(("worker_lost", self._current, worker, 0.0, cluster_time()))
+
     def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
         if finish == "forgotten":
             self._prefix_of.pop(key, None)
+            self._chunks.discard(key)
             return
         if start != "processing" or finish != "memory":
             return
-        prefix = self._prefix_of.get(key)
-        if prefix is None:
-            return
         startstops = kwargs.get("startstops", ())
         compute = tuple((s["start"], s["stop"]) for s in startstops if s["action"] == "compute")
-        self.tasks.append((prefix, key, kwargs.get("worker"), compute))
+        prefix = self._prefix_of.get(key)
+        if prefix is not None:
+            self.tasks.append((prefix, key, kwargs.get("worker"), compute))
+            return
+        kind = "chunk_recomputed" if key in self._chunks else None
+        if kind is None and self._chunks and self._rebuilds_a_chunk(key):
+            kind = "input_recomputed"
+        if kind is not None:
+            seconds = sum(stop - begin for begin, stop in compute)
+            self.failures.append((kind, self._current, str(key), seconds, cluster_time()))
+
+    def _rebuilds_a_chunk(self, key: Any) -> bool:
+        """Whether the task ``key`` is in the lineage of a data chunk the fit reads."""
+        ts = self.scheduler.tasks.get(key) if self.scheduler is not None else None
+        frontier, seen = list(ts.dependents) if ts is not None else [], set()
+        while frontier and len(seen) < _LINEAGE_SEARCH_LIMIT:
+            dependent = frontier.pop()
+            if dependent.key in self._chunks:
+                return True
+            if dependent.key not in seen:
+                seen.add(dependent.key)
+                frontier.extend(dependent.dependents)
+        return False
 
     def drain(self) -> dict:
         tasks, self.tasks = self.tasks, []
         inputs, self.inputs = self.inputs, []
+        failures, self.failures = self.failures, []
         self._inputs_seen = {seen for seen in self._inputs_seen if seen[1] in self.scheduler.tasks}
         names = {address: str(ws.name) for address, ws in self.scheduler.workers.items()}
-        return {"tasks": tasks, "inputs": inputs, "names": names, "time": cluster_time()}
+        return {
+            "tasks": tasks,
+            "inputs": inputs,
+            "failures": failures,
+            "names": names,
+            "time": cluster_time(),
+        }
 
 
 def drain_recorder(dask_scheduler: Any = None, name: str = "") -> dict:
@@ -189,6 +232,10 @@ class Instrumentation(Callback):
     poll_interval_seconds : float or None, default=1.0
         Period of the background poll of the scheduler plugin and the transfer logs;
         None polls only at the end of the fit and when :meth:`snapshot` is called.
+    timeout : float, default=60.0
+        Seconds a request to the cluster may go unanswered
+        (:data:`daskgd.data.waits.DEFAULT_TIMEOUT_SECONDS`); a poll that waits longer is
+        given up, and so is the end of the fit's wait for it.
 
     Examples
     --------
@@ -205,6 +252,7 @@ class Instrumentation(Callback):
         straggler_mad_factor: float = 3.0,
         straggler_ratio: float = 1.25,
         poll_interval_seconds: float | None = 1.0,
+        timeout: float = waits.DEFAULT_TIMEOUT_SECONDS,
     ):
         if straggler_mad_factor < 0 or straggler_ratio < 1:
             raise ValueError(
@@ -215,6 +263,7 @@ class Instrumentation(Callback):
             raise ValueError(
                 f"poll_interval_seconds must be > 0 or None, got {poll_interval_seconds!r}"
             )
+        self.timeout = waits.check_seconds("timeout", timeout)
         self.client = client
         self.straggler_mad_factor = float(straggler_mad_factor)
         self.straggler_ratio = float(straggler_ratio)
@@ -245,8 +294,16 @@ class Instrumentation(Callback):
         self._reset()
         name = f"daskgd-instrument-{uuid.uuid4().hex[:12]}"
         try:
-            self.client.register_plugin(SpanRecorder(), name=name)
-            first = self.client.run_on_scheduler(drain_recorder, name=name)
+            self._call(
+                self.client.scheduler.register_scheduler_plugin,
+                plugin=dumps(EvaluationRecorder()),
+                name=name,
+                idempotent=False,
+                what="registering the instrumentation plugin",
+            )
+            first = self._drain(name)
+        except waits.ClusterTimeoutError:
+            raise
         except Exception as error:  # e.g. daskgd not importable on the scheduler
             warnings.warn(
                 f"daskgd instrumentation is off for this fit: the scheduler plugin could not "
@@ -271,8 +328,9 @@ class Instrumentation(Callback):
         if not self.active:
             return
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=_JOIN_TIMEOUT_SECONDS)
+        if self._thread is not None:  # its poll is bounded by the timeout too
+            gone = waits.unanswered(self.client)  # then its poll waits for nothing
+            self._thread.join(timeout=min(self.timeout, 0.5) if gone else self.timeout)
         try:
             if self._thread is not None and self._thread.is_alive():
                 raise TimeoutError("a poll of the cluster did not return")
@@ -285,8 +343,24 @@ class Instrumentation(Callback):
                 stacklevel=2,
             )
         with contextlib.suppress(Exception):
-            self.client.unregister_scheduler_plugin(self._plugin_name)
+            self._call(
+                self.client.scheduler.unregister_scheduler_plugin,
+                name=self._plugin_name,
+                what="removing the instrumentation plugin",
+            )
         self._plugin_name = None
+
+    def _call(self, request: Any, *args: Any, what: str, **kwargs: Any) -> Any:
+        return waits.call(self.client, request, *args, what=what, timeout=self.timeout, **kwargs)
+
+    def _drain(self, name: str) -> dict:
+        return self._call(
+            self.client.run_on_scheduler,
+            drain_recorder,
+            name=name,
+            asynchronous=True,
+            what="collecting the instrumentation's records",
+        )
 
     # -- collection -------------------------------------------------------------
     def _poll_loop(self) -> None:
@@ -297,23 +371,30 @@ class Instrumentation(Callback):
     def _poll(self) -> None:
         """Take the plugin's rows and the new transfer log entries (one round trip each)."""
         with self._poll_lock:
-            drained = self.client.run_on_scheduler(drain_recorder, name=self._plugin_name)
+            drained = self._drain(self._plugin_name)
             # Entries may be appended slightly out of order: re-read an overlap, dedupe.
             since = {worker: t - _LOG_OVERLAP_SECONDS for worker, t in self._since.items()}
-            logs = self.client.run(
-                read_transfer_logs, since=since, default=self._start_time, on_error="ignore"
+            logs = self._call(
+                self.client.run,
+                read_transfer_logs,
+                since=since,
+                default=self._start_time,
+                on_error="ignore",
+                asynchronous=True,
+                what="reading the workers' transfer logs",
             )
             with self._lock:
                 before = len(self._raw.incoming) + len(self._raw.outgoing)
                 self._raw.tasks.extend(drained["tasks"])
                 self._raw.inputs.extend(drained["inputs"])
+                self._raw.failures.extend(drained["failures"])
                 self._raw.names.update(drained["names"])
                 for worker, result in logs.items():
                     self._add_log_entries(worker, result)
                 oldest = min(self._since.values(), default=self._start_time) - _LOG_OVERLAP_SECONDS
                 self._seen = {identity for identity in self._seen if identity[4] >= oldest}
                 after = len(self._raw.incoming) + len(self._raw.outgoing)
-                if drained["tasks"] or drained["inputs"] or after > before:
+                if drained["tasks"] or drained["inputs"] or drained["failures"] or after > before:
                     self._version += 1
 
     def _add_log_entries(self, worker: str, result: dict) -> None:
@@ -355,6 +436,14 @@ class Instrumentation(Callback):
         with self._lock:
             self._cached = (key, dataset)
         return dataset.copy(deep=True)
+
+    def recovery_events(self) -> list[tuple] | None:
+        """What failures cost, as the scheduler plugin saw it (see
+        :func:`daskgd.observe.recovery.recovery_dataset`); None without measurements."""
+        with self._lock:
+            if not self._raw.tasks:
+                return None
+            return list(self._raw.failures)
 
     def snapshot(self) -> xr.Dataset:
         """The trace so far (thread-safe): per-iteration and per-worker variables.

@@ -58,6 +58,7 @@ class Collected:
     inputs : (prefix, key, scattered, nbytes, holders, submitted) per evaluation input
     incoming, outgoing : (worker, (peer or None, {key: nbytes}, start, stop, total))
     names : {address: worker name}
+    failures : (kind, prefix, detail, seconds, time): workers lost, chunks recomputed
     """
 
     tasks: list = field(default_factory=list)
@@ -65,10 +66,11 @@ class Collected:
     incoming: list = field(default_factory=list)
     outgoing: list = field(default_factory=list)
     names: dict = field(default_factory=dict)
+    failures: list = field(default_factory=list)
 
     def copy(self) -> Collected:
         parts = (self.tasks, self.inputs, self.incoming, self.outgoing)
-        return Collected(*(list(part) for part in parts), dict(self.names))
+        return Collected(*(list(part) for part in parts), dict(self.names), list(self.failures))
 
 
 class _KeyIndex:

@@ -27,16 +27,24 @@ How a fit uses them (:class:`daskgd.strategies.mapreduce.MapReduce` with ``trans
   every partial sum that crosses the network (worker to worker, worker to scheduler to
   client) is encoded; the client decodes the total.
 - error feedback (``topk`` only): each chunk task adds the residual it did not send
-  last time (kept in the worker process, keyed by fit and chunk index) to its gradient
-  before picking the top k, and keeps the new residual. What the combine and aggregate
-  steps drop when they re-sparsify a sum is *not* fed back. A chunk recomputed on
-  another worker (after a failure) starts with an empty residual.
+  last time to its gradient before picking the top k, and keeps the new residual. What
+  the combine and aggregate steps drop when they re-sparsify a sum is *not* fed back.
+  The residuals live in the worker process, per fit (concurrent fits on one cluster
+  keep their own) and chunk, with the number of evaluations the chunk took part in,
+  which the client sends along with w: a task run again for the same evaluation (a
+  retried attempt) starts from the same residual, so retries change nothing. A chunk
+  whose residual was lost with its worker (the task ran elsewhere, or on a restarted
+  worker) starts again from zero: the task counts it in the exact head of its partial
+  sum, and the fit records it (the trace's ``residual_resets``) and warns, since its
+  coefficients then differ from an undisturbed fit's. The session removes a fit's
+  residuals from the workers when it ends.
 """
 
 from __future__ import annotations
 
 import math
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,8 +53,9 @@ __all__ = ["CODECS", "Codec", "get_codec"]
 
 CODECS = ("float64", "float32", "float16", "bfloat16", "int8", "topk:FRACTION")
 
-#: Length of the exact head of an encoded partial sum: loss and row count as float64.
-HEAD = 2
+#: Length of the exact head of an encoded partial sum, float64: loss, row count, and the
+#: number of top-k residuals the chunk tasks found lost (restarted from zero).
+HEAD = 3
 
 
 @dataclass(frozen=True)
@@ -189,21 +198,30 @@ def get_codec(spec: str | Codec | None) -> Codec:
 # -- partial sums ------------------------------------------------------------------------
 
 
-def encode_partial(packed: np.ndarray, codec: Codec, feedback_key: tuple | None = None):
+def encode_partial(
+    packed: np.ndarray, codec: Codec, feedback_key: tuple | None = None, resets: float = 0.0
+):
     """Encode a chunk's ``[loss, grad..., n_rows]`` as one uint8 row: exact head + gradient.
 
-    With a ``topk`` codec and a ``feedback_key``, the residual kept under that key in
-    this process is added before sparsifying, and replaced by what was not sent.
+    With a ``topk`` codec and a ``feedback_key`` ``(fit id, chunk, evaluations the chunk
+    took part in before)``, the residual kept under it in this process is added before
+    sparsifying, and replaced by what was not sent; a residual that should exist but
+    does not counts 1 in the head's resets. ``resets`` is the count of a sum's inputs.
     """
     packed = np.asarray(packed, dtype=np.float64).reshape(-1)
-    head = np.array([packed[0], packed[-1]])
     grad = packed[1:-1]
     if codec.kind == "topk" and feedback_key is not None:
-        grad = grad + _residual(feedback_key, grad.size)
+        fit_id, chunk, before = feedback_key
+        residual, lost = _take_residual(fit_id, chunk, int(before), grad.size)
+        grad = grad + residual
         payload = codec.encode(grad)
-        _store_residual(feedback_key, grad - codec.decode(payload, grad.size))
+        _keep_residual(
+            fit_id, chunk, int(before) + 1, residual, grad - codec.decode(payload, grad.size)
+        )
+        resets += lost
     else:
         payload = codec.encode(grad)
+    head = np.array([packed[0], packed[-1], resets])
     return np.concatenate([head.view(np.uint8), payload.view(np.uint8)])[None, :]
 
 
@@ -238,6 +256,11 @@ def decode_partial(row: np.ndarray, codec: Codec, n_params: int) -> np.ndarray:
     return np.concatenate([[head[0]], codec.decode(payload, n_params), [head[1]]])
 
 
+def partial_resets(row: np.ndarray) -> int:
+    """Top-k residuals found lost by the chunk tasks summed into an encoded row."""
+    return int(np.ascontiguousarray(row).reshape(-1).view(np.uint8)[: 8 * HEAD].view(np.float64)[2])
+
+
 def partial_nbytes(codec: Codec, n_params: int) -> int:
     """Bytes of one encoded partial sum."""
     return 8 * HEAD + codec.payload_nbytes(n_params)
@@ -246,10 +269,12 @@ def partial_nbytes(codec: Codec, n_params: int) -> int:
 def combine_partials(rows, codec: Codec, n_params: int, axis=None, keepdims=True):
     """Decode, add in float64 and re-encode: the combine/aggregate of the reduction."""
     total = np.zeros(n_params + 2)
+    resets = 0
     for row in _flatten(rows):
         for line in np.atleast_2d(row):
             total += decode_partial(line, codec, n_params)
-    encoded = encode_partial(total, codec)
+            resets += partial_resets(line)
+    encoded = encode_partial(total, codec, resets=resets)
     return encoded if keepdims else encoded[0]
 
 
@@ -261,23 +286,42 @@ def _flatten(rows):
         yield from _flatten(item)
 
 
-# Residuals of top-k error feedback, per process (a worker's), keyed by (fit id, chunk).
-_RESIDUALS: dict[tuple, np.ndarray] = {}
+# Residuals of top-k error feedback in this process (a worker's): by fit id, then chunk,
+# (evaluations of the chunk so far, residual used by the last one, residual after it).
+_RESIDUALS: OrderedDict[str, dict[int, tuple[int, np.ndarray, np.ndarray]]] = OrderedDict()
 _LOCK = threading.Lock()
+#: Fits whose residuals a process keeps; the oldest go first (a fit whose session could
+#: not remove them, e.g. its client died, must not keep memory for good).
+MAX_FITS = 64
 
 
-def _residual(key: tuple, n: int) -> np.ndarray:
+def _take_residual(fit_id: str, chunk: int, before: int, n: int) -> tuple[np.ndarray, int]:
+    """The residual for the chunk's evaluation number ``before + 1``, and 1 if it was lost."""
     with _LOCK:
-        stale = [k for k in _RESIDUALS if k[0] != key[0]]
-        for k in stale:  # a new fit: forget the previous fits' residuals
-            del _RESIDUALS[k]
-        value = _RESIDUALS.get(key)
-    return value if value is not None and value.size == n else np.zeros(n)
+        chunks = _RESIDUALS.get(fit_id, {})
+        entry = chunks.get(chunk)
+    if entry is not None and entry[1].size == n:
+        done, used, after = entry
+        if done == before + 1:  # this evaluation again (a retried attempt)
+            return used, 0
+        if done == before:
+            return after, 0
+    return np.zeros(n), int(before > 0)
 
 
-def _store_residual(key: tuple, value: np.ndarray) -> None:
+def _keep_residual(fit_id: str, chunk: int, done: int, used: np.ndarray, after: np.ndarray):
     with _LOCK:
-        _RESIDUALS[key] = value
+        chunks = _RESIDUALS.setdefault(fit_id, {})
+        _RESIDUALS.move_to_end(fit_id)
+        chunks[chunk] = (done, used, after)
+        while len(_RESIDUALS) > MAX_FITS:
+            _RESIDUALS.popitem(last=False)
+
+
+def forget_residuals(fit_id: str, dask_worker=None) -> int:
+    """Drop the fit's residuals from this process; return how many chunks it had."""
+    with _LOCK:
+        return len(_RESIDUALS.pop(fit_id, {}))
 
 
 # -- vectors in runtime messages ---------------------------------------------------------

@@ -22,6 +22,8 @@ import contextlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from daskgd.data import waits
+
 #: Interval (seconds) of the batched control streams while a fit runs.
 LOW_LATENCY_INTERVAL_SECONDS = 0.0005
 
@@ -66,59 +68,85 @@ def _pause_stealing(dask_scheduler: Any = None, pause: bool = True) -> bool:
     return was_running
 
 
-def tune_for_iterations(client: Any, *, interval: float = LOW_LATENCY_INTERVAL_SECONDS) -> Callable:
+def tune_for_iterations(
+    client: Any,
+    *,
+    interval: float = LOW_LATENCY_INTERVAL_SECONDS,
+    timeout: float = waits.DEFAULT_TIMEOUT_SECONDS,
+) -> Callable:
     """Shorten the batching intervals and pause work stealing; return an undo function.
 
     New workers joining later keep their own; the undo function puts back the values
     the client, each of the scheduler's streams and each worker had before (whatever
-    the cluster was configured with, not distributed's defaults).
+    the cluster was configured with, not distributed's defaults). Each request waits at
+    most ``timeout`` seconds (:mod:`daskgd.data.waits`); a failed one is skipped, since
+    the fit works (more slowly) without it.
     """
+
+    def on_scheduler(function: Callable, **kwargs: Any) -> Any:
+        return waits.call(
+            client, client.run_on_scheduler, function, asynchronous=True,
+            what="tuning the cluster", timeout=timeout, **kwargs,
+        )  # fmt: skip
+
+    def on_workers(**kwargs: Any) -> Any:
+        return waits.call(
+            client, client.run, _set_worker_interval, asynchronous=True,
+            what="tuning the workers", timeout=timeout, **kwargs,
+        )  # fmt: skip
+
     client_stream = client.scheduler_comm
     old_client_interval = client_stream.interval
     client_stream.interval = interval
     old_scheduler: dict = {}
     old_workers: dict = {}
     with contextlib.suppress(Exception):
-        old_scheduler = client.run_on_scheduler(_set_scheduler_intervals, interval=interval)
+        old_scheduler = on_scheduler(_set_scheduler_intervals, interval=interval)
     with contextlib.suppress(Exception):
-        old_workers = client.run(_set_worker_interval, interval=interval)
+        old_workers = on_workers(interval=interval)
     stealing_was_running = False
     with contextlib.suppress(Exception):
-        stealing_was_running = client.run_on_scheduler(_pause_stealing, pause=True)
+        stealing_was_running = on_scheduler(_pause_stealing, pause=True)
 
     def undo() -> None:
         client_stream.interval = old_client_interval
         with contextlib.suppress(Exception):
-            client.run_on_scheduler(_restore_scheduler_intervals, old=old_scheduler)
+            on_scheduler(_restore_scheduler_intervals, old=old_scheduler)
         for old in set(old_workers.values()):
             workers = [address for address, value in old_workers.items() if value == old]
             with contextlib.suppress(Exception):
-                client.run(_set_worker_interval, interval=old, workers=workers)
+                on_workers(interval=old, workers=workers)
         if stealing_was_running:
             with contextlib.suppress(Exception):
-                client.run_on_scheduler(_pause_stealing, pause=False)
+                on_scheduler(_pause_stealing, pause=False)
 
     return undo
 
 
 @contextlib.contextmanager
-def amm_paused(client: Any) -> Iterator[None]:
+def amm_paused(client: Any, *, timeout: float = waits.DEFAULT_TIMEOUT_SECONDS) -> Iterator[None]:
     """Stop the Active Memory Manager for the duration of a fit.
 
     ``scatter(w, broadcast=True)`` puts a copy of w on every worker; the AMM's
     ReduceReplicas policy may drop those copies before the chunk tasks that read them
-    arrive, and each worker would then fetch w again (DESIGN: keep them safe).
+    arrive, and each worker would then fetch w again (DESIGN: keep them safe). Each
+    request waits at most ``timeout`` seconds.
     """
-    amm = getattr(client, "amm", None)
+
+    def amm(method: str) -> Any:
+        return waits.call(
+            client, client.scheduler.amm_handler, method=method,
+            what="pausing the active memory manager", timeout=timeout,
+        )  # fmt: skip
+
     was_running = False
-    if amm is not None:
-        with contextlib.suppress(Exception):
-            was_running = bool(amm.running())
-            if was_running:
-                amm.stop()
+    with contextlib.suppress(Exception):
+        was_running = bool(amm("running"))
+        if was_running:
+            amm("stop")
     try:
         yield
     finally:
         if was_running:
             with contextlib.suppress(Exception):
-                amm.start()
+                amm("start")

@@ -1,10 +1,10 @@
 """Strategies: how the workers' partial sums are gathered, and who updates w.
 
-    base.py          the protocol: capabilities, FitProblem, the registry
-    synchronous.py   the shared run of the synchronous strategies (one driver)
-    mapreduce.py     w to every worker, map_blocks, da.sum, update on the client (default)
-    direct.py        w straight to the workers' resident objects, sums back (+ backups)
-    allreduce.py     ring all-reduce among the workers, the step replicated on each
+base.py          the protocol: capabilities, FitProblem, the registry
+synchronous.py   the shared run of the synchronous strategies (one driver)
+mapreduce.py     w to every worker, map_blocks, da.sum, update on the client (default)
+direct.py        w straight to the workers' resident objects, sums back (+ backups)
+allreduce.py     ring all-reduce among the workers, the step replicated on each
 """
 
 from daskgd.strategies.base import (

@@ -21,9 +21,18 @@ import numpy as np
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 
+from daskgd.data import waits
 from daskgd.engine.steps import Evaluation
 from daskgd.models.losses import Model, packed_loss_grad, unpack
-from daskgd.runtime.codecs import Codec, combine_partials, decode_partial, encode_partial
+from daskgd.runtime.codecs import (
+    Codec,
+    combine_partials,
+    decode_partial,
+    encode_partial,
+    forget_residuals,
+    partial_nbytes,
+    partial_resets,
+)
 from daskgd.runtime.tuning import amm_paused, tune_for_iterations
 from daskgd.strategies.base import FitProblem, register_strategy
 from daskgd.strategies.synchronous import SynchronousStrategy
@@ -107,20 +116,32 @@ class Session:
         self.n_blocks = data.X.numblocks[0]
         self.codec = strategy.codec
         self.fit_id = uuid.uuid4().hex[:12]  # keys the error-feedback residuals on workers
+        self.timeout = float(getattr(data, "timeout", waits.DEFAULT_TIMEOUT_SECONDS))
+        #: Seconds lost in failed attempts and their errors, by the key prefix of the
+        #: evaluation that then succeeded (the trace's retry_seconds).
+        self.retries: dict[str, tuple[float, tuple[str, ...], tuple[str, ...]]] = {}
+        #: Top-k residuals found lost (restarted from zero), by evaluation key prefix.
+        self.residual_resets: dict[str, int] = {}
+        self._participations = np.zeros(self.n_blocks, dtype=np.int64)
+        self._groups = _task_groups(self.fit_id)
+        self._n_attempts = 0
         self._stack = contextlib.ExitStack()
         self._template: tuple | None = None
 
     def __enter__(self) -> Session:
         if self.client is not None:
-            self._stack.enter_context(amm_paused(self.client))
+            self._stack.enter_context(amm_paused(self.client, timeout=self.timeout))
             if self.strategy.tune_cluster:
-                self._stack.callback(tune_for_iterations(self.client))
+                self._stack.callback(tune_for_iterations(self.client, timeout=self.timeout))
+            self._stack.callback(_release, _anchor_groups(self.client, self._groups.values()))
             emulation = self.strategy.emulation
             if emulation is not None and (emulation.network or emulation.slows_chunks):
                 from daskgd.runtime.emulation import register
 
                 name = register(self.client, emulation)
-                self._stack.callback(_unregister, self.client, name)
+                self._stack.callback(_unregister, self.client, name, self.timeout)
+        if self.codec.kind == "topk":
+            self._stack.callback(_forget_residuals, self.client, self.fit_id, self.timeout)
         return self
 
     @property
@@ -130,6 +151,10 @@ class Session:
 
     def __exit__(self, *exc_info: Any) -> None:
         self._stack.close()
+
+    def report(self) -> dict[str, Any]:
+        """What the fit's evaluations went through: retries and lost top-k residuals."""
+        return {"retries": dict(self.retries), "residual_resets": dict(self.residual_resets)}
 
     def describe(self) -> dict[str, Any]:
         """The resolved configuration of this fit's reduction (for the trace attrs)."""
@@ -157,56 +182,81 @@ class Session:
         """Totals of loss, gradient and rows at ``w`` over all chunks (or ``blocks``)."""
         recoverable = _recoverable_errors() if self.client is not None else ()
         start = time.perf_counter()
+        failed: list[tuple[str, str]] = []  # (key prefix, error) of the failed attempts
         for attempt in range(1, MAX_ATTEMPTS + 1):
+            self._n_attempts += 1
+            prefix = f"daskgd-gradient-{self.fit_id}-{self._n_attempts}"
             try:
-                total, prefix = self._evaluate_once(np.asarray(w, dtype=np.float64), blocks)
+                total = self._evaluate_once(np.asarray(w, dtype=np.float64), blocks, prefix)
                 break
-            except recoverable:
+            except recoverable as error:
                 # A worker died under the evaluation: its chunks are recomputed from
                 # their graph by the scheduler; w is simply sent again.
+                failed.append((prefix, type(error).__name__))
                 if attempt == MAX_ATTEMPTS:
-                    raise
+                    raise RuntimeError(
+                        f"a gradient evaluation failed {MAX_ATTEMPTS} times in a row, each "
+                        f"time losing a worker ({', '.join(e for _, e in failed)}); last "
+                        f"error: {error}"
+                    ) from error
+                retry_start = time.perf_counter()
+        if failed:
+            errors, prefixes = tuple(e for _, e in failed), tuple(p for p, _ in failed)
+            self.retries[prefix] = (retry_start - start, errors, prefixes)
         if not self.codec.is_exact:
+            if self.codec.kind == "topk":
+                self._count_participation(blocks, partial_resets(total), prefix)
             total = decode_partial(total, self.codec, self.n_params)
         loss_sum, grad_sum, n_rows = unpack(total)
         return Evaluation(loss_sum, grad_sum, n_rows, time.perf_counter() - start, attempt, prefix)
 
-    def _evaluate_once(self, w: np.ndarray, blocks: Sequence[int] | None) -> tuple:
-        prefix = f"daskgd-gradient-{uuid.uuid4().hex[:12]}"
+    def _count_participation(self, blocks: Sequence[int] | None, resets: int, prefix: str):
+        """After a top-k evaluation: its chunks' counts, the residuals found lost."""
+        self._participations[list(range(self.n_blocks)) if blocks is None else blocks] += 1
+        if resets:
+            self.residual_resets[prefix] = resets
+
+    def _evaluate_once(self, w: np.ndarray, blocks: Sequence[int] | None, prefix: str) -> Any:
+        if self.codec.kind == "topk":  # the chunks' evaluation counts travel with w
+            w = np.concatenate([w, self._participations.astype(np.float64)])
         if self.client is None:
             payload = self.codec.encode(w) if self.codec.compresses_w else w
-            return self._graph(payload, blocks, prefix).compute(scheduler="threads"), prefix
-        from distributed import span
-
-        # The span tags every task of this evaluation (map, reduce) with the prefix, so
-        # the instrumentation can attribute tasks, transfers and bytes to an iteration.
-        with span(prefix):
-            weights = self._broadcast(w, prefix)
-            total = self._pinned_graph(weights, blocks, prefix)
-            return self.client.compute(total, sync=True, optimize_graph=False), prefix
+            return self._graph(payload, blocks, prefix).compute(scheduler="threads")
+        # No distributed.span: the scheduler keeps every span and its task groups for its
+        # lifetime (~14 KB per evaluation, never freed). The tasks carry an annotation
+        # naming the evaluation instead (see _as_delayed), which goes with the task.
+        weights = self._broadcast(w, prefix)
+        total = self._pinned_graph(weights, blocks, prefix)
+        future = self.client.compute(total, optimize_graph=False)
+        what = f"waiting for gradient evaluation {self._n_attempts}"
+        return waits.result(self.client, future, what=what, timeout=self.timeout)
 
     def _pinned_graph(self, weights: Any, blocks: Sequence[int] | None, prefix: str) -> Any:
         """This evaluation's pinned graph: built once, then re-keyed for each evaluation.
 
         Building it (map_blocks, sum, optimise, pin) took ~5 ms of client time per
         iteration; only w's key and the task keys change between evaluations, so later
-        evaluations substitute those in the first graph's tasks.
+        evaluations substitute those in the first graph's tasks. Every key joins one of
+        the fit's task groups (see :func:`_task_groups`).
         """
-        if blocks is not None or not self.data.placement:  # sgd's batches differ each time
-            return _pin_to_chunks(self._graph(weights, blocks, prefix), self.data)
-        if self._template is None:
-            tasks, pinned, out_key = _pinned_tasks(self._graph(weights, None, prefix), self.data)
-            self._template = (tasks, pinned, out_key, weights.key)
-            return _as_delayed(tasks, pinned, out_key)
-        tasks, pinned, out_key, template_w_key = self._template
-        rename = {key: _suffixed(key, prefix) for key in tasks}
+        if blocks is not None or self._template is None:  # sgd's batches differ each time
+            tasks, pinned, out_key = _pinned_tasks(self._graph(weights, blocks, prefix), self.data)
+            template_w_key = weights.key
+            if blocks is None:
+                self._template = (tasks, pinned, out_key, template_w_key)
+        else:
+            tasks, pinned, out_key, template_w_key = self._template
+        rename = {
+            key: _evaluation_key(self._groups["map" if key in pinned else "reduce"], prefix, key)
+            for key in tasks
+        }
         substitutions = {**rename, template_w_key: weights.key}
         renamed = {
             rename[key]: task.substitute(substitutions, key=rename[key])
             for key, task in tasks.items()
         }
         pinned = {rename[key]: address for key, address in pinned.items()}
-        return _as_delayed(renamed, pinned, rename[out_key])
+        return _as_delayed(renamed, pinned, rename[out_key], prefix)
 
     def _broadcast(self, w: np.ndarray, prefix: str) -> Any:
         """Put one copy of w on every running worker holding chunks; return its future.
@@ -219,16 +269,32 @@ class Session:
         chunk tasks that land elsewhere fetch w from a peer. Only the workers of the
         placement get w (data placed on some workers of a cluster leaves the others out).
         """
-        key = f"{prefix}-w"
+        key = _evaluation_key(self._groups["w"], prefix, "w")
         if self.codec.compresses_w:  # the chunk tasks decode it
             w = self.codec.encode(w)
         holders = set(self.data.placement) if self.data.placement else None
-        delivered = self.client.sync(_send_to_workers, self.client, key, w, holders)
-        if not delivered:  # every holder is gone: fall back on the scheduler's scatter
-            return self.client.scatter(w, broadcast=True, hash=False)
-        from distributed import Future
+        # A worker that does not take w within this bound is skipped (a frozen worker
+        # must not hold up the others, nor exceed the bound of the whole request).
+        per_worker = min(BROADCAST_TIMEOUT, self.timeout / 2)
+        deadline = time.monotonic() + self.timeout
+        while True:
+            delivered = waits.call(
+                self.client, _send_to_workers, self.client, key, w, holders, per_worker,
+                what=f"sending w for gradient evaluation {self._n_attempts}",
+                timeout=self.timeout,
+            )  # fmt: skip
+            if delivered:
+                from distributed import Future
 
-        return Future(key, self.client)
+                return Future(key, self.client)
+            # No running worker: a nanny may be restarting the last one; wait, bounded.
+            if time.monotonic() >= deadline:
+                raise waits.NoWorkersError(
+                    f"all workers of the Dask cluster at {waits.scheduler_address(self.client)} "
+                    f"were lost (gradient evaluation {self._n_attempts}) and none came back "
+                    f"within {self.timeout:g} s"
+                )
+            time.sleep(0.2)
 
     def _graph(self, weights: Any, blocks: Sequence[int] | None, prefix: str) -> da.Array:
         X, y = self.data.X, self.data.y
@@ -255,7 +321,7 @@ class Session:
         """The map step through :func:`_chunk_task` (codec, emulated slowdown), and a
         reduction whose every node decodes, adds and re-encodes (float64 stays a sum)."""
         codec, n = self.codec, self.n_params
-        width = n + 2 if codec.is_exact else 16 + codec.payload_nbytes(n)
+        width = n + 2 if codec.is_exact else partial_nbytes(codec, n)
         partials = da.map_blocks(
             _chunk_task,
             X,
@@ -305,25 +371,20 @@ class Session:
         if self.client is None:
             values = estimates.compute(scheduler="threads")
         else:
-            values = self.client.compute(estimates, sync=True)
+            future = self.client.compute(estimates)
+            what = "estimating the step size"
+            values = waits.result(self.client, future, what=what, timeout=self.timeout)
         return float(np.max(values))
 
 
-def _pin_to_chunks(total: da.Array, data: Any) -> Any:
-    """The optimised graph of ``total`` with each chunk task restricted to its chunk's worker.
+def _pinned_tasks(total: da.Array, data: Any) -> tuple[dict, dict, Any]:
+    """(tasks of the optimised graph, chunk-task key -> worker, key of the total).
 
     Every chunk holder has w after the broadcast, so without a restriction the scheduler
     may run a chunk task on the other worker when the holder is busy, moving the
     100 MB chunk instead of 800 bytes (seen here: 4 of 8 chunk tasks moved on freshly
     placed data). ``allow_other_workers`` keeps the fit going when a worker dies.
     """
-    if not data.placement:
-        return total
-    return _as_delayed(*_pinned_tasks(total, data))
-
-
-def _pinned_tasks(total: da.Array, data: Any) -> tuple[dict, dict, Any]:
-    """(tasks of the optimised graph, chunk-task key -> worker, key of the total)."""
     (optimised,) = dask.optimize(total)
     tasks = dict(optimised.__dask_graph__())
     holder = {key: data.placement[key[1]] for key in dask.core.flatten(data.X.__dask_keys__())}
@@ -336,14 +397,22 @@ def _pinned_tasks(total: da.Array, data: Any) -> tuple[dict, dict, Any]:
     return tasks, pinned, out_key
 
 
-def _as_delayed(tasks: dict, pinned: dict, out_key: Any) -> Delayed:
+def _as_delayed(tasks: dict, pinned: dict, out_key: Any, prefix: str) -> Delayed:
+    # The annotation names the evaluation for the instrumentation's scheduler plugin; it
+    # lives on the tasks and is forgotten with them.
+    evaluation = {"daskgd_evaluation": prefix}
     layers = {
         "daskgd-map": MaterializedLayer(
             {key: tasks[key] for key in pinned},
-            annotations={"workers": lambda key: [pinned[key]], "allow_other_workers": True},
+            annotations={
+                "workers": lambda key: [pinned[key]],
+                "allow_other_workers": True,
+                **evaluation,
+            },
         ),
         "daskgd-reduce": MaterializedLayer(
-            {key: task for key, task in tasks.items() if key not in pinned}
+            {key: task for key, task in tasks.items() if key not in pinned},
+            annotations=evaluation,
         ),
     }
     dependencies = {"daskgd-map": set(), "daskgd-reduce": {"daskgd-map"}}
@@ -352,15 +421,45 @@ def _as_delayed(tasks: dict, pinned: dict, out_key: Any) -> Delayed:
     return Delayed(out_key, HighLevelGraph(layers, dependencies), layer="daskgd-reduce")
 
 
-def _suffixed(key: Any, suffix: str) -> Any:
-    """``key`` made unique to one evaluation: the suffix joins its name."""
-    if isinstance(key, tuple):
-        return (f"{key[0]}-{suffix}", *key[1:])
-    return f"{key}-{suffix}"
+def _task_groups(fit_id: str) -> dict[str, str]:
+    """The names of the fit's task groups: its map tasks, its reduction, its copies of w.
+
+    The scheduler makes a TaskGroup per distinct group name (the first element of a tuple
+    key) and deletes it when its last task is forgotten, but its spans keep every group
+    they ever held; evaluations with keys of their own would add groups (and spans) for
+    the scheduler's lifetime. All evaluations of a fit share these three groups instead,
+    kept alive by one anchor task each for the duration of the fit (:func:`_anchor_groups`).
+    """
+    return {role: f"daskgd-{role}-{fit_id}" for role in ("map", "reduce", "w")}
+
+
+def _evaluation_key(group: str, prefix: str, key: Any) -> tuple:
+    """A key of one evaluation: in the fit's ``group``, unique by the evaluation's prefix."""
+    return (group, prefix, *(key if isinstance(key, tuple) else (key,)))
+
+
+def _anchor() -> None:
+    return None
+
+
+def _anchor_groups(client: Any, groups: Any) -> list:
+    """One tiny task per group held in memory during the fit: the groups then live (and
+    stay in the span they first joined) from the first evaluation to the last."""
+    return [client.submit(_anchor, key=(group, "anchor"), pure=False) for group in groups]
+
+
+def _release(futures: list) -> None:
+    for future in futures:
+        with contextlib.suppress(Exception):
+            future.release()
 
 
 async def _send_to_workers(
-    client: Any, key: str, w: np.ndarray, holders: set[str] | None = None
+    client: Any,
+    key: Any,
+    w: np.ndarray,
+    holders: set[str] | None = None,
+    per_worker_timeout: float = BROADCAST_TIMEOUT,
 ) -> list:
     """``update_data`` on every running worker at once, then tell the scheduler who has w.
 
@@ -379,7 +478,7 @@ async def _send_to_workers(
 
     async def send(address: str) -> str:
         await asyncio.wait_for(
-            client.rpc(address).update_data(data={key: to_serialize(w)}), BROADCAST_TIMEOUT
+            client.rpc(address).update_data(data={key: to_serialize(w)}), per_worker_timeout
         )
         return address
 
@@ -394,8 +493,15 @@ async def _send_to_workers(
 
 def _chunk_task(X, y, w, *, model, fit_intercept, codec, slow, fit_id, index, block_id=None):
     """``packed_loss_grad`` with w decoded, the result encoded and the emulated slowdown."""
+    n_params = model.n_params(X.shape[1], fit_intercept)
     if codec.compresses_w:
-        w = codec.decode(w, model.n_params(X.shape[1], fit_intercept))
+        w = codec.decode(w, n_params)
+    chunk = index[block_id[0]] if block_id is not None else None
+    feedback = None
+    if codec.kind == "topk":  # w, then the evaluations each chunk took part in so far
+        w, participations = w[:n_params], w[n_params:]
+        if chunk is not None:
+            feedback = (fit_id, chunk, int(participations[chunk]))
     start = time.perf_counter()
     packed = packed_loss_grad(X, y, w, model=model, fit_intercept=fit_intercept)
     if slow:
@@ -404,14 +510,31 @@ def _chunk_task(X, y, w, *, model, fit_intercept, codec, slow, fit_id, index, bl
         straggle(time.perf_counter() - start)
     if codec.is_exact:
         return packed
-    chunk = index[block_id[0]] if block_id is not None else None
-    return encode_partial(packed, codec, (fit_id, chunk) if chunk is not None else None)
+    return encode_partial(packed, codec, feedback)
 
 
-def _unregister(client: Any, name: str) -> None:
+def _forget_residuals(client: Any, fit_id: str, timeout: float) -> None:
+    """Remove the fit's top-k residuals from the workers (or this process)."""
+    if client is None:
+        forget_residuals(fit_id)
+        return
+    with contextlib.suppress(Exception):  # a worker that is gone took them with it
+        waits.call(
+            client, client.run, forget_residuals, fit_id, on_error="ignore",
+            asynchronous=True, what="removing the top-k residuals", timeout=timeout,
+        )  # fmt: skip
+
+
+def _unregister(client: Any, name: str, timeout: float) -> None:
     """Remove the emulation plugin (its teardown restores the workers' handlers)."""
     try:
-        client.unregister_worker_plugin(name)
+        waits.call(
+            client,
+            client.scheduler.unregister_worker_plugin,
+            name=name,
+            what="removing the emulation plugin",
+            timeout=timeout,
+        )
     except Exception as error:  # noqa: BLE001 - the fit's result must not be lost
         import warnings
 

@@ -60,4 +60,6 @@ class SynchronousStrategy(Strategy):
             stepper = self.stepper(session, optimizer, objective, w0, seed)
             info = {**(info or {}), **self.describe(), **session.describe()}
             info["loss_rows"] = "mini-batch" if optimizer.stochastic else "all"
-            return run(stepper, stopping=stopping, callbacks=callbacks, info=info)
+            result = run(stepper, stopping=stopping, callbacks=callbacks, info=info)
+            result.session_report = getattr(session, "report", dict)()
+            return result

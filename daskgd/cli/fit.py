@@ -1,0 +1,275 @@
+"""``daskgd demo`` and ``daskgd run``: a fit on an embedded LocalCluster or a scheduler."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from daskgd.cli.cluster_options import add_hpc_options
+from daskgd.cli.connection import client_for
+from daskgd.cli.options import (
+    add_cluster_options,
+    add_emulation_options,
+    add_fit_options,
+    emulation_from,
+    number,
+    positive_int,
+)
+from daskgd.cli.results import (
+    add_model_options,
+    check_model_out,
+    check_visible_to_workers,
+    result_table,
+    save_fitted_model,
+)
+from daskgd.cli.run_data import data_paths, load_run_data
+
+#: Problem of ``daskgd demo``: about half a minute of gd on a 2-core laptop.
+DEMO_SAMPLES = 1_000_000
+DEMO_FEATURES = 100
+DEMO_CHUNKS = 8
+DEMO_MAX_ITER = 300
+DEMO_TOL = 1e-8
+
+
+def add_demo_command(commands: Any) -> None:
+    demo = commands.add_parser(
+        "demo",
+        help="fit a generated logistic problem on an embedded LocalCluster",
+        description="Generate a logistic-regression problem on the workers of a LocalCluster "
+        "(or --scheduler), fit it with gradient descent and print where the time went.",
+    )
+    demo.add_argument("--samples", type=positive_int, default=DEMO_SAMPLES, metavar="N")
+    demo.add_argument("--features", type=positive_int, default=DEMO_FEATURES, metavar="D")
+    demo.add_argument(
+        "--chunks",
+        type=positive_int,
+        default=DEMO_CHUNKS,
+        metavar="K",
+        help=f"number of row chunks (default: {DEMO_CHUNKS})",
+    )
+    demo.add_argument("--seed", type=int, default=0)
+    # gd, not the API's lbfgs: the demo shows the lecture's method and its time split
+    add_fit_options(demo, solver="gd", max_iter=DEMO_MAX_ITER, tol=DEMO_TOL)
+    add_cluster_options(demo)
+    add_hpc_options(demo)
+    add_emulation_options(demo)
+    demo.set_defaults(handler=_demo)
+
+
+def add_run_command(commands: Any) -> None:
+    run = commands.add_parser(
+        "run",
+        help="fit a model on your data",
+        description="Fit a model on data from .npy files, a zarr store or a netCDF file.",
+    )
+    run.add_argument(
+        "data",
+        type=Path,
+        help="X as .npy, or a zarr store / netCDF file holding features and target",
+    )
+    run.add_argument(
+        "--target",
+        required=True,
+        help="y: a .npy path, or the name of the target array/variable in DATA",
+    )
+    run.add_argument(
+        "--features",
+        nargs="+",
+        metavar="NAME",
+        help="names of the feature arrays/variables/columns (default: all but the target)",
+    )
+    run.add_argument("--model", default="logistic", choices=["logistic", "linear", "ridge"])
+    run.add_argument("--penalty", default="l2", choices=["l2", "l1", "elasticnet", "none"])
+    run.add_argument(
+        "--C",
+        type=number,
+        default=1.0,
+        dest="C",
+        help="inverse regularisation strength of --model logistic (default: 1)",
+    )
+    run.add_argument(
+        "--alpha",
+        type=number,
+        default=1.0,
+        help="regularisation strength of --model ridge (default: 1)",
+    )
+    run.add_argument(
+        "--l1-ratio",
+        type=number,
+        default=0.0,
+        help="elastic-net mixing with --penalty elasticnet (default: 0, as the Python API)",
+    )
+    run.add_argument("--no-intercept", action="store_true", help="fit without an intercept")
+    add_model_options(run)
+    add_fit_options(
+        run,
+        solver="lbfgs",
+        max_iter="the Python API's: 100 for logistic, 1000 for linear and ridge",
+        tol="the Python API's: 1e-4 for logistic, 1e-6 for linear and ridge",
+    )
+    add_cluster_options(run)
+    add_hpc_options(run)
+    add_emulation_options(run)
+    run.set_defaults(handler=_run)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from daskgd.data.synthetic import make_classification
+    from daskgd.estimators.linear import LogisticRegression
+
+    emulation = emulation_from(args)
+    with client_for(args) as client:
+        chunk_rows = -(-args.samples // args.chunks)
+        X, y = make_classification(
+            args.samples, args.features, chunks=chunk_rows, random_state=args.seed
+        )
+        print(
+            f"data: {args.samples:,} x {args.features} float64 "
+            f"({args.samples * args.features * 8 / 1e6:,.0f} MB) in {X.numblocks[0]} chunks, "
+            "generated on the workers"
+        )
+        model = LogisticRegression(
+            solver=args.solver,
+            max_iter=args.max_iter,
+            tol=args.tol,
+            learning_rate=args.learning_rate,
+            strategy=args.strategy,
+            client=client,
+            verbose=_progress(args),
+            transfer_dtype=args.transfer_dtype,
+            emulation=emulation,
+            timeout=args.timeout,
+            wait_for_workers=args.wait_for_workers,
+        )
+        default_trace = None if args.trace_out else _demo_trace_path()
+        _fit_and_report(model, X, y, args, default_trace=default_trace)
+    return 0
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    # a bar redrawn into a log file is thousands of lines: only on a terminal
+    return not args.no_progress and sys.stderr.isatty()
+
+
+def _demo_trace_path() -> str:
+    """Where the demo's trace goes without --trace-out: a fresh temporary folder."""
+    import tempfile
+
+    return str(Path(tempfile.mkdtemp(prefix="daskgd-demo-")) / "trace.nc")
+
+
+@contextlib.contextmanager
+def _live_dashboard(args: argparse.Namespace, client: Any) -> Iterator[list]:
+    """``[LiveTrace]`` served on a Bokeh server while the block runs, or ``[]``."""
+    if not args.dashboard:
+        yield []
+        return
+    from daskgd.viz.dashboard import LiveTrace, serve
+
+    host, _, port = args.dashboard_address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"--dashboard-address must be HOST:PORT, got {args.dashboard_address!r}")
+    live = LiveTrace()
+    with serve(live, host, int(port), client=client) as dashboard:
+        print(f"live dashboard: {dashboard.url}")
+        yield [live]
+
+
+def _fit_and_report(
+    model: Any, X: Any, y: Any, args: argparse.Namespace, default_trace: str | None
+) -> None:
+    with _live_dashboard(args, model.client) as callbacks:
+        start = time.perf_counter()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model.fit(X, y, callbacks=callbacks)
+        total = time.perf_counter() - start
+        _report_fit(model, args, total, caught, default_trace)
+        if callbacks and args.keep_open:
+            print("dashboard still open; press Ctrl-C to stop")
+            with contextlib.suppress(KeyboardInterrupt):
+                while True:
+                    time.sleep(1)
+
+
+def _report_fit(
+    model: Any, args: argparse.Namespace, total: float, caught: list, default_trace: str | None
+) -> None:
+    from daskgd.observe.summary import format_summary
+    from daskgd.observe.trace import save_trace
+
+    for warning in caught:
+        print(f"warning: {warning.message}", file=sys.stderr)
+    trace = model.trace_
+    per_iteration = trace.wall_seconds.isel(iteration=slice(1, None))
+    median_ms = float(per_iteration.median()) * 1e3 if per_iteration.size else float("nan")
+    outcome = "converged" if model.converged_ else "stopped before tol"
+    n_iter = int(trace.iteration[-1])
+    print(f"iterations: {n_iter} ({outcome} with tol={model.tol:g})")
+    print(
+        f"final loss: {float(trace.loss[-1]):.10g}   gradient inf-norm: "
+        f"{float(trace.grad_norm[-1]):.3g}"
+    )
+    # the iterations' seconds are the summary's below; the rest is placing the data, start-up
+    iterating = float(trace.wall_seconds.sum())
+    print(
+        f"time: {total:.2f} s in all = {total - iterating:.2f} s placing the data and "
+        f"starting + {iterating:.2f} s in the {n_iter} iterations "
+        f"({median_ms:.1f} ms per iteration, median)"
+    )
+    print()
+    print(format_summary(trace))
+    path = args.trace_out or (Path(default_trace) if default_trace else None)
+    if path is not None:
+        saved = save_trace(trace, path)
+        print(f"trace saved to {saved.resolve()} (open with daskgd.load_trace)")
+
+
+def _run(args: argparse.Namespace) -> int:
+    from daskgd.data import as_dask_arrays, frames
+    from daskgd.estimators.linear import LinearRegression, LogisticRegression, Ridge
+
+    model_out = check_model_out(args.model_out)
+    X, y = load_run_data(args)
+    if frames.is_frame(X):  # a CSV or Parquet table: columns checked and named
+        X, y = frames.frame_to_array(X)[1], frames.series_to_array(y)
+    X, y = as_dask_arrays(X, y)
+    common = {
+        "fit_intercept": not args.no_intercept,
+        "solver": args.solver,
+        "learning_rate": args.learning_rate,
+        "strategy": args.strategy,
+        "verbose": _progress(args),
+        "transfer_dtype": args.transfer_dtype,
+        "emulation": emulation_from(args),
+        "timeout": args.timeout,
+        "wait_for_workers": args.wait_for_workers,
+    }
+    # unset: the Python API's default of the model
+    common.update(
+        {k: v for k, v in (("tol", args.tol), ("max_iter", args.max_iter)) if v is not None}
+    )
+    if args.model == "logistic":
+        penalty = None if args.penalty == "none" else args.penalty
+        model = LogisticRegression(penalty, C=args.C, l1_ratio=args.l1_ratio, **common)
+    elif args.model == "ridge":
+        model = Ridge(args.alpha, **common)
+    else:
+        model = LinearRegression(**common)
+    with client_for(args) as client:
+        check_visible_to_workers(client, data_paths(args))
+        model.set_params(client=client)
+        _fit_and_report(model, X, y, args, default_trace=None)
+        names = args.features if args.features and len(args.features) > 1 else None
+        print()
+        print(result_table(model, X, y, names))
+        if model_out is not None:
+            save_fitted_model(model, model_out, names)
+    return 0

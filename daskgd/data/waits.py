@@ -1,0 +1,221 @@
+"""Bounded waits on the cluster: no request daskgd makes to a Dask scheduler waits forever.
+
+A scheduler that is alive but answers nothing (stopped with SIGSTOP, in a long garbage
+collection pause, on a saturated host) keeps its TCP connections open, so none of
+``distributed``'s comm timeouts fires and a plain ``client.gather`` waits forever (seen:
+``daskgd run --scheduler`` still waiting after 240 s). Every request daskgd sends during a
+fit goes through one of these:
+
+- :func:`call`: one request (an RPC to the scheduler, ``run_on_scheduler``, a gather of
+  finished results), answered within ``timeout`` seconds or :class:`ClusterTimeoutError`;
+- :func:`result` / :func:`first_completed`: a computation, which may legitimately take
+  long; it is waited for in slices and the scheduler is asked for its running workers
+  between slices, so only a scheduler that stops answering (:class:`ClusterTimeoutError`)
+  or a cluster left without workers for ``timeout`` seconds (:class:`NoWorkersError`)
+  ends the wait;
+- :func:`running_workers`: the workers, waiting up to ``wait_for_workers`` seconds for a
+  first one.
+
+Both errors name the scheduler's address and what was being waited for, so a fit stops
+with one line that says what did not answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+import weakref
+from collections.abc import Callable, Collection
+from typing import Any
+
+__all__ = [
+    "DEFAULT_TIMEOUT_SECONDS",
+    "ClusterTimeoutError",
+    "NoWorkersError",
+    "call",
+    "check_seconds",
+    "first_completed",
+    "result",
+    "running_workers",
+]
+
+#: Seconds a request to the scheduler may go unanswered before the fit stops. A scheduler
+#: answers in milliseconds (~1 ms per RPC measured here); the bound is for the scheduler
+#: that answers nothing, and leaves room for a loaded host or a long GC pause.
+DEFAULT_TIMEOUT_SECONDS = 30.0
+
+#: Longest slice of a wait on a computation between two questions to the scheduler.
+_SLICE_SECONDS = 2.0
+
+#: Period of the questions while waiting for a first worker.
+_POLL_SECONDS = 0.2
+
+#: Bound of the requests to a scheduler that already left one unanswered: the clean-up
+#: after a timeout (a handful of requests) must not take a full timeout each, and a
+#: scheduler that is back answers in milliseconds (and clears the mark).
+_AFTER_TIMEOUT_SECONDS = 0.5
+
+#: Clients whose scheduler left a request unanswered (cleared by the next answer).
+_UNANSWERED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+# asyncio.TimeoutError is the builtin TimeoutError from Python 3.11 on, distinct before.
+_TIMEOUTS = (TimeoutError, asyncio.TimeoutError)
+
+
+class ClusterTimeoutError(TimeoutError):
+    """The Dask scheduler did not answer a request within the bound."""
+
+
+class NoWorkersError(RuntimeError):
+    """The cluster has no running workers: none started yet, or all of them lost."""
+
+
+def check_seconds(name: str, value: Any, *, allow_zero: bool = False) -> float:
+    """``value`` as float seconds, or a ValueError naming ``name``."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be a finite number of seconds {bound}, got {value!r}")
+    return float(value)
+
+
+def unanswered(client: Any) -> bool:
+    """Whether the client's scheduler left its latest bounded request unanswered."""
+    return client in _UNANSWERED
+
+
+def scheduler_address(client: Any) -> str:
+    return str(getattr(getattr(client, "scheduler", None), "address", None) or "?")
+
+
+def _timed_out(client: Any, what: str, timeout: float) -> ClusterTimeoutError:
+    return ClusterTimeoutError(
+        f"the Dask scheduler at {scheduler_address(client)} did not answer within "
+        f"{timeout:g} s ({what}); it is stopped, overloaded or cut off (raise the bound "
+        "with timeout=, --timeout on the command line)"
+    )
+
+
+def call(
+    client: Any, request: Callable[..., Any], *args: Any, what: str, timeout: float, **kwargs: Any
+) -> Any:
+    """``await request(*args, **kwargs)`` on the client's event loop, at most ``timeout`` s.
+
+    ``request`` returns an awaitable: an RPC such as ``client.scheduler.ncores_running``,
+    or a client method called with ``asynchronous=True``.
+
+    Raises
+    ------
+    ClusterTimeoutError
+        When no answer came within ``timeout`` seconds; ``what`` names the request.
+    """
+
+    async def run() -> Any:
+        return await request(*args, **kwargs)
+
+    bound = min(timeout, _AFTER_TIMEOUT_SECONDS) if client in _UNANSWERED else timeout
+    start = time.monotonic()
+    try:
+        answer = client.sync(run, callback_timeout=bound)
+    except _TIMEOUTS:
+        if time.monotonic() - start < 0.99 * bound:
+            raise  # the request's own TimeoutError, not the bound
+        _UNANSWERED[client] = True
+        raise _timed_out(client, what, timeout) from None
+    _UNANSWERED.pop(client, None)
+    return answer
+
+
+def running_workers(
+    client: Any, *, what: str, timeout: float, wait_for_workers: float = 0.0
+) -> dict[str, int]:
+    """``{address: nthreads}`` of the running workers; wait up to ``wait_for_workers`` s.
+
+    Raises
+    ------
+    NoWorkersError
+        When the cluster still has no running worker after ``wait_for_workers`` seconds.
+    ClusterTimeoutError
+        When the scheduler does not answer.
+    """
+    deadline = time.monotonic() + wait_for_workers
+    while True:
+        workers = call(client, client.scheduler.ncores_running, what=what, timeout=timeout)
+        if workers:
+            return dict(workers)
+        if time.monotonic() >= deadline:
+            waited = f" (waited {wait_for_workers:g} s)" if wait_for_workers else ""
+            raise NoWorkersError(
+                f"the Dask cluster at {scheduler_address(client)} has no workers running"
+                f"{waited} ({what}): start some, or wait for them with wait_for_workers="
+                "SECONDS (--wait-for-workers on the command line)"
+            )
+        time.sleep(_POLL_SECONDS)
+
+
+class _Liveness:
+    """Between slices of a wait: the scheduler must answer, and have workers in time."""
+
+    def __init__(self, client: Any, what: str, timeout: float):
+        self.client, self.what, self.timeout = client, what, timeout
+        self.without_workers_since: float | None = None
+
+    def check(self) -> None:
+        workers = call(
+            self.client, self.client.scheduler.ncores_running, what=self.what, timeout=self.timeout
+        )
+        if workers:
+            self.without_workers_since = None
+            return
+        now = time.monotonic()
+        self.without_workers_since = self.without_workers_since or now
+        if now - self.without_workers_since >= self.timeout:
+            raise NoWorkersError(
+                f"all workers of the Dask cluster at {scheduler_address(self.client)} were "
+                f"lost ({self.what}) and none came back within {self.timeout:g} s"
+            )
+
+
+def result(client: Any, future: Any, *, what: str, timeout: float) -> Any:
+    """The result of ``future``, however long it computes, while the scheduler answers.
+
+    Raises
+    ------
+    ClusterTimeoutError, NoWorkersError
+        See the module docstring; the task's own exception when it failed.
+    """
+    liveness = _Liveness(client, what, timeout)
+    piece = min(timeout, _SLICE_SECONDS)
+    while True:
+        try:
+            return future.result(timeout=piece)
+        except _TIMEOUTS:
+            # The task's own error is held by the client (no request): raise it. A future
+            # that finished just as the slice ended is fetched on the next turn.
+            if future.status == "error":
+                return future.result()
+        liveness.check()
+
+
+def first_completed(client: Any, futures: Collection[Any], *, what: str, timeout: float) -> set:
+    """The futures of ``futures`` that are done, waiting until at least one is."""
+    from distributed import wait
+
+    liveness = _Liveness(client, what, timeout)
+    piece = min(timeout, _SLICE_SECONDS)
+    while True:
+        try:
+            with client.as_current():  # wait() finds its client there, not the default
+                done, _ = wait(list(futures), timeout=piece, return_when="FIRST_COMPLETED")
+            return set(done)
+        except _TIMEOUTS:
+            liveness.check()
+
+
+def gather(client: Any, futures: list, *, what: str, timeout: float) -> list:
+    """The results of ``futures`` in order: waited for as :func:`first_completed`."""
+    pending = set(futures)
+    while pending:
+        pending -= first_completed(client, pending, what=what, timeout=timeout)
+    return call(client, client.gather, futures, asynchronous=True, what=what, timeout=timeout)
