@@ -46,9 +46,11 @@ COMMON_CONSTRAINTS: dict = {
     "fit_intercept": ["boolean"],
     "tol": [Interval(numbers.Real, 0, None, closed="left")],
     "max_iter": [Interval(numbers.Integral, 1, None, closed="left")],
-    "solver": [StrOptions(set(OPTIMIZERS))],
+    # solver and strategy: checked against their registries at fit time (see
+    # _validate_common), so names registered after this import are accepted.
+    "solver": [str],
     "learning_rate": [StrOptions({"auto"}), Interval(numbers.Real, 0, None, closed="neither")],
-    "strategy": [StrOptions(set(STRATEGIES)), Strategy],
+    "strategy": [str, Strategy],
     "split_every": [Interval(numbers.Integral, 2, None, closed="left"), None],
     "random_state": ["random_state"],
     "client": "no_validation",
@@ -94,6 +96,13 @@ class GradientDescentEstimator(BaseEstimator):
     # -- validation ------------------------------------------------------------
     def _validate_common(self) -> None:
         self._validate_params()  # _parameter_constraints, with scikit-learn's messages
+        if self.solver not in OPTIMIZERS:
+            raise ValueError(f"unknown solver {self.solver!r}; choose one of {sorted(OPTIMIZERS)}")
+        if not isinstance(self.strategy, Strategy) and self.strategy not in STRATEGIES:
+            raise ValueError(
+                f"unknown strategy {self.strategy!r}; choose one of {list(STRATEGIES)} "
+                "or pass a configured daskgd.strategies.get_strategy(name, ...)"
+            )
         get_codec(self.transfer_dtype)
         if self.workers is not None and (
             isinstance(self.workers, (str, bytes))
