@@ -240,6 +240,18 @@ def test_emulated_latency_shows_as_communication(cluster_client, classification)
         assert values["communication_seconds"] + values["wait_seconds"] >= 2 * latency
 
 
+def test_an_emulated_straggler_computes_slower(cluster_client, classification):
+    _, _, data = classification
+    workers = sorted(cluster_client.scheduler_info()["workers"])
+    emulation = Emulation(stragglers={1: 10.0})  # worker index 1 of the sorted workers
+    with Runtime(cluster_client, data, Logistic(), True, emulation=emulation) as runtime:
+        samples = [runtime.evaluate(np.zeros(N_FEATURES + 1))[1] for _ in range(7)]
+    slow, other = workers[1], workers[0]
+    ratios = [m[slow]["compute_seconds"] / m[other]["compute_seconds"] for m in samples]
+    # 10x by construction; the median stays far above 1 however loaded the machine is
+    assert np.median(ratios) > 3
+
+
 # -- call and allreduce ------------------------------------------------------------------
 
 
