@@ -23,7 +23,7 @@ from daskgd.runtime.handle import Runtime
 from daskgd.runtime.plugin import PLUGIN_NAME
 from daskgd.runtime.resident import CallAbortedError, RecvTimeoutError
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = pytest.mark.timeout(400)
 
 N_ROWS, N_FEATURES = 2_000, 5
 
@@ -240,6 +240,18 @@ def test_emulated_latency_shows_as_communication(cluster_client, classification)
         assert values["communication_seconds"] + values["wait_seconds"] >= 2 * latency
 
 
+def test_an_emulated_straggler_computes_slower(cluster_client, classification):
+    _, _, data = classification
+    workers = sorted(cluster_client.scheduler_info()["workers"])
+    emulation = Emulation(stragglers={1: 10.0})  # worker index 1 of the sorted workers
+    with Runtime(cluster_client, data, Logistic(), True, emulation=emulation) as runtime:
+        samples = [runtime.evaluate(np.zeros(N_FEATURES + 1))[1] for _ in range(7)]
+    slow, other = workers[1], workers[0]
+    ratios = [m[slow]["compute_seconds"] / m[other]["compute_seconds"] for m in samples]
+    # 10x by construction; the median stays far above 1 however loaded the machine is
+    assert np.median(ratios) > 3
+
+
 # -- call and allreduce ------------------------------------------------------------------
 
 
@@ -427,11 +439,16 @@ def test_recv_is_bounded(cluster_client, classification):
 # -- failures ----------------------------------------------------------------------------
 
 
+#: Bound of the runtimes under kills: a nanny restart took up to ~60 s at load 15 here.
+KILL_TIMEOUT = 150
+
+
 def test_evaluate_and_allreduce_after_a_killed_worker(client):
+    client.wait_for_workers(2, timeout=60)
     X, y = _problem(10, n=4_000)
     data = distribute(X, y, client, chunks_per_worker=3)
     w = np.random.default_rng(11).normal(size=N_FEATURES + 1)
-    with Runtime(client, data, Logistic(), True, timeout=60) as runtime:
+    with Runtime(client, data, Logistic(), True, timeout=KILL_TIMEOUT) as runtime:
         before, _ = runtime.evaluate(w)
         victim = runtime.workers[1]
         kill_worker(client, victim)  # SIGKILL: its chunks and its resident are lost
@@ -450,9 +467,10 @@ def test_evaluate_and_allreduce_after_a_killed_worker(client):
 
 
 def test_a_call_survives_a_worker_killed_during_it(client):
+    client.wait_for_workers(2, timeout=60)
     X, y = _problem(12, n=4_000)
     data = distribute(X, y, client, chunks_per_worker=2)
-    with Runtime(client, data, Logistic(), True, timeout=60) as runtime:
+    with Runtime(client, data, Logistic(), True, timeout=KILL_TIMEOUT) as runtime:
         victim = runtime.workers[1]
         killer = threading.Timer(0.5, kill_worker, args=(client, victim))
         killer.start()  # rank 1 dies while it sleeps; rank 0 is blocked in recv
@@ -526,3 +544,57 @@ def test_mailbox_abort_wakes_a_waiting_thread():
     mailbox.abort(1, CallAbortedError("stop"))
     waiter.join(timeout=10)
     assert not waiter.is_alive() and str(errors[0]) == "stop"
+
+
+def _gradient_descent(runtime, n_params, iterations, on_iteration=None):
+    """Plain gd on the mean loss through runtime.evaluate (the direct strategy's loop)."""
+    w = np.zeros(n_params)
+    attempts = 0
+    for iteration in range(iterations):
+        total, measures = runtime.evaluate(w)
+        attempts += measures.attempts
+        w = w - 1.0 * total[1:-1] / total[-1]
+        if on_iteration is not None:
+            on_iteration(iteration)
+    return w, attempts
+
+
+@pytest.mark.slow
+def test_a_fit_under_a_killed_worker_ends_where_an_undisturbed_one_does(client):
+    client.wait_for_workers(2, timeout=60)
+    X, y = _problem(15, n=6_000)
+    data = distribute(X, y, client, chunks_per_worker=3)
+    n_params = N_FEATURES + 1
+    with Runtime(client, data, Logistic(), True, timeout=KILL_TIMEOUT) as runtime:
+        undisturbed, calm = _gradient_descent(runtime, n_params, 12)
+        victim = runtime.workers[0]
+
+        def kill_at_four(iteration):
+            if iteration == 4:
+                kill_worker(client, victim)
+
+        disturbed, attempts = _gradient_descent(runtime, n_params, 12, kill_at_four)
+    assert calm == 12 and attempts > 12  # the kill cost at least one more attempt
+    np.testing.assert_allclose(disturbed, undisturbed, rtol=1e-8)
+
+
+def test_a_retired_worker_is_replaced_by_a_rebuild(client):
+    client.wait_for_workers(2, timeout=60)
+    X, y = _problem(16, n=3_000)
+    data = distribute(X, y, client, chunks_per_worker=2)
+    w = np.full(N_FEATURES + 1, 0.05)
+    with Runtime(client, data, Logistic(), True, timeout=60) as runtime:
+        before, _ = runtime.evaluate(w)
+        leaving = runtime.workers[1]
+        # a worker holding residents can be retired (an Actor pins its worker): its
+        # chunks move to the other worker first, then it closes
+        client.retire_workers([leaving], close_workers=True)
+        deadline = time.monotonic() + 30
+        while leaving in client.scheduler_info()["workers"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        started = time.monotonic()
+        after, measures = runtime.evaluate(w)
+        assert time.monotonic() - started < 30  # found out at once, not by a timeout
+        assert leaving not in runtime.workers
+        assert measures.attempts >= 2
+    np.testing.assert_allclose(after, before, rtol=1e-12)

@@ -49,6 +49,8 @@ __all__ = ["MAX_ATTEMPTS", "Measures", "Results", "Runtime", "RuntimeFailureErro
 MAX_ATTEMPTS = 4
 #: Pause between two looks at the scheduler while lost chunks are recomputed.
 PROBE_INTERVAL_SECONDS = 0.05
+#: Seconds without an answer after which the scheduler is asked if a worker still runs.
+LIVENESS_SECONDS = 1.0
 #: Bound on aborting a call and on dropping residents (best effort, at most this long).
 CLEANUP_SECONDS = 5.0
 
@@ -340,22 +342,45 @@ class Runtime:
 
     async def _rpc(self, address: str, op: str, timeout: float, **message: Any) -> tuple:
         """(reply, round-trip seconds) of one handler call, bounded by ``timeout``."""
-        from distributed.core import clean_exception
-
         start = time.perf_counter()
-        try:
-            reply = await asyncio.wait_for(
-                getattr(self.client.rpc(address), op)(**message), timeout
-            )
-        except asyncio.TimeoutError:
-            raise _NoAnswerError(address, timeout) from None
-        except OSError as error:  # CommClosedError, refused or reset connections
-            raise _UnreachableError(address, error) from None
+        reply = await self._answer(address, getattr(self.client.rpc(address), op)(**message),
+                                   timeout)  # fmt: skip
         round_trip = time.perf_counter() - start
-        if not isinstance(reply, dict) or reply.get("status") != "OK":
+        if not isinstance(reply, dict):  # no such handler: a closing worker, plugins gone
+            error = ResidentMissingError(f"{address} has no daskgd runtime handlers (closing?)")
+            raise _RemoteError(address, error)
+        if reply.get("status") != "OK":
+            from distributed.core import clean_exception
+
             _, error, traceback = clean_exception(**reply)
             raise _RemoteError(address, error.with_traceback(traceback))
         return reply, round_trip
+
+    async def _answer(self, address: str, request: Any, timeout: float) -> Any:
+        """Await ``request`` to ``address`` for at most ``timeout`` seconds.
+
+        Every :data:`LIVENESS_SECONDS` without an answer, the scheduler is asked whether
+        the worker still runs: connecting to a closed worker's port is retried for
+        distributed's whole connect timeout (30 s: seen here after a retirement), a
+        worker the scheduler has removed is given up at once.
+        """
+        task = asyncio.ensure_future(request)
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise _NoAnswerError(address, timeout)
+                done, _ = await asyncio.wait({task}, timeout=min(remaining, LIVENESS_SECONDS))
+                if done:
+                    return task.result()
+                if address not in await self.client.scheduler.ncores_running():
+                    raise _UnreachableError(address, ConnectionError("the scheduler removed it"))
+        except OSError as error:  # CommClosedError, refused or reset connections
+            raise _UnreachableError(address, error) from None
+        finally:
+            if not task.done():
+                task.cancel()
 
     async def _request_all(
         self, op: str, messages: dict, timeout: float, call: int | None = None
@@ -476,7 +501,9 @@ class Runtime:
             if time.monotonic() > deadline:
                 raise RuntimeFailureError(
                     f"run {self.run_id}: chunks {missing} were not back in memory on a running "
-                    f"worker within {self.timeout:g} s; workers lost: {sorted(lost) or 'none'}"
+                    f"worker within {self.timeout:g} s; workers lost: {sorted(lost) or 'none'}; "
+                    f"running: {sorted(running) or 'none'} (a nanny restarting a killed worker "
+                    "on a loaded machine may need longer: raise the timeout)"
                 )
             await asyncio.sleep(PROBE_INTERVAL_SECONDS)
 

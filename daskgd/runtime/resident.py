@@ -147,6 +147,7 @@ class Resident:
         self.rank = spec.rank
         self.peers = tuple(spec.peers)
         self.blocks = tuple(spec.blocks)
+        self._held_blocks = frozenset(self.blocks)
         self.n_blocks = spec.n_blocks
         self.n_params = spec.n_params
         self.model = spec.model
@@ -164,6 +165,7 @@ class Resident:
         self._pending: list[tuple[str, ConcurrentFuture]] = []
         self._sequence: dict[tuple[str, Hashable], int] = {}  # per (peer, tag), this call
         self._residual: np.ndarray | None = None  # top-k error feedback of the partials
+        self._closed: str | None = None
         self._slowdown = None
         if spec.emulation is not None and spec.emulation.slows_chunks:
             self._slowdown = worker_slowdown(spec.emulation, spec.slowdown, spec.worker_index)
@@ -194,10 +196,12 @@ class Resident:
         start = time.perf_counter()
         total = np.zeros(self.n_params + 2)
         for block in chosen:
-            X, y = self._chunks[block]
-            total += packed_loss_grad(X, y, w, model=self.model, fit_intercept=self.fit_intercept)[
-                0
-            ]
+            chunk = self._chunks.get(block)
+            if chunk is None:  # closed under us: the worker is closing, or the run ended
+                raise ResidentMissingError(f"{self!r} was closed: {self._closed}")
+            X, y = chunk
+            partial = packed_loss_grad(X, y, w, model=self.model, fit_intercept=self.fit_intercept)
+            total += partial[0]
         if self._slowdown is not None:
             extra = self._slowdown.extra_seconds(time.perf_counter() - start)
             if extra > 0:
@@ -238,7 +242,7 @@ class Resident:
                     f"unknown block index {block}: the data has {self.n_blocks} chunks "
                     f"(0..{self.n_blocks - 1})"
                 )
-            if int(block) in self._chunks:
+            if int(block) in self._held_blocks:
                 chosen.append(int(block))
         return chosen
 
@@ -517,6 +521,7 @@ class Resident:
 
     def close(self, reason: str) -> None:
         """Release the chunks and the state; wake any wait with :class:`CallAbortedError`."""
+        self._closed = reason
         self.mailbox.close(reason)
         self._chunks.clear()
         self.state = {}
