@@ -60,6 +60,9 @@ def parse_args(argv=None):
     parser.add_argument("--cluster-chunks", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2, help="LocalCluster workers x 1 thread")
     parser.add_argument("--iterations", type=int, default=12, help="gd iterations per fit")
+    parser.add_argument(
+        "--fit-rounds", type=int, default=2, help="fits per configuration, interleaved"
+    )
     parser.add_argument("--skip-cluster", action="store_true")
     return parser.parse_args(argv)
 
@@ -223,6 +226,21 @@ def gd_iteration(client, X, y, C, step, iterations):
     return float(np.median(model.trace_.wall_seconds.values[1:]))
 
 
+def compare_configurations(client, X, y, w, C, step, args):
+    """Rows (dtype, configuration, chunk seconds, faults, gd iteration seconds); the
+    configurations take turns, ``args.fit_rounds`` fits each, medians reported."""
+    chunks, walls = {}, {name: [] for name in CONFIGURATIONS}
+    for name in CONFIGURATIONS:
+        client.run(configure, name)
+        chunks[name] = placed_chunks(X, y[:, None], np.append(w, 0.0), name)
+    for _ in range(args.fit_rounds):
+        for name in CONFIGURATIONS:
+            client.run(configure, name)
+            walls[name].append(gd_iteration(client, X, y, C, step, args.iterations))
+    dtype = str(X.dtype)
+    return [(dtype, name, *chunks[name], statistics.median(walls[name])) for name in walls]
+
+
 def numpy_gradient(X, y, w, repeats=7):
     """Median seconds of X.T @ (sigmoid(X @ w) - y) on the whole array, one BLAS thread."""
     with threadpool_limits(limits=1):
@@ -270,12 +288,7 @@ def on_cluster(args, lam=1e-4):
         for dtype in ("float64", "float32"):
             X_dtype = client.persist(X.astype(dtype)) if dtype == "float32" else X
             distributed.wait(X_dtype)
-            y_column = y[:, None]
-            for name in CONFIGURATIONS:
-                client.run(configure, name)
-                chunk_ms, faults = placed_chunks(X_dtype, y_column, np.append(w, 0.0), name)
-                wall = gd_iteration(client, X_dtype, y, 1.0 / (lam * n), step, args.iterations)
-                rows.append((dtype, name, chunk_ms, faults, wall))
+            rows += compare_configurations(client, X_dtype, y, w, 1.0 / (lam * n), step, args)
             del X_dtype
         client.run(configure, "kernels")
     print_cluster(rows, baseline)

@@ -359,7 +359,7 @@ FIRST_CALL = textwrap.dedent("""
     assert kernels.__file__.startswith({package!r}), kernels.__file__
     {before_call}
     X = np.linspace(-1.0, 1.0, 30).reshape(10, 3)
-    loss, grad = kernels.call(kernels.binary, X, np.ones(10), np.ones(3), 0.5, True, 4)
+    loss, grad = kernels.binary(X, np.ones(10), np.ones(3), 0.5, True, 4)
     print(json.dumps({{"loss": loss, "status": kernels.cache_status()}}))
 """)
 
@@ -422,7 +422,7 @@ def test_cache_lost_after_import_still_computes(tmp_path):
     env = cache_env(root, tmp_path / "cache")
     lose_it = """
     import pathlib, shutil
-    path = pathlib.Path(kernels.binary.stats.cache_path)
+    path = pathlib.Path(kernels._binary.stats.cache_path)
     shutil.rmtree(path)
     path.write_text("the cache directory is gone")
     """
@@ -486,7 +486,7 @@ def test_kernels_release_the_gil():
     kernels.binary(X[:8], y[:8], *arguments[2:])  # compiled or loaded before the race
     # Best of three: the OS may pause either thread for a while on a loaded machine.
     assert max(gil_free_share(kernels.binary, arguments) for _ in range(3)) > 0.5
-    holding = numba.njit(nogil=False, error_model="numpy")(kernels.binary.py_func)
+    holding = numba.njit(nogil=False, error_model="numpy")(kernels._binary.py_func)
     holding(X[:8], y[:8], *arguments[2:])
     # The same code compiled without nogil: the measure tells the two apart.
     assert min(gil_free_share(holding, arguments) for _ in range(3)) < 0.5

@@ -30,6 +30,8 @@ features streams from memory in ~40 ns).
 
 import math
 import os
+import threading
+import time
 import warnings
 
 import numpy as np
@@ -44,7 +46,6 @@ __all__ = [
     "ENVIRONMENT_VARIABLE",
     "binary",
     "cache_status",
-    "call",
     "enabled",
     "multinomial",
     "suits",
@@ -360,7 +361,7 @@ def _logistic_link(z, y, m, r, scratch, bits_low, bits_high):
 
 
 @_strict
-def binary(X, y, coef, intercept, logistic, tile):
+def _binary(X, y, coef, intercept, logistic, tile):
     """Loss and gradient sums of least squares or binary logistic over a chunk.
 
     Parameters
@@ -491,7 +492,7 @@ def _softmax_link(z, labels, m, r, scratch, bits_low, bits_high):
 
 
 @_strict
-def multinomial(X, labels, coef, intercept, tile):
+def _multinomial(X, labels, coef, intercept, tile):
     """Loss and gradient sums of the softmax cross-entropy over a chunk.
 
     Parameters
@@ -530,51 +531,132 @@ def multinomial(X, labels, coef, intercept, tile):
 # ------------------------------------------------------------------- calling them
 
 
-def call(kernel, *arguments):
-    """``kernel(*arguments)``, without numba's disk cache if reading or writing it fails.
+def binary(X, y, coef, intercept, logistic, tile=None):
+    """Least squares or binary logistic loss and gradient sums of a chunk (see ``_binary``).
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_rows, n_features), C-contiguous float32 or float64
+    y : ndarray of shape (n_rows,), float64, contiguous
+    coef : ndarray of shape (n_features,), float64, contiguous
+    intercept : float
+    logistic : bool
+    tile : int or None
+        Rows per tile; None: :func:`tile_rows`.
+
+    Returns
+    -------
+    loss_sum : float
+    grad : ndarray of shape (n_features + 1,)
+        Gradient with respect to ``coef``, then to the intercept.
+    """
+    tile = tile_rows(X.shape[1], X.itemsize) if tile is None else tile
+    return _run(_binary, X.dtype, X, y, coef, float(intercept), bool(logistic), int(tile))
+
+
+def multinomial(X, labels, coef, intercept, tile=None):
+    """Softmax cross-entropy loss and gradient sums of a chunk (see ``_multinomial``).
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_rows, n_features), C-contiguous float32 or float64
+    labels : ndarray of shape (n_rows,), intp, contiguous
+    coef : ndarray of shape (K, n_features), float64, C-contiguous
+    intercept : ndarray of shape (K,), float64, contiguous
+    tile : int or None
+
+    Returns
+    -------
+    loss_sum : float
+    grad : ndarray of shape (K, n_features + 1)
+    """
+    tile = tile_rows(X.shape[1], X.itemsize) if tile is None else tile
+    return _run(_multinomial, X.dtype, X, labels, coef, intercept, int(tile))
+
+
+def _signature(kernel, dtype):
+    """The one signature compiled per kernel and dtype: arrays typed read-only and
+    unaligned, which every C-contiguous array of the dtype converts to. Without it numba
+    compiles a variant per combination of flags it sees (read-only w from a message,
+    misaligned chunks), ~5 s each mid-fit; the code is as fast (measured, within 1 %)."""
+    types = numba.types
+
+    def array(element, ndim):
+        element = numba.from_dtype(np.dtype(element))
+        return types.Array(element, ndim, "C", readonly=True, aligned=False)
+
+    if kernel is _binary:
+        vectors = (array(np.float64, 1), array(np.float64, 1))
+        return (array(dtype, 2), *vectors, types.float64, types.boolean, types.intp)
+    labels, weights = array(np.intp, 1), array(np.float64, 2)
+    return (array(dtype, 2), labels, weights, array(np.float64, 1), types.intp)
+
+
+_COMPILED = set()
+_COMPILE_LOCK = threading.Lock()
+
+
+def _prepare(kernel, dtype):
+    """Compile (or load from the cache) ``kernel`` for ``dtype``, then allow no other
+    variant: later calls convert their arguments to the compiled signature."""
+    with _COMPILE_LOCK:  # threads of a worker may both reach a first call
+        if (kernel, dtype) in _COMPILED:
+            return
+        kernel.disable_compile(False)
+        try:
+            kernel.compile(_signature(kernel, dtype))
+        finally:
+            if kernel.signatures:  # numba refuses to disable a dispatcher with none
+                kernel.disable_compile(True)
+        _COMPILED.add((kernel, dtype))
+
+
+def _run(kernel, dtype, *arguments):
+    if (kernel, dtype) not in _COMPILED:
+        _ensure(kernel, dtype)
+    return kernel(*arguments)
+
+
+def _ensure(kernel, dtype):
+    """:func:`_prepare`, without numba's disk cache if reading or writing it fails.
 
     The cache directory is chosen when this module is imported; if it stops being usable
     later (removed, replaced, made unwritable), numba raises OSError while loading or
     saving a compiled variant. The caches of all the kernels are then turned off (the
-    dispatchers' ``_cache``: numba has no public switch) and the call is made again, so
-    the kernel is compiled in memory instead of failing the task.
+    dispatchers' ``_cache``: numba has no public switch) and the kernel is compiled in
+    memory instead of failing the task.
     """
     try:
-        return kernel(*arguments)
+        _prepare(kernel, dtype)
     except OSError as error:
         warnings.warn(
             f"numba's cache of daskgd's kernels failed ({error}); they are compiled in "
             "this process only",
             RuntimeWarning,
-            stacklevel=2,
+            stacklevel=4,
         )
         for dispatcher in _DISPATCHERS:
             dispatcher._cache.disable()
-        return kernel(*arguments)
+        _prepare(kernel, dtype)
 
 
 def warm_up():
     """Compile (or load from the cache) the kernels for float32 and float64 chunks.
 
-    The first call of each kernel in a process compiles it (~3 s per dtype) or loads it
-    from numba's cache (~0.1 s). Call this before timing (benchmarks) or on every worker
-    (``client.run(kernels.warm_up)``) so that the first iteration is not the one paying.
+    The first call of a kernel for a dtype in a process compiles it (5-10 s here) or
+    loads it from numba's cache (~0.2 s). Call this before timing (benchmarks) or on
+    every worker (``client.run(kernels.warm_up)``) so that no iteration pays for it.
 
     Returns
     -------
     seconds : float
         Time spent.
     """
-    import time
-
     start = time.perf_counter()
     if AVAILABLE:
-        for dtype in (np.float64, np.float32):
-            X = np.zeros((5, 3), dtype)
-            y = np.zeros(5)
-            for logistic in (False, True):
-                call(binary, X, y, np.zeros(3), 0.0, logistic, 4)
-            call(multinomial, X, np.zeros(5, np.intp), np.zeros((2, 3)), np.zeros(2), 4)
+        for kernel in (_binary, _multinomial):
+            for dtype in (np.dtype(np.float64), np.dtype(np.float32)):
+                _ensure(kernel, dtype)
     return time.perf_counter() - start
 
 
@@ -591,7 +673,7 @@ def cache_status():
     status = {"available": AVAILABLE, "cache_path": None}
     if not AVAILABLE:
         return status
-    for name, kernel in (("binary", binary), ("multinomial", multinomial)):
+    for name, kernel in (("binary", _binary), ("multinomial", _multinomial)):
         stats = kernel.stats
         status["cache_path"] = status["cache_path"] or stats.cache_path
         status[name] = {

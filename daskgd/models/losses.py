@@ -350,11 +350,9 @@ class Multinomial(Model):
         # coef arrives as the (d, K) transpose of W's block; the kernel reads W's rows.
         weights = np.ascontiguousarray(coef.T)
         intercepts = np.zeros(self.n_classes) if intercept is None else intercept
-        tile = kernels.tile_rows(n_features, X.itemsize)
         labels = np.ascontiguousarray(y, dtype=np.intp)
-        loss_sum, grad = kernels.call(
-            kernels.multinomial, X, labels, weights, np.ascontiguousarray(intercepts), tile
-        )
+        intercepts = np.ascontiguousarray(intercepts)
+        loss_sum, grad = kernels.multinomial(X, labels, weights, intercepts)
         return loss_sum, grad[:, :n_features].T, grad[:, n_features]
 
 
@@ -370,15 +368,12 @@ def _kernels_for(X):
 
 
 def _binary_kernel(kernels, X, y, coef, intercept, logistic):
-    tile = kernels.tile_rows(X.shape[1], X.itemsize)
-    loss_sum, grad = kernels.call(
-        kernels.binary,
+    loss_sum, grad = kernels.binary(
         X,
         np.ascontiguousarray(y),
         np.ascontiguousarray(coef),
-        0.0 if intercept is None else float(intercept),
+        0.0 if intercept is None else intercept,
         logistic,
-        tile,
     )
     return loss_sum, grad[:-1], grad[-1:]
 
