@@ -3,8 +3,9 @@
 One run prints, side by side:
 
 (a) per 125k x 100 chunk, in this process with one BLAS thread, for float64 and float32 X,
-    logistic and least squares: the numpy block loop of ``Model.loss_grad`` as it was
-    before the kernels (a fresh float64 copy of every float32 block), as it is now
+    logistic, least squares and multinomial (3 classes): the numpy block loop of
+    ``Model.loss_grad`` as it was before the kernels (a fresh float64 copy of every float32
+    block), as it is now
     (``DASKGD_KERNELS=numpy``), the numba kernel, and numpy's plain two-pass gradient
     ``X.T @ link(X @ coef)`` in X's dtype; milliseconds per chunk (median over rounds,
     cycling over several chunks so that X streams from memory as on a worker) and ratios
@@ -41,7 +42,7 @@ from daskgd.cluster.local import make_local_cluster
 from daskgd.data.synthetic import make_classification
 from daskgd.estimators.linear import LogisticRegression
 from daskgd.models import kernels, losses
-from daskgd.models.losses import LeastSquares, Logistic
+from daskgd.models.losses import LeastSquares, Logistic, Multinomial
 
 TARGET_FLOAT64_RATIO = 0.55
 TARGET_FLOAT32_RATIO = 0.35
@@ -114,9 +115,9 @@ def configure(name):
 # ----------------------------------------------------------------- (a) in memory
 
 
-def two_pass(model, X, y, coef):
+def two_pass(model, X, y, coef, intercept):
     """numpy's plain gradient: X @ coef, the link, X.T @ residual, in X's dtype."""
-    z = X @ coef
+    z = X @ coef + intercept
     _, residual = model._link(z.astype(np.float64), y)
     return X.T @ residual.astype(X.dtype)
 
@@ -135,7 +136,10 @@ def race(candidates, rounds):
 
 
 def chunk_candidates(model, chunks, y, w):
-    coef = w[:-1].astype(chunks[0].dtype)
+    n_rows, n_features = chunks[0].shape
+    coef, intercept = model._split(w, n_features, True)
+    coef = np.ascontiguousarray(coef, dtype=chunks[0].dtype)
+    labels = model._targets(y, n_rows)
 
     def over_chunks(function):
         return lambda: [function(X) for X in chunks]
@@ -151,7 +155,7 @@ def chunk_candidates(model, chunks, y, w):
         "numpy loop before": over_chunks(path("before")),
         "numpy loop now": over_chunks(path("numpy")),
         "numba kernel": over_chunks(path("kernels")),
-        "numpy two-pass": over_chunks(lambda X: two_pass(model, X, y, coef)),
+        "numpy two-pass": over_chunks(lambda X: two_pass(model, X, labels, coef, intercept)),
     }
 
 
@@ -160,14 +164,15 @@ def in_memory(args):
     print(f"    {load()}")
     rng = np.random.default_rng(0)
     chunks64 = [rng.standard_normal((args.rows, args.features)) for _ in range(args.chunks)]
-    y = (rng.random(args.rows) < 0.5).astype(np.float64)
-    w = rng.standard_normal(args.features + 1) * 0.1
+    y = rng.integers(0, 3, args.rows).astype(np.float64)  # 0/1 are half the rows' labels
     results = {}
     with threadpool_limits(limits=1):
         for dtype in (np.float64, np.float32):
             chunks = [chunk.astype(dtype) for chunk in chunks64]
-            for model in (Logistic(), LeastSquares()):
-                timed = race(chunk_candidates(model, chunks, y, w), args.rounds)
+            for model in (Logistic(), LeastSquares(), Multinomial(3)):
+                w = rng.standard_normal(model.n_params(args.features, True)) * 0.1
+                targets = np.minimum(y, 1.0) if model.name == "logistic" else y
+                timed = race(chunk_candidates(model, chunks, targets, w), args.rounds)
                 for name, seconds in timed.items():
                     results[(model.name, np.dtype(dtype).name, name)] = seconds / len(chunks)
             del chunks

@@ -19,13 +19,10 @@ summation order (partial sums in vector registers) and fused multiply-adds, with
 LLVM does not vectorise a dot product. Everything else, the link in particular, is
 compiled with ``fastmath=False``, so infinities and NaNs behave as in numpy.
 
-The kernels use no global state and release the GIL (``nogil``), so a worker's threads
-run them concurrently. They are compiled on first use and cached on disk
-(``cache=True``; see :func:`cache_status` and :func:`warm_up`). ``exp`` and ``log1p`` are
-written out here (Cody-Waite reduction and polynomials, within 1 and 2 ulp of libm:
-tests/test_kernels.py) because libm's are scalar calls that LLVM cannot vectorise: with
-them the logistic link took ~25 ns per row here, with these ~8 ns (a float32 row of 100
-features streams from memory in ~40 ns).
+``exp`` and ``log1p`` come from :mod:`daskgd.models.vectormath` (vectorisable, unlike
+libm's). The kernels use no global state and release the GIL (``nogil``), so a worker's
+threads run them concurrently. Each is compiled once per dtype, on first use, and cached
+on disk (:mod:`daskgd.models.jit`; see :func:`cache_status` and :func:`warm_up`).
 """
 
 import math
@@ -36,10 +33,8 @@ import warnings
 
 import numpy as np
 
-try:
-    import numba
-except ImportError:  # the numpy path of losses.py covers everything
-    numba = None
+from daskgd.models.jit import AVAILABLE, disable_caches, numba, strict, summing
+from daskgd.models.vectormath import exp_nonpositive_into, log1p_unit
 
 __all__ = [
     "AVAILABLE",
@@ -53,8 +48,6 @@ __all__ = [
     "warm_up",
 ]
 
-#: Whether numba could be imported.
-AVAILABLE = numba is not None
 #: ``auto`` (default: the kernels when numba is importable), ``numpy`` (always the numpy
 #: path: the oracle of the tests and the baseline of the benchmarks) or ``numba``
 #: (the kernels, or an error if numba is missing). Read at every call, so it can be
@@ -106,155 +99,6 @@ def suits(X):
     )
 
 
-# ------------------------------------------------------------------------ compilation
-
-
-# error_model="numpy": a division by zero gives inf or NaN as in numpy, instead of a
-# ZeroDivisionError check per division, whose branch kept LLVM from vectorising the link
-# (43 ns per row for the logistic link with the checks).
-_OPTIONS = {"nogil": True, "error_model": "numpy"}
-
-
-def _compile(**flags):
-    """``numba.njit(cache=True, nogil=True, **flags)``, without the cache if it cannot work.
-
-    numba raises RuntimeError at decoration when it finds no writable cache directory
-    (neither ``__pycache__`` beside this file, as in a read-only site-packages, nor the
-    user's cache directory, nor ``NUMBA_CACHE_DIR``): the kernels then compile in every
-    process instead (about 3 s, once per process).
-    """
-
-    def decorate(function):
-        if numba is None:
-            return function
-        try:
-            dispatcher = numba.njit(**_OPTIONS, cache=True, **flags)(function)
-        except RuntimeError as error:
-            if "cannot cache" not in str(error):
-                raise
-            if all(other._cache.cache_path is not None for other in _DISPATCHERS):
-                warnings.warn(  # once: at the first function that cannot be cached
-                    f"numba cannot cache daskgd's kernels ({error}); they are compiled in "
-                    "every process: set NUMBA_CACHE_DIR to a writable directory to keep them",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
-            dispatcher = numba.njit(**_OPTIONS, cache=False, **flags)(function)
-        _DISPATCHERS.append(dispatcher)
-        return dispatcher
-
-    return decorate
-
-
-#: Every kernel and helper, so that :func:`call` can turn their disk caches off together.
-_DISPATCHERS = []
-
-
-_strict = _compile(fastmath=False)
-_summing = _compile(fastmath={"reassoc", "contract"})
-
-
-# ------------------------------------------------------------------ exp and log1p
-
-
-# Cody-Waite split of ln 2 (fdlibm's): LN2_HI has 32 significant bits, so k * LN2_HI is
-# exact for |k| < 2^21 and r = x - k ln 2 is accurate to a few ulp of r.
-_LN2_HI = 6.93147180369123816490e-01
-_LN2_LO = 1.90821492927058770002e-10
-_INV_LN2 = 1.44269504088896338700e00
-# Below this exp(x) rounds to 0 (exp(-745.14) is half the smallest subnormal).
-_EXP_FLOOR = -746.0
-
-
-@_strict
-def _exp_nonpositive(x, out, bits_low, bits_high, m):
-    """``out[t] = exp(x[t])`` for ``t < m``, every ``x[t] <= 0`` (or NaN, kept NaN).
-
-    exp(x) = 2^k exp(r), |r| <= ln(2)/2, exp(r) by its Taylor polynomial of degree 13
-    (remainder < 5e-18 relative). 2^k is applied as two normal powers of two built in
-    ``bits_low``/``bits_high`` (int64 views of float64), so subnormal results are
-    rounded once and k down to -1076 needs no special case.
-    """
-    for t in range(m):
-        v = x[t]
-        v = _EXP_FLOOR if v < _EXP_FLOOR else v  # NaN is not < anything: stays NaN
-        k = np.floor(v * _INV_LN2 + 0.5)  # a float (math.floor would make NaN an int)
-        r = (v - k * _LN2_HI) - k * _LN2_LO
-        p = 1.0 / 6227020800.0
-        p = 1.0 / 479001600.0 + r * p
-        p = 1.0 / 39916800.0 + r * p
-        p = 1.0 / 3628800.0 + r * p
-        p = 1.0 / 362880.0 + r * p
-        p = 1.0 / 40320.0 + r * p
-        p = 1.0 / 5040.0 + r * p
-        p = 1.0 / 720.0 + r * p
-        p = 1.0 / 120.0 + r * p
-        p = 1.0 / 24.0 + r * p
-        p = 1.0 / 6.0 + r * p
-        p = 0.5 + r * p
-        p = 1.0 + r * p
-        out[t] = 1.0 + r * p
-        # k is an integer in [-1077, 0], or NaN: then any scale will do, out[t] is NaN.
-        exponent = np.int64(k) if k == k else np.int64(0)
-        low = exponent >> 1
-        bits_low[t] = (low + 1023) << 52
-        bits_high[t] = (exponent - low + 1023) << 52
-    scale_low = bits_low.view(np.float64)
-    scale_high = bits_high.view(np.float64)
-    for t in range(m):
-        out[t] = (out[t] * scale_low[t]) * scale_high[t]
-
-
-@_strict
-def _log1p_unit(e):
-    """``log1p(e)`` for ``e`` in [0, 1] (NaN stays NaN), within 2 ulp.
-
-    log1p(f) = 2 atanh(s), s = f / (2 + f), by its series in s^2. For e > 1/2 the
-    argument is halved first: log1p(e) = ln 2 + log1p((e - 1) / 2), where e - 1 is exact
-    (Sterbenz), so |s| <= 1/7 and 12 terms reach double precision in both branches.
-    """
-    big = e > 0.5
-    f = 0.5 * (e - 1.0) if big else e
-    u = f * (2.0 / (2.0 + f))  # 2 s, formed without s itself so subnormal e survive
-    s2 = 0.25 * (u * u)
-    q = 1.0 / 25.0
-    q = 1.0 / 23.0 + s2 * q
-    q = 1.0 / 21.0 + s2 * q
-    q = 1.0 / 19.0 + s2 * q
-    q = 1.0 / 17.0 + s2 * q
-    q = 1.0 / 15.0 + s2 * q
-    q = 1.0 / 13.0 + s2 * q
-    q = 1.0 / 11.0 + s2 * q
-    q = 1.0 / 9.0 + s2 * q
-    q = 1.0 / 7.0 + s2 * q
-    q = 1.0 / 5.0 + s2 * q
-    q = 1.0 / 3.0 + s2 * q
-    series = u + u * (s2 * q)
-    return _LN2_HI + (_LN2_LO + series) if big else series
-
-
-def exp_nonpositive(x):
-    """``exp(x)`` for an array of ``x <= 0`` by the kernels' exp (tests compare it to numpy)."""
-    x = np.ascontiguousarray(x, dtype=np.float64).ravel()
-    out = np.empty_like(x)
-    _exp_nonpositive(x, out, np.empty(x.size, np.int64), np.empty(x.size, np.int64), x.size)
-    return out
-
-
-@_strict
-def _log1p_array(e, out):
-    for t in range(e.shape[0]):
-        out[t] = _log1p_unit(e[t])
-
-
-def log1p_unit(e):
-    """``log1p(e)`` for an array of ``e`` in [0, 1] by the kernels' log1p (for tests)."""
-    e = np.ascontiguousarray(e, dtype=np.float64).ravel()
-    out = np.empty_like(e)
-    _log1p_array(e, out)
-    return out
-
-
 # ---------------------------------------------------------------- the tile steps
 
 
@@ -271,7 +115,7 @@ def tile_rows(n_features, itemsize):
 # addressed as X[i, j], not through row views X[i], whose reference counts are atomic.
 
 
-@_summing
+@summing
 def _predict(X, start, m, coef, intercept, z):
     """``z[:m] = X[start:start + m] @ coef + intercept``, four rows sharing each coef load."""
     t = 0
@@ -296,7 +140,7 @@ def _predict(X, start, m, coef, intercept, z):
         z[t] += intercept
 
 
-@_summing
+@summing
 def _accumulate(X, start, m, r, grad):
     """``grad[:-1] += X[start:start + m].T @ r[:m]``, ``grad[-1] += sum(r[:m])``.
 
@@ -321,7 +165,7 @@ def _accumulate(X, start, m, r, grad):
     grad[n_features] += total
 
 
-@_summing
+@summing
 def _sum(a, m):
     s = 0.0
     for t in range(m):
@@ -329,7 +173,7 @@ def _sum(a, m):
     return s
 
 
-@_strict
+@strict
 def _squares_link(z, y, m, r, terms):
     """Residuals ``z - y`` into ``r``; returns the sum of ``0.5 (z - y)^2``."""
     for t in range(m):
@@ -339,7 +183,7 @@ def _squares_link(z, y, m, r, terms):
     return 0.5 * _sum(terms, m)
 
 
-@_strict
+@strict
 def _logistic_link(z, y, m, r, scratch, bits_low, bits_high):
     """Residuals ``sigmoid(z) - y`` into ``r``; returns the sum of the logistic losses.
 
@@ -351,16 +195,16 @@ def _logistic_link(z, y, m, r, scratch, bits_low, bits_high):
     exponent, decay, terms = scratch[0], scratch[1], scratch[2]
     for t in range(m):
         exponent[t] = -abs(z[t])
-    _exp_nonpositive(exponent, decay, bits_low, bits_high, m)
+    exp_nonpositive_into(exponent, decay, bits_low, bits_high, m)
     for t in range(m):
         zt, et, yt = z[t], decay[t], y[t]
-        terms[t] = ((zt if zt > 0.0 else 0.0) + _log1p_unit(et)) - yt * zt
+        terms[t] = ((zt if zt > 0.0 else 0.0) + log1p_unit(et)) - yt * zt
         inverse = 1.0 / (1.0 + et)
         r[t] = (inverse if zt >= 0.0 else et * inverse) - yt
     return _sum(terms, m)
 
 
-@_strict
+@strict
 def _binary(X, y, coef, intercept, logistic, tile):
     """Loss and gradient sums of least squares or binary logistic over a chunk.
 
@@ -405,7 +249,7 @@ def _binary(X, y, coef, intercept, logistic, tile):
 # ------------------------------------------------------------------------ multinomial
 
 
-@_summing
+@summing
 def _predict_classes(X, start, m, coef, intercept, z):
     """``z[:m] = X[start:start + m] @ coef.T + intercept``; ``coef`` is (K, d), ``z`` (tile, K)."""
     n_classes, n_features = coef.shape
@@ -434,7 +278,7 @@ def _predict_classes(X, start, m, coef, intercept, z):
             z[t, k] += intercept[k]
 
 
-@_summing
+@summing
 def _accumulate_classes(X, start, m, r, grad):
     """``grad[:, :-1] += r[:m].T @ X[start:start + m]``, ``grad[:, -1] += r[:m].sum(0)``."""
     n_classes, n_columns = grad.shape
@@ -462,7 +306,7 @@ def _accumulate_classes(X, start, m, r, grad):
         grad[k, n_features] += total
 
 
-@_strict
+@strict
 def _softmax_link(z, labels, m, r, scratch, bits_low, bits_high):
     """Residuals ``softmax(z) - onehot(y)`` into ``r``; returns the summed cross-entropy.
 
@@ -478,7 +322,7 @@ def _softmax_link(z, labels, m, r, scratch, bits_low, bits_high):
             top = z[t, k] if z[t, k] > top else top
         for k in range(n_classes):
             shifted[t * n_classes + k] = z[t, k] - top
-    _exp_nonpositive(shifted, exponentials, bits_low, bits_high, size)
+    exp_nonpositive_into(shifted, exponentials, bits_low, bits_high, size)
     loss = 0.0
     for t in range(m):
         total = 0.0
@@ -491,7 +335,7 @@ def _softmax_link(z, labels, m, r, scratch, bits_low, bits_high):
     return loss
 
 
-@_strict
+@strict
 def _multinomial(X, labels, coef, intercept, tile):
     """Loss and gradient sums of the softmax cross-entropy over a chunk.
 
@@ -635,8 +479,7 @@ def _ensure(kernel, dtype):
             RuntimeWarning,
             stacklevel=4,
         )
-        for dispatcher in _DISPATCHERS:
-            dispatcher._cache.disable()
+        disable_caches()
         _prepare(kernel, dtype)
 
 
