@@ -7,9 +7,9 @@ One run prints, side by side:
     ``Model.loss_grad`` as it was before the kernels (a fresh float64 copy of every float32
     block), as it is now
     (``DASKGD_KERNELS=numpy``), the numba kernel, and numpy's plain two-pass gradient
-    ``X.T @ link(X @ coef)`` in X's dtype; milliseconds per chunk (median over rounds,
-    cycling over several chunks so that X streams from memory as on a worker) and ratios
-    to the two-pass float64 gradient measured in the same run;
+    ``X.T @ link(X @ coef)`` in X's dtype; wall and CPU milliseconds per chunk (medians
+    over rounds, cycling over several chunks so that X streams from memory as on a
+    worker) and their ratios to the two-pass float64 gradient measured in the same run;
 (b) on a LocalCluster of 2 workers x 1 thread, n = 1e6 x d = 100 in 8 chunks, float64 and
     float32 (a persisted ``X.astype("float32")``): per configuration (before, numpy loop,
     kernels) the chunk function run on the placed chunks (ms and minor page faults per
@@ -123,16 +123,21 @@ def two_pass(model, X, y, coef, intercept):
 
 
 def race(candidates, rounds):
-    """Median seconds per call of each candidate, the candidates interleaved per round."""
-    times = {name: [] for name in candidates}
+    """Median (wall, CPU) seconds per call of each candidate, interleaved per round.
+
+    The CPU time of this thread leaves out the time the OS gave to other processes,
+    which on a shared machine can exceed the work itself; wall time is what a worker sees.
+    """
+    times = {name: ([], []) for name in candidates}
     for function in candidates.values():
         function()
     for _ in range(rounds):
         for name, function in candidates.items():
-            start = time.perf_counter()
+            wall, cpu = time.perf_counter(), time.thread_time()
             function()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+            times[name][0].append(time.perf_counter() - wall)
+            times[name][1].append(time.thread_time() - cpu)
+    return {name: tuple(map(statistics.median, values)) for name, values in times.items()}
 
 
 def chunk_candidates(model, chunks, y, w):
@@ -174,7 +179,8 @@ def in_memory(args):
                 targets = np.minimum(y, 1.0) if model.name == "logistic" else y
                 timed = race(chunk_candidates(model, chunks, targets, w), args.rounds)
                 for name, seconds in timed.items():
-                    results[(model.name, np.dtype(dtype).name, name)] = seconds / len(chunks)
+                    key = (model.name, np.dtype(dtype).name, name)
+                    results[key] = tuple(value / len(chunks) for value in seconds)
             del chunks
     configure("kernels")
     print_in_memory(results)
@@ -183,16 +189,18 @@ def in_memory(args):
 
 
 def print_in_memory(results):
+    """Wall and CPU milliseconds per chunk; ratios of each (wall / wall, CPU / CPU)."""
     print(
-        f"    {'model':<14}{'X':<9}{'path':<20}{'ms/chunk':>9}"
-        f"{'/ two-pass f64':>16}{'/ loop now':>12}"
+        f"    {'model':<14}{'X':<9}{'path':<19}{'wall ms':>8}{'cpu ms':>8}"
+        f"{'/ two-pass f64':>16}{'/ loop now':>12}   (wall | cpu)"
     )
-    for (model, dtype, name), seconds in results.items():
-        baseline = results[(model, "float64", "numpy two-pass")]
-        loop = results[(model, dtype, "numpy loop now")]
+    for (model, dtype, name), (wall, cpu) in results.items():
+        base_wall, base_cpu = results[(model, "float64", "numpy two-pass")]
+        loop_wall, loop_cpu = results[(model, dtype, "numpy loop now")]
         print(
-            f"    {model:<14}{dtype:<9}{name:<20}{seconds * 1e3:>9.2f}"
-            f"{seconds / baseline:>16.2f}{seconds / loop:>12.2f}"
+            f"    {model:<14}{dtype:<9}{name:<19}{wall * 1e3:>8.2f}{cpu * 1e3:>8.2f}"
+            f"{wall / base_wall:>10.2f} |{cpu / base_cpu:>4.2f}"
+            f"{wall / loop_wall:>7.2f} |{cpu / loop_cpu:>4.2f}"
         )
 
 
