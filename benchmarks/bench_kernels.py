@@ -3,12 +3,13 @@
 One run prints, side by side:
 
 (a) per 125k x 100 chunk, in this process with one BLAS thread, for float64 and float32 X,
-    logistic and least squares: the numpy block loop of ``Model.loss_grad`` as it was
-    before the kernels (a fresh float64 copy of every float32 block), as it is now
+    logistic, least squares and multinomial (3 classes): the numpy block loop of
+    ``Model.loss_grad`` as it was before the kernels (a fresh float64 copy of every float32
+    block), as it is now
     (``DASKGD_KERNELS=numpy``), the numba kernel, and numpy's plain two-pass gradient
-    ``X.T @ link(X @ coef)`` in X's dtype; milliseconds per chunk (median over rounds,
-    cycling over several chunks so that X streams from memory as on a worker) and ratios
-    to the two-pass float64 gradient measured in the same run;
+    ``X.T @ link(X @ coef)`` in X's dtype; wall and CPU milliseconds per chunk (medians
+    over rounds, cycling over several chunks so that X streams from memory as on a
+    worker) and their ratios to the two-pass float64 gradient measured in the same run;
 (b) on a LocalCluster of 2 workers x 1 thread, n = 1e6 x d = 100 in 8 chunks, float64 and
     float32 (a persisted ``X.astype("float32")``): per configuration (before, numpy loop,
     kernels) the chunk function run on the placed chunks (ms and minor page faults per
@@ -41,7 +42,7 @@ from daskgd.cluster.local import make_local_cluster
 from daskgd.data.synthetic import make_classification
 from daskgd.estimators.linear import LogisticRegression
 from daskgd.models import kernels, losses
-from daskgd.models.losses import LeastSquares, Logistic
+from daskgd.models.losses import LeastSquares, Logistic, Multinomial
 
 TARGET_FLOAT64_RATIO = 0.55
 TARGET_FLOAT32_RATIO = 0.35
@@ -60,6 +61,9 @@ def parse_args(argv=None):
     parser.add_argument("--cluster-chunks", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2, help="LocalCluster workers x 1 thread")
     parser.add_argument("--iterations", type=int, default=12, help="gd iterations per fit")
+    parser.add_argument(
+        "--fit-rounds", type=int, default=2, help="fits per configuration, interleaved"
+    )
     parser.add_argument("--skip-cluster", action="store_true")
     return parser.parse_args(argv)
 
@@ -111,28 +115,36 @@ def configure(name):
 # ----------------------------------------------------------------- (a) in memory
 
 
-def two_pass(model, X, y, coef):
+def two_pass(model, X, y, coef, intercept):
     """numpy's plain gradient: X @ coef, the link, X.T @ residual, in X's dtype."""
-    z = X @ coef
+    z = X @ coef + intercept
     _, residual = model._link(z.astype(np.float64), y)
     return X.T @ residual.astype(X.dtype)
 
 
 def race(candidates, rounds):
-    """Median seconds per call of each candidate, the candidates interleaved per round."""
-    times = {name: [] for name in candidates}
+    """Median (wall, CPU) seconds per call of each candidate, interleaved per round.
+
+    The CPU time of this thread leaves out the time the OS gave to other processes,
+    which on a shared machine can exceed the work itself; wall time is what a worker sees.
+    """
+    times = {name: ([], []) for name in candidates}
     for function in candidates.values():
         function()
     for _ in range(rounds):
         for name, function in candidates.items():
-            start = time.perf_counter()
+            wall, cpu = time.perf_counter(), time.thread_time()
             function()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+            times[name][0].append(time.perf_counter() - wall)
+            times[name][1].append(time.thread_time() - cpu)
+    return {name: tuple(map(statistics.median, values)) for name, values in times.items()}
 
 
 def chunk_candidates(model, chunks, y, w):
-    coef = w[:-1].astype(chunks[0].dtype)
+    n_rows, n_features = chunks[0].shape
+    coef, intercept = model._split(w, n_features, True)
+    coef = np.ascontiguousarray(coef, dtype=chunks[0].dtype)
+    labels = model._targets(y, n_rows)
 
     def over_chunks(function):
         return lambda: [function(X) for X in chunks]
@@ -148,7 +160,7 @@ def chunk_candidates(model, chunks, y, w):
         "numpy loop before": over_chunks(path("before")),
         "numpy loop now": over_chunks(path("numpy")),
         "numba kernel": over_chunks(path("kernels")),
-        "numpy two-pass": over_chunks(lambda X: two_pass(model, X, y, coef)),
+        "numpy two-pass": over_chunks(lambda X: two_pass(model, X, labels, coef, intercept)),
     }
 
 
@@ -157,16 +169,18 @@ def in_memory(args):
     print(f"    {load()}")
     rng = np.random.default_rng(0)
     chunks64 = [rng.standard_normal((args.rows, args.features)) for _ in range(args.chunks)]
-    y = (rng.random(args.rows) < 0.5).astype(np.float64)
-    w = rng.standard_normal(args.features + 1) * 0.1
+    y = rng.integers(0, 3, args.rows).astype(np.float64)  # 0/1 are half the rows' labels
     results = {}
     with threadpool_limits(limits=1):
         for dtype in (np.float64, np.float32):
             chunks = [chunk.astype(dtype) for chunk in chunks64]
-            for model in (Logistic(), LeastSquares()):
-                timed = race(chunk_candidates(model, chunks, y, w), args.rounds)
+            for model in (Logistic(), LeastSquares(), Multinomial(3)):
+                w = rng.standard_normal(model.n_params(args.features, True)) * 0.1
+                targets = np.minimum(y, 1.0) if model.name == "logistic" else y
+                timed = race(chunk_candidates(model, chunks, targets, w), args.rounds)
                 for name, seconds in timed.items():
-                    results[(model.name, np.dtype(dtype).name, name)] = seconds / len(chunks)
+                    key = (model.name, np.dtype(dtype).name, name)
+                    results[key] = tuple(value / len(chunks) for value in seconds)
             del chunks
     configure("kernels")
     print_in_memory(results)
@@ -175,16 +189,18 @@ def in_memory(args):
 
 
 def print_in_memory(results):
+    """Wall and CPU milliseconds per chunk; ratios of each (wall / wall, CPU / CPU)."""
     print(
-        f"    {'model':<14}{'X':<9}{'path':<20}{'ms/chunk':>9}"
-        f"{'/ two-pass f64':>16}{'/ loop now':>12}"
+        f"    {'model':<14}{'X':<9}{'path':<19}{'wall ms':>8}{'cpu ms':>8}"
+        f"{'/ two-pass f64':>16}{'/ loop now':>12}   (wall | cpu)"
     )
-    for (model, dtype, name), seconds in results.items():
-        baseline = results[(model, "float64", "numpy two-pass")]
-        loop = results[(model, dtype, "numpy loop now")]
+    for (model, dtype, name), (wall, cpu) in results.items():
+        base_wall, base_cpu = results[(model, "float64", "numpy two-pass")]
+        loop_wall, loop_cpu = results[(model, dtype, "numpy loop now")]
         print(
-            f"    {model:<14}{dtype:<9}{name:<20}{seconds * 1e3:>9.2f}"
-            f"{seconds / baseline:>16.2f}{seconds / loop:>12.2f}"
+            f"    {model:<14}{dtype:<9}{name:<19}{wall * 1e3:>8.2f}{cpu * 1e3:>8.2f}"
+            f"{wall / base_wall:>10.2f} |{cpu / base_cpu:>4.2f}"
+            f"{wall / loop_wall:>7.2f} |{cpu / loop_cpu:>4.2f}"
         )
 
 
@@ -221,6 +237,21 @@ def gd_iteration(client, X, y, C, step, iterations):
         warnings.simplefilter("ignore")  # ConvergenceWarning: max_iter is the plan
         model.fit(X, y)
     return float(np.median(model.trace_.wall_seconds.values[1:]))
+
+
+def compare_configurations(client, X, y, w, C, step, args):
+    """Rows (dtype, configuration, chunk seconds, faults, gd iteration seconds); the
+    configurations take turns, ``args.fit_rounds`` fits each, medians reported."""
+    chunks, walls = {}, {name: [] for name in CONFIGURATIONS}
+    for name in CONFIGURATIONS:
+        client.run(configure, name)
+        chunks[name] = placed_chunks(X, y[:, None], np.append(w, 0.0), name)
+    for _ in range(args.fit_rounds):
+        for name in CONFIGURATIONS:
+            client.run(configure, name)
+            walls[name].append(gd_iteration(client, X, y, C, step, args.iterations))
+    dtype = str(X.dtype)
+    return [(dtype, name, *chunks[name], statistics.median(walls[name])) for name in walls]
 
 
 def numpy_gradient(X, y, w, repeats=7):
@@ -270,12 +301,7 @@ def on_cluster(args, lam=1e-4):
         for dtype in ("float64", "float32"):
             X_dtype = client.persist(X.astype(dtype)) if dtype == "float32" else X
             distributed.wait(X_dtype)
-            y_column = y[:, None]
-            for name in CONFIGURATIONS:
-                client.run(configure, name)
-                chunk_ms, faults = placed_chunks(X_dtype, y_column, np.append(w, 0.0), name)
-                wall = gd_iteration(client, X_dtype, y, 1.0 / (lam * n), step, args.iterations)
-                rows.append((dtype, name, chunk_ms, faults, wall))
+            rows += compare_configurations(client, X_dtype, y, w, 1.0 / (lam * n), step, args)
             del X_dtype
         client.run(configure, "kernels")
     print_cluster(rows, baseline)

@@ -63,9 +63,18 @@ def central_difference(function, w, step=1e-6):
     return gradient
 
 
+@pytest.fixture(autouse=True, params=["numpy", "numba"])
+def chunk_path(request, monkeypatch):
+    """Every test runs on both paths of loss_grad: the numpy block loop and the kernels."""
+    if request.param == "numba":
+        pytest.importorskip("numba")
+    monkeypatch.setenv("DASKGD_KERNELS", request.param)
+    return request.param
+
+
 @pytest.fixture
 def small_blocks(monkeypatch):
-    """Shrink BLOCK_ROWS so small arrays span several blocks."""
+    """Shrink BLOCK_ROWS so small arrays span several blocks (of the numpy path)."""
     monkeypatch.setattr(models, "BLOCK_ROWS", 8)
 
 

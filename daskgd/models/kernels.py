@@ -13,37 +13,34 @@ tiles of a few rows that stay in the L1 cache between the two uses:
 A float32 chunk is read as float32 (half the bytes of float64) and every product and sum is
 formed in float64, so the kernel computes the float64 gradient of the float32-rounded data.
 
-Only the two summation helpers (``_dot4``, ``_dot1``, ``_add_rows4``, ``_add_row``,
-``_sum``) relax IEEE semantics, and only by ``reassoc`` and ``contract``: a different
-summation order (partial sums in vector registers) and fused multiply-adds, which lets
-LLVM vectorise the dot products. Everything else, the link in particular, is compiled
-with ``fastmath=False`` so that infinities and NaNs behave as in numpy.
+Only the sums of steps 1 and 3 (``_predict``, ``_accumulate``, their multinomial twins
+and ``_sum``) relax IEEE semantics, and only by ``reassoc`` and ``contract``: another
+summation order (partial sums in vector registers) and fused multiply-adds, without which
+LLVM does not vectorise a dot product. Everything else, the link in particular, is
+compiled with ``fastmath=False``, so infinities and NaNs behave as in numpy.
 
-The kernels use no global state and release the GIL (``nogil``), so a worker's threads
-run them concurrently. They are compiled on first use and cached on disk
-(``cache=True``): see :func:`cache_status`. ``exp`` and ``log1p`` are written out here
-(Cody-Waite reduction and polynomials, within 2 ulp of libm: tests/test_kernels.py) because
-libm's scalar calls cannot be vectorised and cost ~25 ns per row, as much as reading a
-float32 row of 100 features from memory.
+``exp`` and ``log1p`` come from :mod:`daskgd.models.vectormath` (vectorisable, unlike
+libm's). The kernels use no global state and release the GIL (``nogil``), so a worker's
+threads run them concurrently. Each is compiled once per dtype, on first use, and cached
+on disk (:mod:`daskgd.models.jit`; see :func:`cache_status` and :func:`warm_up`).
 """
 
 import math
 import os
+import threading
+import time
 import warnings
 
 import numpy as np
 
-try:
-    import numba
-except ImportError:  # the numpy path of losses.py covers everything
-    numba = None
+from daskgd.models.jit import AVAILABLE, disable_caches, numba, strict, summing
+from daskgd.models.vectormath import exp_nonpositive_into, log1p_unit
 
 __all__ = [
     "AVAILABLE",
     "ENVIRONMENT_VARIABLE",
     "binary",
     "cache_status",
-    "call",
     "enabled",
     "multinomial",
     "suits",
@@ -51,8 +48,6 @@ __all__ = [
     "warm_up",
 ]
 
-#: Whether numba could be imported.
-AVAILABLE = numba is not None
 #: ``auto`` (default: the kernels when numba is importable), ``numpy`` (always the numpy
 #: path: the oracle of the tests and the baseline of the benchmarks) or ``numba``
 #: (the kernels, or an error if numba is missing). Read at every call, so it can be
@@ -60,9 +55,11 @@ AVAILABLE = numba is not None
 ENVIRONMENT_VARIABLE = "DASKGD_KERNELS"
 _CHOICES = ("auto", "numba", "numpy")
 
-# Bytes of X per tile: the tile is read from memory by step 1 and again from L1 by step 3.
-# 24 KiB is half of this machine's 48 KiB L1d (Sapphire Rapids), leaving room for coef and
-# grad: 30 rows of 100 float64 features, 61 of float32 (rounded down to multiples of 4).
+# Bytes of X per tile: the tile is read from memory by step 1 and again from cache by
+# step 3, so it must stay in L1 (48 KiB here, Sapphire Rapids) or at least L2 (2 MiB). Each
+# tile also costs ~200 ns of fixed work (loop set-up, views), ~5 ns per row at 40 rows.
+# 32 KiB: 40 rows of 100 float64 features, 80 of float32. Measured per 125k x 100 chunk,
+# tiles of 16 to 256 rows were within the noise of each other, 4 and 8 rows 1.3-1.7x slower.
 TILE_BYTES = 32 * 1024
 MAX_TILE_ROWS = 128
 
@@ -102,155 +99,6 @@ def suits(X):
     )
 
 
-# ------------------------------------------------------------------------ compilation
-
-
-# error_model="numpy": a division by zero gives inf or NaN as in numpy, instead of a
-# ZeroDivisionError check per division, whose branch kept LLVM from vectorising the link
-# (43 ns per row for the logistic link with the checks).
-_OPTIONS = {"nogil": True, "error_model": "numpy"}
-
-
-def _compile(**flags):
-    """``numba.njit(cache=True, nogil=True, **flags)``, without the cache if it cannot work.
-
-    numba raises RuntimeError at decoration when it finds no writable cache directory
-    (neither ``__pycache__`` beside this file, as in a read-only site-packages, nor the
-    user's cache directory, nor ``NUMBA_CACHE_DIR``): the kernels then compile in every
-    process instead (about 3 s, once per process).
-    """
-
-    def decorate(function):
-        if numba is None:
-            return function
-        try:
-            dispatcher = numba.njit(**_OPTIONS, cache=True, **flags)(function)
-        except RuntimeError as error:
-            if "cannot cache" not in str(error):
-                raise
-            if all(other._cache.cache_path is not None for other in _DISPATCHERS):
-                warnings.warn(  # once: at the first function that cannot be cached
-                    f"numba cannot cache daskgd's kernels ({error}); they are compiled in "
-                    "every process: set NUMBA_CACHE_DIR to a writable directory to keep them",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
-            dispatcher = numba.njit(**_OPTIONS, cache=False, **flags)(function)
-        _DISPATCHERS.append(dispatcher)
-        return dispatcher
-
-    return decorate
-
-
-#: Every kernel and helper, so that :func:`call` can turn their disk caches off together.
-_DISPATCHERS = []
-
-
-_strict = _compile(fastmath=False)
-_summing = _compile(fastmath={"reassoc", "contract"})
-
-
-# ------------------------------------------------------------------ exp and log1p
-
-
-# Cody-Waite split of ln 2 (fdlibm's): LN2_HI has 32 significant bits, so k * LN2_HI is
-# exact for |k| < 2^21 and r = x - k ln 2 is accurate to a few ulp of r.
-_LN2_HI = 6.93147180369123816490e-01
-_LN2_LO = 1.90821492927058770002e-10
-_INV_LN2 = 1.44269504088896338700e00
-# Below this exp(x) rounds to 0 (exp(-745.14) is half the smallest subnormal).
-_EXP_FLOOR = -746.0
-
-
-@_strict
-def _exp_nonpositive(x, out, bits_low, bits_high, m):
-    """``out[t] = exp(x[t])`` for ``t < m``, every ``x[t] <= 0`` (or NaN, kept NaN).
-
-    exp(x) = 2^k exp(r), |r| <= ln(2)/2, exp(r) by its Taylor polynomial of degree 13
-    (remainder < 5e-18 relative). 2^k is applied as two normal powers of two built in
-    ``bits_low``/``bits_high`` (int64 views of float64), so subnormal results are
-    rounded once and k down to -1076 needs no special case.
-    """
-    for t in range(m):
-        v = x[t]
-        v = _EXP_FLOOR if v < _EXP_FLOOR else v  # NaN is not < anything: stays NaN
-        k = math.floor(v * _INV_LN2 + 0.5)
-        r = (v - k * _LN2_HI) - k * _LN2_LO
-        p = 1.0 / 6227020800.0
-        p = 1.0 / 479001600.0 + r * p
-        p = 1.0 / 39916800.0 + r * p
-        p = 1.0 / 3628800.0 + r * p
-        p = 1.0 / 362880.0 + r * p
-        p = 1.0 / 40320.0 + r * p
-        p = 1.0 / 5040.0 + r * p
-        p = 1.0 / 720.0 + r * p
-        p = 1.0 / 120.0 + r * p
-        p = 1.0 / 24.0 + r * p
-        p = 1.0 / 6.0 + r * p
-        p = 0.5 + r * p
-        p = 1.0 + r * p
-        out[t] = 1.0 + r * p
-        # k is in [-1077, 0] (garbage for NaN, which the NaN in out[t] absorbs).
-        exponent = np.int64(k) if k == k else np.int64(0)
-        low = exponent >> 1
-        bits_low[t] = (low + 1023) << 52
-        bits_high[t] = (exponent - low + 1023) << 52
-    scale_low = bits_low.view(np.float64)
-    scale_high = bits_high.view(np.float64)
-    for t in range(m):
-        out[t] = (out[t] * scale_low[t]) * scale_high[t]
-
-
-@_strict
-def _log1p_unit(e):
-    """``log1p(e)`` for ``e`` in [0, 1] (NaN stays NaN), within 2 ulp.
-
-    log1p(f) = 2 atanh(s), s = f / (2 + f), by its series in s^2. For e > 1/2 the
-    argument is halved first: log1p(e) = ln 2 + log1p((e - 1) / 2), where e - 1 is exact
-    (Sterbenz), so |s| <= 1/7 and 12 terms reach double precision in both branches.
-    """
-    big = e > 0.5
-    f = 0.5 * (e - 1.0) if big else e
-    u = f * (2.0 / (2.0 + f))  # 2 s, formed without s itself so subnormal e survive
-    s2 = 0.25 * (u * u)
-    q = 1.0 / 25.0
-    q = 1.0 / 23.0 + s2 * q
-    q = 1.0 / 21.0 + s2 * q
-    q = 1.0 / 19.0 + s2 * q
-    q = 1.0 / 17.0 + s2 * q
-    q = 1.0 / 15.0 + s2 * q
-    q = 1.0 / 13.0 + s2 * q
-    q = 1.0 / 11.0 + s2 * q
-    q = 1.0 / 9.0 + s2 * q
-    q = 1.0 / 7.0 + s2 * q
-    q = 1.0 / 5.0 + s2 * q
-    q = 1.0 / 3.0 + s2 * q
-    series = u + u * (s2 * q)
-    return _LN2_HI + (_LN2_LO + series) if big else series
-
-
-def exp_nonpositive(x):
-    """``exp(x)`` for an array of ``x <= 0`` by the kernels' exp (tests compare it to numpy)."""
-    x = np.ascontiguousarray(x, dtype=np.float64).ravel()
-    out = np.empty_like(x)
-    _exp_nonpositive(x, out, np.empty(x.size, np.int64), np.empty(x.size, np.int64), x.size)
-    return out
-
-
-@_strict
-def _log1p_array(e, out):
-    for t in range(e.shape[0]):
-        out[t] = _log1p_unit(e[t])
-
-
-def log1p_unit(e):
-    """``log1p(e)`` for an array of ``e`` in [0, 1] by the kernels' log1p (for tests)."""
-    e = np.ascontiguousarray(e, dtype=np.float64).ravel()
-    out = np.empty_like(e)
-    _log1p_array(e, out)
-    return out
-
-
 # ---------------------------------------------------------------- the tile steps
 
 
@@ -267,7 +115,7 @@ def tile_rows(n_features, itemsize):
 # addressed as X[i, j], not through row views X[i], whose reference counts are atomic.
 
 
-@_summing
+@summing
 def _predict(X, start, m, coef, intercept, z):
     """``z[:m] = X[start:start + m] @ coef + intercept``, four rows sharing each coef load."""
     t = 0
@@ -292,7 +140,7 @@ def _predict(X, start, m, coef, intercept, z):
         z[t] += intercept
 
 
-@_summing
+@summing
 def _accumulate(X, start, m, r, grad):
     """``grad[:-1] += X[start:start + m].T @ r[:m]``, ``grad[-1] += sum(r[:m])``.
 
@@ -317,7 +165,7 @@ def _accumulate(X, start, m, r, grad):
     grad[n_features] += total
 
 
-@_summing
+@summing
 def _sum(a, m):
     s = 0.0
     for t in range(m):
@@ -325,7 +173,7 @@ def _sum(a, m):
     return s
 
 
-@_strict
+@strict
 def _squares_link(z, y, m, r, terms):
     """Residuals ``z - y`` into ``r``; returns the sum of ``0.5 (z - y)^2``."""
     for t in range(m):
@@ -335,7 +183,7 @@ def _squares_link(z, y, m, r, terms):
     return 0.5 * _sum(terms, m)
 
 
-@_strict
+@strict
 def _logistic_link(z, y, m, r, scratch, bits_low, bits_high):
     """Residuals ``sigmoid(z) - y`` into ``r``; returns the sum of the logistic losses.
 
@@ -347,17 +195,17 @@ def _logistic_link(z, y, m, r, scratch, bits_low, bits_high):
     exponent, decay, terms = scratch[0], scratch[1], scratch[2]
     for t in range(m):
         exponent[t] = -abs(z[t])
-    _exp_nonpositive(exponent, decay, bits_low, bits_high, m)
+    exp_nonpositive_into(exponent, decay, bits_low, bits_high, m)
     for t in range(m):
         zt, et, yt = z[t], decay[t], y[t]
-        terms[t] = ((zt if zt > 0.0 else 0.0) + _log1p_unit(et)) - yt * zt
+        terms[t] = ((zt if zt > 0.0 else 0.0) + log1p_unit(et)) - yt * zt
         inverse = 1.0 / (1.0 + et)
         r[t] = (inverse if zt >= 0.0 else et * inverse) - yt
     return _sum(terms, m)
 
 
-@_strict
-def binary(X, y, coef, intercept, logistic, tile):
+@strict
+def _binary(X, y, coef, intercept, logistic, tile):
     """Loss and gradient sums of least squares or binary logistic over a chunk.
 
     Parameters
@@ -401,7 +249,7 @@ def binary(X, y, coef, intercept, logistic, tile):
 # ------------------------------------------------------------------------ multinomial
 
 
-@_summing
+@summing
 def _predict_classes(X, start, m, coef, intercept, z):
     """``z[:m] = X[start:start + m] @ coef.T + intercept``; ``coef`` is (K, d), ``z`` (tile, K)."""
     n_classes, n_features = coef.shape
@@ -430,7 +278,7 @@ def _predict_classes(X, start, m, coef, intercept, z):
             z[t, k] += intercept[k]
 
 
-@_summing
+@summing
 def _accumulate_classes(X, start, m, r, grad):
     """``grad[:, :-1] += r[:m].T @ X[start:start + m]``, ``grad[:, -1] += r[:m].sum(0)``."""
     n_classes, n_columns = grad.shape
@@ -458,7 +306,7 @@ def _accumulate_classes(X, start, m, r, grad):
         grad[k, n_features] += total
 
 
-@_strict
+@strict
 def _softmax_link(z, labels, m, r, scratch, bits_low, bits_high):
     """Residuals ``softmax(z) - onehot(y)`` into ``r``; returns the summed cross-entropy.
 
@@ -474,7 +322,7 @@ def _softmax_link(z, labels, m, r, scratch, bits_low, bits_high):
             top = z[t, k] if z[t, k] > top else top
         for k in range(n_classes):
             shifted[t * n_classes + k] = z[t, k] - top
-    _exp_nonpositive(shifted, exponentials, bits_low, bits_high, size)
+    exp_nonpositive_into(shifted, exponentials, bits_low, bits_high, size)
     loss = 0.0
     for t in range(m):
         total = 0.0
@@ -487,8 +335,8 @@ def _softmax_link(z, labels, m, r, scratch, bits_low, bits_high):
     return loss
 
 
-@_strict
-def multinomial(X, labels, coef, intercept, tile):
+@strict
+def _multinomial(X, labels, coef, intercept, tile):
     """Loss and gradient sums of the softmax cross-entropy over a chunk.
 
     Parameters
@@ -527,51 +375,131 @@ def multinomial(X, labels, coef, intercept, tile):
 # ------------------------------------------------------------------- calling them
 
 
-def call(kernel, *arguments):
-    """``kernel(*arguments)``, without numba's disk cache if reading or writing it fails.
+def binary(X, y, coef, intercept, logistic, tile=None):
+    """Least squares or binary logistic loss and gradient sums of a chunk (see ``_binary``).
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_rows, n_features), C-contiguous float32 or float64
+    y : ndarray of shape (n_rows,), float64, contiguous
+    coef : ndarray of shape (n_features,), float64, contiguous
+    intercept : float
+    logistic : bool
+    tile : int or None
+        Rows per tile; None: :func:`tile_rows`.
+
+    Returns
+    -------
+    loss_sum : float
+    grad : ndarray of shape (n_features + 1,)
+        Gradient with respect to ``coef``, then to the intercept.
+    """
+    tile = tile_rows(X.shape[1], X.itemsize) if tile is None else tile
+    return _run(_binary, X.dtype, X, y, coef, float(intercept), bool(logistic), int(tile))
+
+
+def multinomial(X, labels, coef, intercept, tile=None):
+    """Softmax cross-entropy loss and gradient sums of a chunk (see ``_multinomial``).
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_rows, n_features), C-contiguous float32 or float64
+    labels : ndarray of shape (n_rows,), intp, contiguous
+    coef : ndarray of shape (K, n_features), float64, C-contiguous
+    intercept : ndarray of shape (K,), float64, contiguous
+    tile : int or None
+
+    Returns
+    -------
+    loss_sum : float
+    grad : ndarray of shape (K, n_features + 1)
+    """
+    tile = tile_rows(X.shape[1], X.itemsize) if tile is None else tile
+    return _run(_multinomial, X.dtype, X, labels, coef, intercept, int(tile))
+
+
+def _signature(kernel, dtype):
+    """The one signature compiled per kernel and dtype: arrays typed read-only and
+    unaligned, which every C-contiguous array of the dtype converts to. Without it numba
+    compiles a variant per combination of flags it sees (read-only w from a message,
+    misaligned chunks), ~5 s each mid-fit; the code is as fast (measured, within 1 %)."""
+    types = numba.types
+
+    def array(element, ndim):
+        element = numba.from_dtype(np.dtype(element))
+        return types.Array(element, ndim, "C", readonly=True, aligned=False)
+
+    if kernel is _binary:
+        vectors = (array(np.float64, 1), array(np.float64, 1))
+        return (array(dtype, 2), *vectors, types.float64, types.boolean, types.intp)
+    labels, weights = array(np.intp, 1), array(np.float64, 2)
+    return (array(dtype, 2), labels, weights, array(np.float64, 1), types.intp)
+
+
+_COMPILED = set()
+_COMPILE_LOCK = threading.Lock()
+
+
+def _prepare(kernel, dtype):
+    """Compile (or load from the cache) ``kernel`` for ``dtype``, then allow no other
+    variant: later calls convert their arguments to the compiled signature."""
+    with _COMPILE_LOCK:  # threads of a worker may both reach a first call
+        if (kernel, dtype) in _COMPILED:
+            return
+        kernel.disable_compile(False)
+        try:
+            kernel.compile(_signature(kernel, dtype))
+        finally:
+            if kernel.signatures:  # numba refuses to disable a dispatcher with none
+                kernel.disable_compile(True)
+        _COMPILED.add((kernel, dtype))
+
+
+def _run(kernel, dtype, *arguments):
+    if (kernel, dtype) not in _COMPILED:
+        _ensure(kernel, dtype)
+    return kernel(*arguments)
+
+
+def _ensure(kernel, dtype):
+    """:func:`_prepare`, without numba's disk cache if reading or writing it fails.
 
     The cache directory is chosen when this module is imported; if it stops being usable
     later (removed, replaced, made unwritable), numba raises OSError while loading or
     saving a compiled variant. The caches of all the kernels are then turned off (the
-    dispatchers' ``_cache``: numba has no public switch) and the call is made again, so
-    the kernel is compiled in memory instead of failing the task.
+    dispatchers' ``_cache``: numba has no public switch) and the kernel is compiled in
+    memory instead of failing the task.
     """
     try:
-        return kernel(*arguments)
+        _prepare(kernel, dtype)
     except OSError as error:
         warnings.warn(
             f"numba's cache of daskgd's kernels failed ({error}); they are compiled in "
             "this process only",
             RuntimeWarning,
-            stacklevel=2,
+            stacklevel=4,
         )
-        for dispatcher in _DISPATCHERS:
-            dispatcher._cache.disable()
-        return kernel(*arguments)
+        disable_caches()
+        _prepare(kernel, dtype)
 
 
 def warm_up():
     """Compile (or load from the cache) the kernels for float32 and float64 chunks.
 
-    The first call of each kernel in a process compiles it (~3 s per dtype) or loads it
-    from numba's cache (~0.1 s). Call this before timing (benchmarks) or on every worker
-    (``client.run(kernels.warm_up)``) so that the first iteration is not the one paying.
+    The first call of a kernel for a dtype in a process compiles it (5-10 s here) or
+    loads it from numba's cache (~0.2 s). Call this before timing (benchmarks) or on
+    every worker (``client.run(kernels.warm_up)``) so that no iteration pays for it.
 
     Returns
     -------
     seconds : float
         Time spent.
     """
-    import time
-
     start = time.perf_counter()
     if AVAILABLE:
-        for dtype in (np.float64, np.float32):
-            X = np.zeros((5, 3), dtype)
-            y = np.zeros(5)
-            for logistic in (False, True):
-                call(binary, X, y, np.zeros(3), 0.0, logistic, 4)
-            call(multinomial, X, np.zeros(5, np.intp), np.zeros((2, 3)), np.zeros(2), 4)
+        for kernel in (_binary, _multinomial):
+            for dtype in (np.dtype(np.float64), np.dtype(np.float32)):
+                _ensure(kernel, dtype)
     return time.perf_counter() - start
 
 
@@ -588,7 +516,7 @@ def cache_status():
     status = {"available": AVAILABLE, "cache_path": None}
     if not AVAILABLE:
         return status
-    for name, kernel in (("binary", binary), ("multinomial", multinomial)):
+    for name, kernel in (("binary", _binary), ("multinomial", _multinomial)):
         stats = kernel.stats
         status["cache_path"] = status["cache_path"] or stats.cache_path
         status[name] = {
