@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import dask
@@ -36,12 +37,19 @@ def connect(address: str, *, timeout_seconds: float = 10.0) -> Any:
 
 
 def make_local_cluster(
-    n_workers: int = 2, *, threads_per_worker: int = 1, dashboard_address: str | None = ":0"
+    n_workers: int = 2,
+    *,
+    threads_per_worker: int = 1,
+    dashboard_address: str | None = ":0",
+    silence_logs: int = logging.WARNING,
 ) -> Any:
     """Start a :class:`distributed.LocalCluster` set up for gradient descent.
 
     Worker processes (one BLAS thread each, as ``distributed``'s nanny sets by default)
     and work stealing off, so chunk-gradient tasks stay where their chunk lives.
+    ``dashboard_address=None``: no dashboard. ``silence_logs``: the level below which
+    distributed's loggers stay quiet, here and in the worker processes (e.g.
+    ``logging.ERROR`` where a worker is killed on purpose, as in a failure demo).
     """
     from distributed import LocalCluster
 
@@ -61,4 +69,5 @@ def make_local_cluster(
             processes=True,
             dashboard_address=dashboard_address,
             scheduler_kwargs=http,
+            silence_logs=silence_logs,
         )
