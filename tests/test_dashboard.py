@@ -199,6 +199,9 @@ def test_compact_layout_shows_loss_split_and_stragglers():
     assert compact.workers_table is None
     assert compact.update(make_trace(10))
     assert len(compact.sources["heatmap"].data["iteration"]) == 11 * len(WORKERS)
+    # Narrow plots: worker names alone when they tell the workers apart.
+    assert compact.figures["stragglers"].y_range.factors == ["worker 0", "worker 1", "worker 2"]
+    assert set(compact.sources["stragglers"].data["worker"]) == {"worker 2"}
     assert bokehjs_components(compact.layout) == ["bokeh", "bokeh-widgets"]
     full = TraceDashboard()
     assert bokehjs_components(full.layout) == ["bokeh", "bokeh-widgets", "bokeh-tables"]

@@ -279,6 +279,7 @@ def test_live_view_in_jupyterlab_and_through_its_proxy(browser, jupyterlab):
         assert stderr == [], stderr
         assert problems == [], problems
         lab.screenshot(path=str(root / "jupyterlab.png"))
+        proxied.screenshot(path=str(root / "proxied.png"), full_page=True)
     except BaseException:
         _report(lab, root)
         raise

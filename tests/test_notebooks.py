@@ -1,4 +1,9 @@
-"""Every notebook in notebooks/ runs top to bottom without an error (outputs discarded)."""
+"""Every notebook in notebooks/ runs top to bottom without an error (outputs discarded).
+
+The notebooks check what their prose claims with assertions in their cells, so running
+them is the test. Nothing may land on stderr: a warning box in a lecture notebook is
+either a bug or a stray log line in the wrong cell.
+"""
 
 from __future__ import annotations
 
@@ -27,6 +32,14 @@ def test_notebook_runs(path: Path):
         resources={"metadata": {"path": str(path.parent)}},
     )
     client.execute()  # raises CellExecutionError naming the cell on any error
+    stderr = [
+        (index, output.get("text", ""))
+        for index, cell in enumerate(notebook.cells)
+        if cell.cell_type == "code"
+        for output in cell.outputs
+        if output.get("output_type") == "stream" and output.get("name") == "stderr"
+    ]
+    assert stderr == [], f"{path.name}: output on stderr (cell, text): {stderr}"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])

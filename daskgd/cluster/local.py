@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from typing import Any
 
 import dask
@@ -48,6 +49,7 @@ def make_local_cluster(
     threads_per_worker: int = 1,
     host: str = LOCALHOST,
     dashboard_address: str | None = ":0",
+    silence_logs: int = logging.WARNING,
 ) -> Any:
     """Start a :class:`distributed.LocalCluster` set up for gradient descent.
 
@@ -64,6 +66,9 @@ def make_local_cluster(
     dashboard_address : str or None, default ':0'
         Where the dashboard listens: ':PORT' on ``host`` (':0' a free port), or
         'HOST:PORT'; None serves no dashboard pages.
+    silence_logs : int, default logging.WARNING
+        The level below which distributed's loggers stay quiet, here and in the worker
+        processes (e.g. ``logging.ERROR`` where a worker is killed on purpose).
     """
     from distributed import LocalCluster
 
@@ -90,6 +95,7 @@ def make_local_cluster(
             host=host,
             dashboard_address=dashboard_address,
             scheduler_kwargs=http,
+            silence_logs=silence_logs,
         )
 
 

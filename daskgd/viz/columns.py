@@ -83,20 +83,26 @@ def split_columns(parts: xr.Dataset) -> dict[str, np.ndarray]:
     return columns
 
 
-def worker_labels(trace: xr.Dataset) -> list[str]:
-    """Short worker labels: ``name host:port`` (the name only when it says more)."""
+def worker_labels(trace: xr.Dataset, short: bool = False) -> list[str]:
+    """Worker labels: ``name host:port`` (the name only when it says more); with
+    ``short``, the names alone when every worker has its own."""
     if not has_workers(trace):
         return []
     addresses = [str(a).split("://", 1)[-1] for a in trace["worker"].values]
     if "worker_name" not in trace.coords:
         return addresses
     names = [str(n) for n in trace["worker_name"].values]
+    if short and "" not in names and len(set(names)) == len(names):
+        return [f"worker {n}" for n in names]
     return [a if n in ("", a) else f"{n} {a}" for n, a in zip(names, addresses, strict=True)]
 
 
-def heatmap_columns(trace: xr.Dataset) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """(cells, stragglers): compute ms per (iteration, worker), and the flagged cells."""
-    labels = worker_labels(trace)
+def heatmap_columns(
+    trace: xr.Dataset, short: bool = False
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(cells, stragglers): compute ms per (iteration, worker), and the flagged cells;
+    ``short`` labels as :func:`worker_labels`."""
+    labels = worker_labels(trace, short)
     if not labels or "compute_seconds" not in trace.data_vars:
         empty = {"iteration": np.array([], np.int64), "worker": np.array([], str)}
         return {**empty, "compute_ms": np.array([]), "straggler": np.array([], bool)}, empty

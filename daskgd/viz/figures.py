@@ -58,9 +58,12 @@ class Frame:
     columns: dict | None = None  # the sources' new data, by source name
 
 
-def _legend_above(fig: Any) -> None:
+def _legend_above(fig: Any, small: bool = False) -> None:
     """Move the legend out of the plot area, in one row under the title."""
     legend = fig.legend[0]
+    if small:  # the compact layout's narrow plots
+        legend.label_text_font_size = "10px"
+        legend.spacing = legend.glyph_width = 8
     fig.center = [item for item in fig.center if item is not legend]
     legend.orientation = "horizontal"
     legend.location = "top_left"
@@ -157,7 +160,7 @@ class SplitFigure:
         fig.y_range.start = 0
         fig.xaxis.axis_label = "iteration"
         fig.yaxis.axis_label = "ms"
-        _legend_above(fig)
+        _legend_above(fig, short)
         tooltips = [("iteration", "@iteration")] + [(p, f"@{p}{{0.00}} ms") for p in PARTS]
         fig.add_tools(HoverTool(tooltips=tooltips, mode="vline"))
         self.pending = PendingMark(fig, "split")
@@ -193,7 +196,9 @@ class StragglerFigure:
         colour_bar = ColorBar(color_mapper=self.color_mapper, title="compute ms", width=10)
         fig.add_layout(colour_bar, "right")
         fig.xaxis.axis_label = "iteration"
-        _legend_above(fig)
+        _legend_above(fig, short)
+        if short:
+            fig.xaxis.ticker.desired_num_ticks = 4
         fig.grid.visible = False
         tooltips = [("worker", "@worker"), ("iteration", "@iteration"),
                     ("compute", "@compute_ms{0.00} ms"), ("straggler", "@straggler")]  # fmt: skip
@@ -204,7 +209,8 @@ class StragglerFigure:
     def update(self, frame: Frame) -> None:
         trace = frame.trace
         measured = "compute_seconds" in trace.data_vars and has_workers(trace)
-        self.root.y_range.factors = (worker_labels(trace) if measured else []) or [NO_WORKERS]
+        labels = worker_labels(trace, self.short) if measured else []
+        self.root.y_range.factors = labels or [NO_WORKERS]
         values = frame.columns["heatmap"]["compute_ms"] if frame.columns else np.array([])
         values = values[np.isfinite(values) & (values > 0)]
         if values.size:
@@ -213,7 +219,7 @@ class StragglerFigure:
         if measured:
             n = int(frame.parts["straggler_count"].sum()) if "straggler_count" in frame.parts else 0
             circled = "1 straggler" if n == 1 else f"{n} stragglers"
-            title = f"{self.title} ({circled}{'' if self.short else ' circled'})"
+            title = f"compute, {circled}" if self.short else f"{self.title} ({circled} circled)"
         elif frame.pending is not None:
             title = f"{self.title} (measuring...)"
         else:

@@ -181,7 +181,7 @@ class TraceDashboard:
 
     def _write(self, frame: Frame) -> None:
         trace, parts = frame.trace, frame.parts
-        cells, marks = heatmap_columns(trace)
+        cells, marks = heatmap_columns(trace, short=self.layout_name == "compact")
         bytes_data, unit, cumulative_unit = bytes_columns(parts)
         new = {
             "loss": loss_columns(trace),
