@@ -28,6 +28,16 @@ from daskgd.data.sources import (
     open_sources,
     row_chunks_for,
 )
+from daskgd.data.statistics import (
+    BAD_X,
+    BAD_Y,
+    MAX_ROW_SQUARED_NORM,
+    OVERFLOW_X,
+    OVERFLOW_Y,
+    SQUARED_NORM,
+    GramSketch,
+    summarize,
+)
 
 __all__ = ["DistributedData", "as_dask_arrays", "current_client", "distribute", "encode_labels"]
 
@@ -216,7 +226,13 @@ class DistributedData:
     timeout : float
         Seconds a request to the cluster may go unanswered during a fit on this data
         (:mod:`daskgd.data.waits`).
+    gram_sketch : daskgd.data.statistics.GramSketch
+        The curvature of X, from every row (step sizes of gd, nesterov and sgd).
     """
+
+    def top_gram_eigenvalue(self, fit_intercept: bool) -> float:
+        """Largest eigenvalue of ``[X, 1]^T [X, 1] / n`` (``X^T X / n`` without intercept)."""
+        return self.gram_sketch.top_eigenvalue(fit_intercept)
 
     X: da.Array
     y: da.Array
@@ -229,6 +245,7 @@ class DistributedData:
     max_row_squared_norm: float
     futures: tuple[Any, ...] = field(default=(), repr=False)
     timeout: float = waits.DEFAULT_TIMEOUT_SECONDS
+    gram_sketch: GramSketch | None = field(default=None, repr=False)
 
     @property
     def n_chunks(self) -> int:
@@ -301,8 +318,9 @@ def distribute(
     Raises
     ------
     ValueError
-        Bad inputs (see `as_dask_arrays`), NaN / infinity in X or y, or ``workers``
-        empty, given without a client, or naming addresses the scheduler does not know.
+        Bad inputs (see `as_dask_arrays`), NaN / infinity in X or y, values whose
+        squares overflow float64, or ``workers`` empty, given without a client, or
+        naming addresses the scheduler does not know.
     daskgd.data.waits.NoWorkersError
         The cluster has no running workers (after ``wait_for_workers`` seconds).
     daskgd.data.waits.ClusterTimeoutError
@@ -333,7 +351,9 @@ def distribute(
         placement, futures = None, ()
     else:
         X_data, y_data, placement, futures = _place(client, X, y, threads, timeout)
-    squared_norm, max_row_squared_norm = _check_finite(X_data, y_data, client, futures, timeout)
+    squared_norm, max_row_squared_norm, sketch = _check_values(
+        X_data, y_data, client, futures, timeout
+    )
     return DistributedData(
         X=X_data,
         y=y_data,
@@ -346,6 +366,7 @@ def distribute(
         max_row_squared_norm=max_row_squared_norm,
         futures=futures,
         timeout=timeout,
+        gram_sketch=sketch,
     )
 
 
@@ -497,41 +518,42 @@ def _rebuild(array, futures):
     return rebuild({future.key: future for future in futures}, *arguments)
 
 
-def _check_finite(X, y, client, futures, timeout):
-    """One pass over the chunks: finiteness of X and y, squared norms of X."""
-    pairs = zip(X.to_delayed().ravel(), y.to_delayed().ravel(), strict=True)
-    parts = [dask.delayed(_chunk_statistics, pure=True)(x, y) for x, y in pairs]
-    if client is None:
-        statistics = np.array(dask.compute(*parts))
-    else:
-        what = "checking the data for NaN and infinity"
-        statistics = np.array(
-            waits.gather(client, client.compute(parts), what=what, timeout=timeout)
-        )
-    offsets = np.cumsum((0,) + X.chunks[0])
-    for column, name in ((0, "X"), (1, "y")):
+def _check_values(X, y, client, futures, timeout):
+    """One pass over the chunks (:mod:`daskgd.data.statistics`): NaN, infinity and
+    overflow in X and y, squared norms of X and its Gram sketch; raise on bad values."""
+    merged, sketch = summarize(X, y, client, timeout)
+    statistics = merged["statistics"]
+    problem = _first_problem(statistics, X.chunks[0])
+    if problem is not None or not np.isfinite(statistics[:, SQUARED_NORM].sum()):
+        for future in futures:
+            future.release()  # free the placed data now, not when the traceback goes
+        raise ValueError(problem or _OVERFLOW.format(name="X", where="in its sum of squares"))
+    return (
+        float(statistics[:, SQUARED_NORM].sum()),
+        float(statistics[:, MAX_ROW_SQUARED_NORM].max()),
+        sketch,
+    )
+
+
+_OVERFLOW = (
+    "{name} has values too large for float64 arithmetic {where}: squares of its "
+    "entries overflow (entries above ~1e154), so the loss and gradient would be infinite; "
+    "scale {name} (e.g. standardise its columns)"
+)
+
+
+def _first_problem(statistics, chunk_rows):
+    """The message for the first NaN / infinite / overflowing row, or None."""
+    offsets = np.cumsum((0,) + tuple(chunk_rows))
+    checks = ((BAD_X, "X", None), (BAD_Y, "y", None), (OVERFLOW_X, "X", 1), (OVERFLOW_Y, "y", 1))
+    for column, name, overflow in checks:
         bad_chunks = np.flatnonzero(statistics[:, column] >= 0)
-        if len(bad_chunks):
-            for future in futures:
-                future.release()  # free the placed data now, not when the traceback goes
-            chunk = int(bad_chunks[0])
-            first_row = int(offsets[chunk] + statistics[chunk, column])
-            raise ValueError(
-                f"{name} contains NaN or infinity (chunk {chunk}, rows "
-                f"{offsets[chunk]}-{offsets[chunk + 1] - 1}, first at row "
-                f"{first_row})"
-            )
-    return float(statistics[:, 2].sum()), float(statistics[:, 3].max())
-
-
-def _chunk_statistics(X_block, y_block):
-    """Return [first non-finite row of X or -1, same for y, squared norm, max row norm²]."""
-    statistics = np.empty(4)
-    for column, block in enumerate((X_block, y_block)):
-        bad_rows = np.flatnonzero(~np.isfinite(block).all(axis=1))
-        statistics[column] = bad_rows[0] if len(bad_rows) else -1
-    X64 = X_block.astype(np.float64, copy=False)
-    row_squared_norms = np.einsum("ij,ij->i", X64, X64)
-    statistics[2] = row_squared_norms.sum()
-    statistics[3] = row_squared_norms.max() if len(row_squared_norms) else 0.0
-    return statistics
+        if not len(bad_chunks):
+            continue
+        chunk = int(bad_chunks[0])
+        rows = f"chunk {chunk}, rows {offsets[chunk]}-{offsets[chunk + 1] - 1}"
+        first_row = int(offsets[chunk] + statistics[chunk, column])
+        if overflow:
+            return _OVERFLOW.format(name=name, where=f"({rows}, first at row {first_row})")
+        return f"{name} contains NaN or infinity ({rows}, first at row {first_row})"
+    return None

@@ -29,7 +29,7 @@ from daskgd.models.losses import unpack
 from daskgd.optim.base import Optimizer
 from daskgd.runtime.codecs import Codec
 from daskgd.strategies.base import Capabilities, FitProblem, register_strategy
-from daskgd.strategies.mapreduce import _block_top_eigenvalue
+from daskgd.strategies.mapreduce import top_gram_eigenvalue
 from daskgd.strategies.synchronous import SynchronousStrategy
 
 #: Default bound in seconds on every wait of the runtime (an rpc, a rebuild).
@@ -106,20 +106,10 @@ class ResidentSession:
         return {"topology": self.topology, "run_id": self.runtime.run_id}
 
     def top_gram_eigenvalue(self) -> float:
-        """The same estimate as ``mapreduce``'s (first and last chunk), on the residents."""
-        blocks = sorted({0, self.n_blocks - 1})
-        results = self.runtime.call(_top_eigenvalue_on_resident, blocks, self.problem.fit_intercept)
-        values = [value for value in results.values() if value is not None]
-        return float(max(values))
-
-
-def _top_eigenvalue_on_resident(resident: Any, blocks: list[int], fit_intercept: bool):
-    held = [block for block in blocks if block in resident.blocks]
-    if not held:
-        return None
-    return max(
-        float(_block_top_eigenvalue(resident.chunk(b)[0], fit_intercept)[0, 0]) for b in held
-    )
+        """The same estimate as ``mapreduce``'s: from placement's sketch of the Gram matrix."""
+        return top_gram_eigenvalue(
+            self.problem.data, self.problem.fit_intercept, self.client, self.strategy.timeout
+        )
 
 
 def evaluation_from(total: np.ndarray, measures: Any, prefix: str) -> Evaluation:

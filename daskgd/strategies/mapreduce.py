@@ -22,6 +22,7 @@ from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 
 from daskgd.data import waits
+from daskgd.data.statistics import summarize
 from daskgd.engine.steps import Evaluation
 from daskgd.models.losses import Model, packed_loss_grad, unpack
 from daskgd.runtime.codecs import (
@@ -354,27 +355,22 @@ class Session:
         )
 
     def top_gram_eigenvalue(self) -> float:
-        """Largest eigenvalue of [X, 1]^T [X, 1] / n, estimated on the first and last chunk.
+        """Largest eigenvalue of [X, 1]^T [X, 1] / n (X^T X / n without intercept).
 
-        One round trip. Rows are assumed exchangeable; the optimizers guard against an
-        underestimate (backtracking, restarts, divergence check).
+        From every row of the data: placement summed a sketch of the Gram matrix in its
+        pass over the chunks (:mod:`daskgd.data.statistics`); data without one get the
+        same pass now.
         """
-        index = sorted({0, self.n_blocks - 1})
-        sample = self.data.X.blocks[index]
-        estimates = da.map_blocks(
-            _block_top_eigenvalue,
-            sample,
-            fit_intercept=self.fit_intercept,
-            chunks=(1, 1),
-            dtype=np.float64,
-        )
-        if self.client is None:
-            values = estimates.compute(scheduler="threads")
-        else:
-            future = self.client.compute(estimates)
-            what = "estimating the step size"
-            values = waits.result(self.client, future, what=what, timeout=self.timeout)
-        return float(np.max(values))
+        return top_gram_eigenvalue(self.data, self.fit_intercept, self.client, self.timeout)
+
+
+def top_gram_eigenvalue(data: Any, fit_intercept: bool, client: Any, timeout: float) -> float:
+    """Largest eigenvalue of the data's [X, 1]^T [X, 1] / n, from placement's sketch of
+    the Gram matrix (every row), or from the same pass now for data without one."""
+    sketch = getattr(data, "gram_sketch", None)
+    if sketch is None:
+        _, sketch = summarize(data.X, data.y, client, timeout)
+    return sketch.top_eigenvalue(fit_intercept)
 
 
 def _pinned_tasks(total: da.Array, data: Any) -> tuple[dict, dict, Any]:
@@ -548,14 +544,3 @@ def _unregister(client: Any, name: str, timeout: float) -> None:
 
 def _identity(x, axis=None, keepdims=True):
     return x
-
-
-def _block_top_eigenvalue(X: np.ndarray, fit_intercept: bool) -> np.ndarray:
-    X = np.asarray(X, dtype=np.float64)
-    n_rows = max(X.shape[0], 1)
-    gram = X.T @ X
-    if fit_intercept:
-        # The Gram matrix of [X, 1] by blocks, without copying the chunk to add a column.
-        column_sums = X.sum(axis=0)
-        gram = np.block([[gram, column_sums[:, None]], [column_sums[None, :], X.shape[0]]])
-    return np.array([[np.linalg.eigvalsh(gram / n_rows)[-1]]])
