@@ -20,7 +20,7 @@ from conftest import STARTUP_TIMEOUT, _kill_group, _subprocess_env, _tail
 import daskgd
 from daskgd.data.waits import NoWorkersError
 
-CLI = [sys.executable, "-m", "daskgd.cli.app"]
+CLI = [sys.executable, "-m", "daskgd.cli"]
 #: The bound given to the fits here (--timeout): small, so the tests are quick.
 TIMEOUT = 3
 #: How long a test waits for the CLI to stop once it should: the bound, its clean-up

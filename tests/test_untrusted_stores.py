@@ -95,7 +95,7 @@ def test_object_arrays_of_a_store_are_refused_before_any_read(
 def test_the_cli_refuses_it_in_one_line(tmp_path):
     store, marker = _store_with_a_pickle(tmp_path, "y", consolidated=False)
     result = subprocess.run(
-        [sys.executable, "-m", "daskgd.cli.app", "run", str(store), "--target", "y",
+        [sys.executable, "-m", "daskgd.cli", "run", str(store), "--target", "y",
          "--no-progress"],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
