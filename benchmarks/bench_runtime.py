@@ -45,7 +45,8 @@ from daskgd.cluster.local import make_local_cluster
 from daskgd.data import distribute
 from daskgd.data.synthetic import make_classification
 from daskgd.models.losses import Logistic
-from daskgd.runtime.handle import Runtime, _per_worker
+from daskgd.runtime.handle import Runtime
+from daskgd.runtime.measures import per_worker
 from daskgd.runtime.messaging import Meter
 from daskgd.runtime.tuning import tune_for_iterations
 from daskgd.strategies.mapreduce import MapReduce
@@ -168,7 +169,7 @@ def tracing_cost(runtime, w, repeats=2000):
             time.perf_counter()
         meter.compute_seconds += 1e-3
         meter.as_dict()
-        _per_worker(replies)
+        per_worker(replies)
     return (time.perf_counter() - start) / repeats
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -33,8 +34,8 @@ import numpy as np
 
 from daskgd.models.losses import Model
 from daskgd.runtime.codecs import Codec, decode_partial, from_wire, get_codec, to_wire
+from daskgd.runtime.measures import Measures, Results, per_worker
 from daskgd.runtime.messaging import (
-    MEASURES,
     CallAbortedError,
     ChunkMissingError,
     PeerLostError,
@@ -57,46 +58,6 @@ CLEANUP_SECONDS = 5.0
 
 class RuntimeFailureError(RuntimeError):
     """The runtime could not complete a request: workers or chunks lost beyond recovery."""
-
-
-class Measures(dict):
-    """``{worker address: {measure: value}}`` of one request, and what it took overall.
-
-    Per worker (all measured on the worker, except the round trip): ``compute_seconds``
-    (chunk sums), ``communication_seconds`` (codecs, sends, messages in flight, and the
-    request's transport: round trip minus the handler's time), ``wait_seconds``
-    (blocked on peers before they sent, and idle until the slowest worker answered:
-    slowest round trip minus this one), ``bytes_sent``, ``bytes_received`` (payloads,
-    after the codec), ``messages_sent``, ``messages_received``, ``handler_seconds``,
-    ``round_trip_seconds``.
-
-    Attributes
-    ----------
-    wall_seconds : float
-        Client time of the whole request, all attempts and rebuilds included.
-    attempts : int
-        1, or more when workers were lost and residents rebuilt.
-    seconds_lost : float
-        Client time of the failed attempts and the rebuilds.
-    workers_lost : tuple of str
-        Addresses found dead or unreachable during the request.
-    """
-
-    def __init__(self, per_worker: dict, *, wall_seconds: float = 0.0, attempts: int = 1,
-                 seconds_lost: float = 0.0, workers_lost: tuple = ()):  # fmt: skip
-        super().__init__(per_worker)
-        self.wall_seconds = wall_seconds
-        self.attempts = attempts
-        self.seconds_lost = seconds_lost
-        self.workers_lost = tuple(workers_lost)
-
-
-class Results(dict):
-    """``{worker address: result}`` of :meth:`Runtime.call`; ``measures`` as for evaluate."""
-
-    def __init__(self, results: dict, measures: Measures):
-        super().__init__(results)
-        self.measures = measures
 
 
 class _RecoverableError(Exception):
@@ -173,6 +134,9 @@ class Runtime:
         self._ever: set[str] = set()
         self._initial_workers: list[str] = []
         self._slowdowns: dict[str, float] = {}
+        # One request at a time: a resident's meter and call number belong to one request.
+        # Two Runtimes (two runs) may serve requests side by side.
+        self._lock = threading.Lock()
 
     # -- lifetime --------------------------------------------------------------------------
 
@@ -225,7 +189,8 @@ class Runtime:
         w = self._check_w(w)
         blocks = self._check_blocks(blocks)
         payload = self.codec.encode(w) if self.codec.compresses_w else w
-        return self.client.sync(self._with_retries, self._evaluate_once, payload, blocks)
+        with self._lock:
+            return self.client.sync(self._with_retries, self._evaluate_once, payload, blocks)
 
     def call(self, function: Callable, *args: Any, **kwargs: Any) -> Results:
         """``function(resident, *args, **kwargs)`` on every resident at once: {address: result}.
@@ -243,7 +208,8 @@ class Runtime:
             raise TypeError(f"function must be callable, got {function!r}")
         bound = self.timeout if timeout is None else _positive_seconds(timeout, "timeout")
         job = (function, tuple(args), dict(kwargs or {}))
-        results, measures = self.client.sync(self._with_retries, self._call_once, job, bound)
+        with self._lock:
+            results, measures = self.client.sync(self._with_retries, self._call_once, job, bound)
         return Results(results, measures)
 
     # -- checks ----------------------------------------------------------------------------
@@ -290,7 +256,7 @@ class Runtime:
             if not self.codec.is_exact:
                 partial = decode_partial(partial, self.codec, self.n_params)
             total += partial
-        return total, _per_worker(replies)
+        return total, per_worker(replies)
 
     def _plan(self, blocks: list[int] | None) -> dict[str, list[int] | None]:
         """{address: its blocks among ``blocks`` (None: all it holds)}, in ring order."""
@@ -312,7 +278,7 @@ class Runtime:
         messages = dict.fromkeys(self._workers, message)
         replies = await self._request_all("daskgd_call", messages, timeout, call=call)
         results = {a: pickle.loads(replies[a][0]["result"]) for a in self._workers}
-        return results, _per_worker(replies)
+        return results, per_worker(replies)
 
     async def _with_retries(self, once: Callable, *args: Any) -> tuple[Any, Measures]:
         start = time.perf_counter()
@@ -552,21 +518,6 @@ def _serialized(value: Any) -> Any:
     from distributed.protocol import to_serialize
 
     return to_serialize(value)
-
-
-def _per_worker(replies: dict[str, tuple[dict, float]]) -> dict[str, dict]:
-    """The workers' measures, completed with the transport and the wait for the slowest."""
-    slowest = max(round_trip for _, round_trip in replies.values())
-    out = {}
-    for address, (reply, round_trip) in replies.items():
-        measures = {name: reply["measures"][name] for name in MEASURES}
-        handler = reply["measures"]["handler_seconds"]
-        measures["communication_seconds"] += max(0.0, round_trip - handler)
-        measures["wait_seconds"] += slowest - round_trip
-        measures["handler_seconds"] = handler
-        measures["round_trip_seconds"] = round_trip
-        out[address] = measures
-    return out
 
 
 def _positive_seconds(value: Any, name: str) -> float:

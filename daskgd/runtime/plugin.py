@@ -16,10 +16,10 @@ handlers to the worker's ``handlers`` (the pattern of distributed's P2P shuffle,
     ``function(resident, *args, **kwargs)`` in a worker thread, the event loop staying
     free to carry the messages the function sends and awaits.
 ``daskgd_message(run_id, attempt, call, tag, ...)``
-    A vector from a peer resident, filed in the resident's mailbox (after the emulated
-    latency and bandwidth, when the run has an emulation).
+    A vector from a peer resident (sent one way, no reply), filed in the resident's
+    mailbox after the emulated latency and bandwidth, when the run has an emulation.
 ``daskgd_abort(run_id, attempt, call, reason)``
-    Wake the call's waits with :class:`~daskgd.runtime.resident.CallAbortedError`.
+    Wake the call's waits with :class:`~daskgd.runtime.messaging.CallAbortedError`.
 ``daskgd_drop(run_id)`` / ``daskgd_runs()``
     Forget a run (chunk references, state, mailbox) / list the runs present.
 

@@ -15,13 +15,15 @@ handlers of :class:`daskgd.runtime.plugin.RuntimePlugin` when the client's
   for it), wait seconds (blocked in :meth:`Resident.recv` before the awaited message was
   even sent), bytes and messages sent and received (payload bytes, after the codec).
 
-Its methods run in a worker thread (the worker's own executor), never on the event
-loop: :meth:`Resident.send` hands the message to the worker's event loop, which sends it
-through the worker's pooled connections (``worker.rpc``, one way: no reply) to the
-``daskgd_message`` handler of the peer; that handler files it in the peer's :class:`Mailbox`, where
-:meth:`Resident.recv` (blocked on a condition variable) picks it up. Messages are keyed by
-the call they belong to and a tag, so late messages of an aborted call or of an older
-attempt (a failure, a rebuild) are dropped, never read by the next call.
+Its methods run in a worker thread (the worker's own executor): :meth:`Resident.send`
+hands the message to the worker's event loop, which writes it through the worker's
+pooled connections (``worker.rpc``, one way: no reply) to the ``daskgd_message`` handler
+of the peer; that handler files it in the peer's
+:class:`~daskgd.runtime.messaging.Mailbox`, where :meth:`Resident.recv` (blocked on a
+condition variable) picks it up. :meth:`Resident.allreduce` runs its steps as one
+coroutine on the event loop. Messages are keyed by the call they belong to and a tag, so
+late messages of an aborted call or of an older attempt (a failure, a rebuild) are
+dropped, never read by the next call.
 """
 
 from __future__ import annotations
