@@ -7,7 +7,8 @@ One run prints, side by side:
     ``Model.loss_grad`` as it was before the kernels (a fresh float64 copy of every float32
     block), as it is now
     (``DASKGD_KERNELS=numpy``), the numba kernel, and numpy's plain two-pass gradient
-    ``X.T @ link(X @ coef)`` in X's dtype; wall and CPU milliseconds per chunk (medians
+    ``X.T @ link(X @ coef)`` in X's dtype, and a plain read of X (``X.sum()``, the floor of
+    a one-pass kernel); wall and CPU milliseconds per chunk (medians
     over rounds, cycling over several chunks so that X streams from memory as on a
     worker) and their ratios to the two-pass float64 gradient measured in the same run;
 (b) on a LocalCluster of 2 workers x 1 thread, n = 1e6 x d = 100 in 8 chunks, float64 and
@@ -161,6 +162,7 @@ def chunk_candidates(model, chunks, y, w):
         "numpy loop now": over_chunks(path("numpy")),
         "numba kernel": over_chunks(path("kernels")),
         "numpy two-pass": over_chunks(lambda X: two_pass(model, X, labels, coef, intercept)),
+        "read X (X.sum())": over_chunks(np.sum),  # one pass over X: the memory floor
     }
 
 
@@ -191,14 +193,14 @@ def in_memory(args):
 def print_in_memory(results):
     """Wall and CPU milliseconds per chunk; ratios of each (wall / wall, CPU / CPU)."""
     print(
-        f"    {'model':<14}{'X':<9}{'path':<19}{'wall ms':>8}{'cpu ms':>8}"
+        f"    {'model':<14}{'X':<9}{'path':<20}{'wall ms':>8}{'cpu ms':>8}"
         f"{'/ two-pass f64':>16}{'/ loop now':>12}   (wall | cpu)"
     )
     for (model, dtype, name), (wall, cpu) in results.items():
         base_wall, base_cpu = results[(model, "float64", "numpy two-pass")]
         loop_wall, loop_cpu = results[(model, dtype, "numpy loop now")]
         print(
-            f"    {model:<14}{dtype:<9}{name:<19}{wall * 1e3:>8.2f}{cpu * 1e3:>8.2f}"
+            f"    {model:<14}{dtype:<9}{name:<20}{wall * 1e3:>8.2f}{cpu * 1e3:>8.2f}"
             f"{wall / base_wall:>10.2f} |{cpu / base_cpu:>4.2f}"
             f"{wall / loop_wall:>7.2f} |{cpu / loop_cpu:>4.2f}"
         )
