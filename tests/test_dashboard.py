@@ -367,6 +367,16 @@ def test_served_page_under_a_prefix_asks_for_nothing_by_absolute_path(browser):
         growing.stop()
 
 
+def test_proxied_path_under_jupyterhub(monkeypatch):
+    from daskgd.viz import server
+
+    assert server.jupyter_proxy_path(8787) is None  # not in a Jupyter kernel
+    monkeypatch.setattr(server, "_in_jupyter_kernel", lambda: True)
+    monkeypatch.setenv("JUPYTERHUB_SERVICE_PREFIX", "/user/ada/")
+    assert server.jupyter_proxy_path(8787) == "/user/ada/proxy/8787/"
+    assert server.jupyter_proxy_path(8787, "/daskgd") == "/user/ada/proxy/8787/daskgd/"
+
+
 @pytest.mark.parametrize("prefix", ["http://host/x", "/a?b", 3])
 def test_serve_rejects_a_prefix_that_is_not_a_path(prefix):
     with pytest.raises(ValueError, match="prefix must be a URL path"):

@@ -8,7 +8,6 @@ sum per (iteration, worker), flag stragglers. The definitions are in
 
 from __future__ import annotations
 
-import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -218,10 +217,14 @@ def straggler_flags(compute: np.ndarray, k: float, ratio: float, active: np.ndar
     flags = np.zeros(compute.shape, dtype=bool)
     for j in range(compute.shape[1]):
         others = np.delete(values, j, axis=1)
-        with warnings.catch_warnings():  # iterations where no other worker was active
-            warnings.simplefilter("ignore", RuntimeWarning)
-            median = np.nanmedian(others, axis=1)
-            mad = np.nanmedian(np.abs(others - median[:, None]), axis=1)
+        # Iterations where no other worker was active have no median (NaN: no flag).
+        # Skipped rather than silenced: warnings.catch_warnings is not thread-safe, and a
+        # live view computes this in its own thread while the fit does in another.
+        rows = np.isfinite(others).any(axis=1)
+        median, mad = np.full(len(others), np.nan), np.full(len(others), np.nan)
+        if rows.any():
+            median[rows] = np.nanmedian(others[rows], axis=1)
+            mad[rows] = np.nanmedian(np.abs(others[rows] - median[rows, None]), axis=1)
         above = (compute[:, j] > median + k * mad) & (compute[:, j] > ratio * median)
         flags[:, j] = active[:, j] & above
     return flags
