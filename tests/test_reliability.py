@@ -63,14 +63,14 @@ def _gd(client, X, y, max_iter, **options):
 def test_a_long_fit_leaves_nothing_that_grows_with_its_iterations(cluster_client):
     """distributed keeps every span and its task groups for the scheduler's lifetime (and
     the workers' metric digests per span): a span per evaluation grew the scheduler by
-    ~14 KB per iteration, for good. The growth of a 300-iteration fit must be that of a
+    ~14 KB per iteration, for good. The growth of a 200-iteration fit must be that of a
     10-iteration one."""
     rng = np.random.default_rng(0)
     X = rng.standard_normal((2_000, 5))
     y = (X[:, 0] + 0.5 * rng.standard_normal(2_000) > 0).astype(int)
     _gd(cluster_client, X, y, 2)  # first-use state (prefixes, default span) out of the way
     growth = {}
-    for n_iterations in (10, 300):
+    for n_iterations in (10, 200):
         before = _state(cluster_client)
         model = _gd(cluster_client, X, y, n_iterations)
         assert model.n_iter_[0] == n_iterations
@@ -78,7 +78,7 @@ def test_a_long_fit_leaves_nothing_that_grows_with_its_iterations(cluster_client
         _quiet(cluster_client, before["tasks"])
         after = _state(cluster_client)
         growth[n_iterations] = {name: after[name] - before[name] for name in after}
-    short, long = growth[10], growth[300]
+    short, long = growth[10], growth[200]
     # Spans open when the cluster goes from idle to busy: a fit's phases (placement,
     # checks, the iterations) open a few, whatever the number of iterations.
     assert long["spans"] <= short["spans"] + 3, growth

@@ -170,7 +170,10 @@ class _GradientDescentEstimator:
         if self.verbose:
             callbacks = [ProgressBar(f"daskgd {optimizer.name}"), *callbacks]
         if self.emulation is not None and self.emulation.failures:
-            callbacks = [*callbacks, FailureInjector(placed.client, self.emulation)]
+            callbacks = [
+                *callbacks,
+                FailureInjector(placed.client, self.emulation, timeout=self.timeout),
+            ]
         instrumentation = None
         if self.instrument and placed.client is not None:
             instrumentation = Instrumentation(placed.client, timeout=self.timeout)
