@@ -236,11 +236,22 @@ def test_cli_rejects_nonsense_before_starting_a_cluster(flags, capsys):
 
 
 class _FakeClient:
-    def __init__(self, workers):
-        self.workers = workers
+    """The part of a Client the injector uses: the scheduler's running workers, asked
+    through ``client.sync`` (as :func:`daskgd.data.waits.call` does)."""
 
-    def scheduler_info(self):
-        return {"workers": dict.fromkeys(self.workers, {})}
+    def __init__(self, workers):
+        from types import SimpleNamespace
+
+        self.workers = workers
+        self.scheduler = SimpleNamespace(ncores_running=self._running, address="tcp://fake:1")
+
+    async def _running(self):
+        return dict.fromkeys(self.workers, 1)
+
+    def sync(self, function, *args, callback_timeout=None, **kwargs):
+        import asyncio
+
+        return asyncio.run(function(*args, **kwargs))
 
 
 def test_random_failures_are_seeded_and_spare_one_worker(monkeypatch):

@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from daskgd.data import waits
 from daskgd.engine.driver import Callback
 from daskgd.runtime.emulation import Emulation, KillAt, KillRandomly, _address, kill_worker
 
@@ -16,8 +17,11 @@ class FailureInjector(Callback):
     At most all workers but one are killed at once, so the fit can go on.
     """
 
-    def __init__(self, client: Any, emulation: Emulation):
+    def __init__(
+        self, client: Any, emulation: Emulation, *, timeout: float = waits.DEFAULT_TIMEOUT_SECONDS
+    ):
         self.client = client
+        self.timeout = timeout
         self.failures = emulation.failures
         self.killed: list[tuple[int, str]] = []
         self._rngs = [
@@ -26,7 +30,12 @@ class FailureInjector(Callback):
         ]
 
     def on_iteration_end(self, record: Any) -> None:
-        workers = sorted(self.client.scheduler_info()["workers"])
+        workers = sorted(
+            waits.call(
+                self.client, self.client.scheduler.ncores_running,
+                what="choosing the workers to kill", timeout=self.timeout,
+            )
+        )  # fmt: skip
         victims: list[str] = []
         for failure, rng in zip(self.failures, self._rngs, strict=True):
             if isinstance(failure, KillAt) and failure.iteration == record.iteration:

@@ -198,7 +198,10 @@ class GradientDescentEstimator(BaseEstimator):
         if self.verbose:
             callbacks = [ProgressBar(f"daskgd {optimizer.name}"), *callbacks]
         if emulation is not None and emulation.failures:
-            callbacks = [*callbacks, FailureInjector(placed.client, emulation)]
+            callbacks = [
+                *callbacks,
+                FailureInjector(placed.client, emulation, timeout=self.timeout),
+            ]
         instrumentation = None
         if self.instrument and placed.client is not None and not strategy.self_measured:
             instrumentation = Instrumentation(placed.client, timeout=self.timeout)

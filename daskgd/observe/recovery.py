@@ -93,3 +93,39 @@ def recovery_dataset(
     }
     iterations = np.array([record.iteration for record in records], dtype=np.int64)
     return xr.Dataset(data_vars, coords={"iteration": iterations})
+
+
+def recovery_lines(trace: xr.Dataset) -> list[str]:
+    """Plain-text lines on what failures cost the fit; none for an undisturbed fit."""
+    parts = []
+
+    def iterations(name: str) -> str:
+        hit = trace.iteration.values[trace[name].values > 0].tolist()
+        shown = ", ".join(map(str, hit[:5])) + (", ..." if len(hit) > 5 else "")
+        return f"iteration{'s' if len(hit) > 1 else ''} {shown}"
+
+    def total(name: str) -> float:
+        return float(trace[name].sum()) if name in trace.data_vars else 0.0
+
+    if total("workers_lost"):
+        n = int(total("workers_lost"))
+        parts.append(f"{n} worker{'s' * (n > 1)} lost ({iterations('workers_lost')})")
+    if total("chunks_recomputed") or total("recompute_seconds"):
+        parts.append(
+            f"{int(total('chunks_recomputed'))} chunks recomputed from their graph "
+            f"({total('recompute_seconds'):.3f} s of compute)"
+        )
+    if "attempts" in trace.data_vars and "n_evaluations" in trace.data_vars:
+        again = int((trace.attempts - trace.n_evaluations).sum())
+        if again > 0:
+            parts.append(
+                f"{again} evaluation attempt{'s' * (again > 1)} failed and sent again "
+                f"({total('retry_seconds'):.3f} s lost)"
+            )
+    if total("residual_resets"):
+        parts.append(
+            f"{int(total('residual_resets'))} top-k residuals lost and restarted from zero "
+            f"({iterations('residual_resets')}): the coefficients differ from an "
+            "undisturbed fit's"
+        )
+    return [f"failures: {'; '.join(parts)}"] if parts else []

@@ -34,6 +34,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from daskgd.observe.recovery import recovery_lines
+
 #: The three parts of an iteration, in the order they are stacked and printed.
 PARTS = ("compute", "communication", "wait")
 
@@ -321,10 +323,14 @@ def _worker_lines(trace: xr.Dataset, parts: xr.Dataset) -> list[str]:
 
 
 def format_summary(trace: xr.Dataset) -> str:
-    """A plain-text, fixed-width summary of a trace: time split, bytes, workers."""
+    """A plain-text, fixed-width summary of a trace: time split, bytes, workers, and what
+    failures cost (:func:`daskgd.observe.recovery.recovery_lines`)."""
     parts = split(trace)
     sections = [[_header(trace, parts)], _split_lines(parts), _bytes_lines(parts)]
     workers = _worker_lines(trace, parts)
     if workers:
         sections.append(workers)
+    failures = recovery_lines(trace)
+    if failures:
+        sections.append(failures)
     return "\n\n".join("\n".join(lines) for lines in sections)
