@@ -251,10 +251,11 @@ def strict_cluster():
 
 
 def _fit_with(client, data, model, callbacks, max_iter=8):
+    from daskgd.optim.optimizers import get_optimizer
+
     from daskgd.models.objective import Objective
     from daskgd.models.penalties import make_penalty
     from daskgd.observe.instrument import Instrumentation
-    from daskgd.optim.optimizers import get_optimizer
     from daskgd.strategies.mapreduce import MapReduce
 
     instrumentation = Instrumentation(client, poll_interval_seconds=None)
