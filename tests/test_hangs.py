@@ -154,7 +154,8 @@ def _stopped(cli: subprocess.Popen, folder: Path) -> tuple[int, str, float]:
         status = cli.wait(timeout=STOP_WITHIN)
     except subprocess.TimeoutExpired:
         _kill_group(cli, timeout=1)
-        pytest.fail(f"daskgd run still running {STOP_WITHIN} s later: it hangs")
+        err = _tail(folder / "cli.err")
+        pytest.fail(f"daskgd run still running {STOP_WITHIN} s later: it hangs\n{err}")
     return status, (folder / "cli.err").read_text(errors="replace"), time.monotonic() - start
 
 

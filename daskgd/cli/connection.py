@@ -21,7 +21,7 @@ CLOSE_TIMEOUT_SECONDS = 5.0
 def connected(args: argparse.Namespace) -> Iterator[Any]:
     """A client of ``--scheduler`` whose cluster has a worker, closed (bounded) after."""
     from daskgd.cluster.local import close_quietly, connect
-    from daskgd.data.waits import running_workers
+    from daskgd.data.waits import running_workers, unanswered
 
     client = connect(args.scheduler, timeout_seconds=args.timeout)
     try:
@@ -33,7 +33,9 @@ def connected(args: argparse.Namespace) -> Iterator[Any]:
         )
         yield client
     finally:
-        close_quietly(client, timeout_seconds=min(args.timeout, CLOSE_TIMEOUT_SECONDS))
+        # A scheduler that left a request unanswered will not answer a goodbye either.
+        bound = 0.5 if unanswered(client) else min(args.timeout, CLOSE_TIMEOUT_SECONDS)
+        close_quietly(client, timeout_seconds=bound)
 
 
 @contextlib.contextmanager
