@@ -250,8 +250,11 @@ class _FakeClient:
 
     def sync(self, function, *args, callback_timeout=None, **kwargs):
         import asyncio
+        from concurrent.futures import ThreadPoolExecutor
 
-        return asyncio.run(function(*args, **kwargs))
+        # A loop of its own in a thread: the test's thread may have one running already.
+        with ThreadPoolExecutor(1) as pool:
+            return pool.submit(asyncio.run, function(*args, **kwargs)).result()
 
 
 def test_random_failures_are_seeded_and_spare_one_worker(monkeypatch):

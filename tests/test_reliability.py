@@ -158,7 +158,12 @@ def test_the_step_size_curvature_comes_from_every_row(local_scheduler, fit_inter
     y = (X[:, 0] > 0.7).astype(float)
     data = distribute(da.from_array(X, chunks=((1, 20_000), (10,))), y)
     assert data.chunk_rows == (1, 20_000)
-    session = MapReduce().session(data, Logistic(), fit_intercept)
+    from daskgd.models.penalties import make_penalty
+    from daskgd.strategies import FitProblem
+
+    session = MapReduce().session(
+        FitProblem(data, Logistic(), fit_intercept, make_penalty(None, 0.0))
+    )
     exact = _exact_top_eigenvalue(X, fit_intercept)
     assert session.top_gram_eigenvalue() == pytest.approx(exact, rel=1e-10)
 
@@ -251,20 +256,21 @@ def strict_cluster():
 
 
 def _fit_with(client, data, model, callbacks, max_iter=8):
-    from daskgd.optim.optimizers import get_optimizer
-
     from daskgd.models.objective import Objective
     from daskgd.models.penalties import make_penalty
     from daskgd.observe.instrument import Instrumentation
+    from daskgd.optim import get_optimizer
+    from daskgd.strategies import FitProblem
     from daskgd.strategies.mapreduce import MapReduce
 
     instrumentation = Instrumentation(client, poll_interval_seconds=None)
-    with MapReduce().session(data, model, True) as session:
-        mask = model.penalty_mask(data.n_features, True)
-        objective = Objective(session, make_penalty("l2", 1e-3), mask)
+    penalty = make_penalty("l2", 1e-3)
+    with MapReduce().session(FitProblem(data, model, True, penalty)) as session:
+        objective = Objective(penalty, model.penalty_mask(data.n_features, True))
         result = minimize(
-            objective, get_optimizer("gd", learning_rate=0.5), np.zeros(data.n_features + 1),
-            max_iter=max_iter, tol=0.0, callbacks=[*callbacks, instrumentation],
+            session.evaluate, get_optimizer("gd", learning_rate=0.5),
+            objective, np.zeros(data.n_features + 1), max_iter=max_iter, tol=0.0,
+            n_blocks=session.n_blocks, callbacks=[*callbacks, instrumentation],
         )  # fmt: skip
     return result, session, instrumentation
 

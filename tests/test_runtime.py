@@ -18,6 +18,7 @@ from scipy.special import expit
 
 from daskgd.data import distribute
 from daskgd.models import LeastSquares, Logistic
+from daskgd.runtime.codecs import HEAD
 from daskgd.runtime.emulation import Emulation, kill_worker
 from daskgd.runtime.handle import Runtime
 from daskgd.runtime.plugin import PLUGIN_NAME
@@ -220,7 +221,7 @@ def test_a_codec_on_the_wire(cluster_client, classification):
         assert total[-1] == N_ROWS
         for values in measures.values():
             assert values["bytes_received"] == 4 * (N_FEATURES + 1)
-            assert values["bytes_sent"] == 16 + 4 * (N_FEATURES + 1)
+            assert values["bytes_sent"] == 8 * HEAD + 4 * (N_FEATURES + 1)
         results = runtime.call(ring_of_ranks, np.linspace(-1, 1, 9))
     first = next(iter(results.values()))
     assert all(np.array_equal(first, other) for other in results.values())

@@ -236,7 +236,7 @@ def encode_partial_with_residual(
     runtime keeps one per resident, so concurrent runs never share one).
     """
     packed = np.asarray(packed, dtype=np.float64).reshape(-1)
-    head = np.array([packed[0], packed[-1]])
+    head = np.array([packed[0], packed[-1], 0.0])  # no residual lost: resets 0
     grad = packed[1:-1]
     if codec.kind == "topk":
         if residual is not None:
