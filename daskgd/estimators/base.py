@@ -178,9 +178,18 @@ class GradientDescentEstimator(BaseEstimator):
         return client
 
     def _fit_model(
-        self, X: Any, y: Any, model: Model, penalty: Any, callbacks: list, sample_weight=None
+        self,
+        X: Any,
+        y: Any,
+        model: Model,
+        penalty: Any,
+        callbacks: list,
+        sample_weight=None,
+        client: Any = None,
     ) -> None:
-        client = self._checked_client()
+        # ``fit`` checked the client before its first computation; callers that did not
+        # (none in daskgd) get the check here.
+        client = self._checked_client() if client is None else client
         strategy, optimizer = self._strategy(), self._optimizer()
         emulation = strategy.emulation
         placed = data_module.distribute(

@@ -136,7 +136,7 @@ class LinearRegression(RegressorMixin, GradientDescentEstimator):
         """
         self._validate_common()
         self._check_solver()
-        self._checked_client()  # workers there before any computation
+        client = self._checked_client()  # workers there before any computation
         X, y = inputs.fit_inputs(self, X, y, features=features, target=target)
         if isinstance(y, da.Array):
             inputs_dtype = np.dtype(y.dtype)
@@ -148,7 +148,7 @@ class LinearRegression(RegressorMixin, GradientDescentEstimator):
         weights = inputs.sample_weights(sample_weight, X)
         weights, total = inputs.normalized_weights(weights)
         penalty = self._penalty(X.shape[0] if total is None else total)
-        self._fit_model(X, y, LeastSquares(), penalty, list(callbacks or []), weights)
+        self._fit_model(X, y, LeastSquares(), penalty, list(callbacks or []), weights, client)
         return self
 
     def predict(self, X: Any) -> Any:

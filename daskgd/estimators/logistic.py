@@ -194,7 +194,7 @@ class LogisticRegression(ClassifierMixin, GradientDescentEstimator):
         """
         self._validate_common()
         self._check_solver()
-        self._checked_client()  # workers there before any computation (label encoding)
+        client = self._checked_client()  # workers there before any computation (label encoding)
         X, y = inputs.fit_inputs(self, X, y, features=features, target=target, classifier=True)
         classes, y_encoded = inputs.classes_and_indices(y)
         weights = inputs.sample_weights(sample_weight, X)
@@ -206,7 +206,7 @@ class LogisticRegression(ClassifierMixin, GradientDescentEstimator):
         n_classes = len(classes)
         model = Logistic() if n_classes == 2 else Multinomial(n_classes)
         penalty = self._penalty(X.shape[0] if total is None else total)
-        self._fit_model(X, y_encoded, model, penalty, list(callbacks or []), weights)
+        self._fit_model(X, y_encoded, model, penalty, list(callbacks or []), weights, client)
         self.n_iter_ = np.array([self.n_iter_])
         return self
 

@@ -180,12 +180,6 @@ class Resident:
 
     # -- compute ---------------------------------------------------------------------------
 
-    def chunk(self, block: int) -> tuple[np.ndarray, np.ndarray]:
-        """The (X, y) chunk ``block`` this resident holds (the persisted blocks, no copy)."""
-        if block not in self._chunks:
-            raise ChunkMissingError(f"{self._who()} does not hold chunk {block}")
-        return self._chunks[block]
-
     def local_sums(self, w: np.ndarray, blocks: Sequence[int] | None = None) -> np.ndarray:
         """``[loss_sum, grad_sum..., n_rows]`` over this resident's chunks (timed as compute).
 
