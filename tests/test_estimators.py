@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import dask.array as da
 import numpy as np
 import pytest
@@ -135,7 +137,8 @@ def test_string_labels_come_back(cluster_client, breast_cancer):
 def test_trace_records_the_run(cluster_client, breast_cancer):
     X, y = breast_cancer
     model = daskgd.LogisticRegression(solver="gd", max_iter=20, tol=0)
-    with pytest.warns(daskgd.ConvergenceWarning, match="max_iter=20"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", daskgd.ConvergenceWarning)  # tol=0: 20 on purpose
         model.fit(*as_dask(X, y))
     trace = model.trace_
     assert trace.sizes["iteration"] == 21
@@ -143,6 +146,16 @@ def test_trace_records_the_run(cluster_client, breast_cancer):
         assert np.isfinite(trace[name]).all(), name
     assert (trace.loss.diff("iteration") <= 1e-12).all()  # backtracking gd never goes up
     assert trace.attrs["solver"] == "gd" and trace.attrs["n_samples"] == len(X)
+
+
+def test_max_iter_warns_unless_tol_is_zero(cluster_client, breast_cancer):
+    X, y = as_dask(*breast_cancer)
+    with pytest.warns(daskgd.ConvergenceWarning, match="max_iter=3 before reaching tol=1e-12"):
+        daskgd.LogisticRegression(solver="gd", max_iter=3, tol=1e-12).fit(X, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", daskgd.ConvergenceWarning)
+        model = daskgd.LogisticRegression(solver="gd", max_iter=3, tol=0).fit(X, y)
+    assert model.n_iter_ == 3 and not model.converged_
 
 
 def test_get_and_set_params_follow_scikit_learn():
@@ -160,10 +173,8 @@ def test_fit_on_one_worker_of_two_matches_the_fit_on_both(cluster_client, breast
     X, y = breast_cancer
     first, _ = sorted(cluster_client.nthreads())
     options = {"client": cluster_client, "solver": "gd", "max_iter": 10, "tol": 0.0}
-    with pytest.warns(daskgd.estimators.linear.ConvergenceWarning):
-        both = daskgd.LogisticRegression(**options).fit(*as_dask(X, y))
-    with pytest.warns(daskgd.estimators.linear.ConvergenceWarning):
-        one = daskgd.LogisticRegression(workers=[first], **options).fit(*as_dask(X, y))
+    both = daskgd.LogisticRegression(**options).fit(*as_dask(X, y))
+    one = daskgd.LogisticRegression(workers=[first], **options).fit(*as_dask(X, y))
     assert one.get_params()["workers"] == [first]
     np.testing.assert_allclose(one.coef_, both.coef_, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(one.intercept_, both.intercept_, rtol=1e-10, atol=1e-12)

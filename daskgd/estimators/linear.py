@@ -55,6 +55,7 @@ class LinearRegression(RegressorMixin, GradientDescentEstimator):
     fit_intercept : bool, default=True
     tol : float, default=1e-6
         Stop when the inf-norm of the gradient of mean(0.5 * residual^2) is <= tol.
+        ``tol=0`` runs max_iter iterations on purpose, without a ConvergenceWarning.
     max_iter : int, default=1000
     solver : {{'lbfgs', 'gd', 'nesterov', 'sgd'}}, default='lbfgs'
     {_OPTIONS_DOC}
@@ -252,6 +253,7 @@ class ElasticNet(LinearRegression):
     fit_intercept : bool, default=True
     tol : float, default=1e-6
         Stop when the inf-norm of the proximal gradient is <= tol.
+        ``tol=0`` runs max_iter iterations on purpose, without a ConvergenceWarning.
     max_iter : int, default=1000
     solver : {{'nesterov', 'gd'}}, default='nesterov'
         Proximal solvers (FISTA with restart, or gradient descent with backtracking).

@@ -42,6 +42,7 @@ class LogisticRegression(ClassifierMixin, GradientDescentEstimator):
     fit_intercept : bool, default=True
     tol : float, default=1e-4
         Stop when the inf-norm of the (proximal) gradient of the mean objective is <= tol.
+        ``tol=0`` runs max_iter iterations on purpose, without a ConvergenceWarning.
     max_iter : int, default=100
     solver : {'lbfgs', 'gd', 'nesterov', 'sgd'}, default='lbfgs'
         'lbfgs' supports 'l2' and None only, like scikit-learn's.
