@@ -185,6 +185,71 @@ def test_a_frozen_scheduler_stops_the_cli_with_one_line(dask_processes, npy_prob
     assert f"the Dask scheduler at {address} did not answer within {TIMEOUT} s" in line
 
 
+def test_a_frozen_worker_stops_the_cli_with_one_line(dask_processes, npy_problem, tmp_path):
+    """SIGSTOP on a worker: its connections stay open, so distributed waits for it until
+    its worker-ttl (5 minutes by default); the fit stops once its heartbeats have been
+    missing for the fit's bound."""
+    address = dask_processes.start_scheduler()
+    dask_processes.start_workers(2)
+    dask_processes.wait_for_workers(2)
+    cli = _start_long_fit(address, npy_problem, tmp_path)
+    try:
+        dask_processes.wait_for_fit(cli)
+        os.killpg(dask_processes.workers[0].pid, signal.SIGSTOP)
+        status, stderr, seconds = _stopped(cli, tmp_path)
+    finally:
+        _kill_group(cli, timeout=1)
+    print(f"stopped {seconds:.1f} s after a worker froze (bound {TIMEOUT} s)")
+    assert status == 2, stderr
+    line = _one_error_line(stderr)
+    assert "sent no heartbeat" in line and "frozen" in line, line
+
+
+def _bounded(function, *args, **kwargs) -> BaseException | None:
+    """Run ``function`` in a daemon thread; its exception, or fail if it is still running
+    STOP_WITHIN seconds later (a hang must not keep the test process)."""
+    outcome: dict = {}
+
+    def run():
+        try:
+            function(*args, **kwargs)
+        except BaseException as error:  # noqa: BLE001 - reported by the test
+            outcome["error"] = error
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(STOP_WITHIN)
+    if thread.is_alive():
+        pytest.fail(f"{function.__name__} still waiting {STOP_WITHIN} s later: it hangs")
+    return outcome.get("error")
+
+
+def test_emulation_requests_are_bounded_by_a_frozen_worker(dask_processes):
+    """Registering the emulation plugin and killing a worker wait for a worker's answer:
+    a frozen worker gave neither a bound."""
+    from distributed import Client
+
+    from daskgd.data.waits import ClusterTimeoutError
+    from daskgd.runtime.emulation import Emulation, kill_worker, register
+
+    address = dask_processes.start_scheduler()
+    dask_processes.start_workers(1, nanny=False)
+    dask_processes.wait_for_workers(1)
+    with Client(address, set_as_default=False, timeout=STARTUP_TIMEOUT) as client:
+        (worker,) = client.scheduler_info()["workers"]
+        os.killpg(dask_processes.workers[0].pid, signal.SIGSTOP)
+        try:
+            slow = Emulation(latency_seconds=0.001)
+            error = _bounded(register, client, slow, timeout=TIMEOUT)
+            assert isinstance(error, ClusterTimeoutError), error
+            assert "registering the emulation plugin" in str(error)
+            error = _bounded(kill_worker, client, worker, timeout=TIMEOUT)
+            assert isinstance(error, ClusterTimeoutError), error
+            assert worker in str(error)
+        finally:
+            os.killpg(dask_processes.workers[0].pid, signal.SIGCONT)
+
+
 def test_losing_every_worker_says_so(dask_processes, npy_problem, tmp_path):
     """Workers without a nanny, all killed mid-fit: nothing comes back. It used to end
     with a raw `TimeoutError: No valid workers found` traceback after 31 s."""

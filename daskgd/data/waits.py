@@ -155,11 +155,21 @@ def running_workers(
 
 
 class _Liveness:
-    """Between slices of a wait: the scheduler must answer, and have workers in time."""
+    """Between slices of a wait: the scheduler must answer, have workers in time, and hear
+    from each of them.
+
+    A worker that is alive but answers nothing (SIGSTOP, a swapping host) keeps its
+    connections open: distributed removes it only after ``worker-ttl`` (5 minutes by
+    default), and a computation waiting on it waits that long. Its heartbeats stop, so
+    the scheduler's ``last_seen`` for it stops changing; when it has not changed for
+    ``timeout`` seconds (measured on this side: no clocks are compared), the wait stops
+    with :class:`ClusterTimeoutError` naming the worker.
+    """
 
     def __init__(self, client: Any, what: str, timeout: float):
         self.client, self.what, self.timeout = client, what, timeout
         self.without_workers_since: float | None = None
+        self._heard: dict[str, tuple[float, float]] = {}  # address: (last_seen, noticed at)
 
     def check(self) -> None:
         workers = call(
@@ -167,6 +177,7 @@ class _Liveness:
         )
         if workers:
             self.without_workers_since = None
+            self._check_heartbeats(set(workers))
             return
         now = time.monotonic()
         self.without_workers_since = self.without_workers_since or now
@@ -175,6 +186,25 @@ class _Liveness:
                 f"all workers of the Dask cluster at {scheduler_address(self.client)} were "
                 f"lost ({self.what}) and none came back within {self.timeout:g} s"
             )
+
+    def _check_heartbeats(self, running: set[str]) -> None:
+        identity = call(
+            self.client, self.client.scheduler.identity, what=self.what, timeout=self.timeout
+        )
+        now = time.monotonic()
+        for address, info in identity.get("workers", {}).items():
+            seen = info.get("last_seen")
+            if address not in running or seen is None:
+                continue
+            previous = self._heard.get(address)
+            if previous is None or previous[0] != seen:
+                self._heard[address] = (seen, now)
+            elif now - previous[1] >= self.timeout:
+                raise ClusterTimeoutError(
+                    f"worker {address} of the Dask cluster at {scheduler_address(self.client)} "
+                    f"sent no heartbeat for {now - previous[1]:.0f} s ({self.what}): it is "
+                    "frozen or its host is overloaded; restart it, or raise timeout="
+                )
 
 
 def result(client: Any, future: Any, *, what: str, timeout: float) -> Any:

@@ -50,5 +50,5 @@ class FailureInjector(Callback):
                 ]
         victims = sorted(set(victims))[: max(len(workers) - 1, 0)]
         for address in victims:
-            kill_worker(self.client, address)
+            kill_worker(self.client, address, timeout=self.timeout)
             self.killed.append((record.iteration, address))

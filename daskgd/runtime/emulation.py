@@ -39,6 +39,9 @@ from typing import Any
 import numpy as np
 from distributed import WorkerPlugin
 
+from daskgd.data import waits
+from daskgd.data.waits import DEFAULT_TIMEOUT_SECONDS
+
 __all__ = [
     "Emulation",
     "EmulationPlugin",
@@ -471,28 +474,53 @@ def straggle(compute_seconds: float) -> None:
             time.sleep(extra)
 
 
-def register(client: Any, emulation: Emulation) -> str:
-    """Register the plugin for the current workers; return its name (for unregister)."""
+def register(client: Any, emulation: Emulation, *, timeout: float = DEFAULT_TIMEOUT_SECONDS) -> str:
+    """Register the plugin for the current workers; return its name (for unregister).
+
+    Each request to the scheduler is answered within ``timeout`` seconds or the fit stops
+    with :class:`~daskgd.data.waits.ClusterTimeoutError` (a frozen scheduler or worker).
+    """
     import uuid
 
-    workers = sorted(client.scheduler_info()["workers"])
+    from distributed.protocol.pickle import dumps
+
+    running = waits.running_workers(client, what="the workers to emulate on", timeout=timeout)
+    workers = sorted(running)
     slowdowns = emulation.resolve(workers)
     name = f"daskgd-emulation-{uuid.uuid4().hex[:8]}"
     plugin = EmulationPlugin(emulation, slowdowns, workers)
-    client.register_plugin(plugin, name=name)
+    # the scheduler's own handler, as Client.register_plugin calls it, but with a bound
+    responses = waits.call(
+        client, client.scheduler.register_worker_plugin, plugin=dumps(plugin), name=name,
+        idempotent=False, what="registering the emulation plugin on the workers",
+        timeout=timeout,
+    )  # fmt: skip
+    failed = {a: r for a, r in responses.items() if r.get("status") == "error"}
+    if failed:
+        address, response = next(iter(failed.items()))
+        raise RuntimeError(
+            f"the emulation plugin failed on worker {address}: {response.get('exception')}"
+        )
     return name
 
 
 # -- failures ------------------------------------------------------------------------------
 
 
-def kill_worker(client: Any, address: str) -> None:
-    """SIGKILL the process of the worker at ``address``."""
-    host, pid = client.run(_host_pid, workers=[address])[address]
+def kill_worker(client: Any, address: str, *, timeout: float = DEFAULT_TIMEOUT_SECONDS) -> None:
+    """SIGKILL the process of the worker at ``address`` (each request bounded by ``timeout``)."""
+    answers = waits.call(
+        client, client.run, _host_pid, workers=[address], asynchronous=True,
+        what=f"finding the process of worker {address}", timeout=timeout,
+    )  # fmt: skip
+    host, pid = answers[address]
     if host == socket.gethostname():
         os.kill(pid, signal.SIGKILL)
     else:  # another machine: the worker kills itself just after replying
-        client.run(_kill_soon, workers=[address])
+        waits.call(
+            client, client.run, _kill_soon, workers=[address], asynchronous=True,
+            what=f"stopping worker {address}", timeout=timeout,
+        )  # fmt: skip
 
 
 def _host_pid() -> tuple[str, int]:

@@ -139,7 +139,7 @@ class Session:
             if emulation is not None and (emulation.network or emulation.slows_chunks):
                 from daskgd.runtime.emulation import register
 
-                name = register(self.client, emulation)
+                name = register(self.client, emulation, timeout=self.timeout)
                 self._stack.callback(_unregister, self.client, name, self.timeout)
         if self.codec.kind == "topk":
             self._stack.callback(_forget_residuals, self.client, self.fit_id, self.timeout)
