@@ -54,6 +54,32 @@ def test_ring_traffic_per_worker_is_two_m_minus_one_over_m_of_the_vector(data, c
     assert trace.attrs["topology"] == "ring"
 
 
+@pytest.mark.parametrize("solver", ["gd", "lbfgs"])
+def test_allreduce_batches_of_steps_take_the_same_steps(data, solver):
+    """The workers take k steps per request: the iterates, the stop at tol and the
+    records are those of one step per request; each step is timed on its own."""
+
+    def fit(steps_per_call):
+        strategy = get_strategy("allreduce", steps_per_call=steps_per_call)
+        return daskgd.LogisticRegression(
+            solver=solver, strategy=strategy, max_iter=200, tol=1e-6
+        ).fit(*data)
+
+    one, five, auto = fit(1), fit(5), fit("auto")
+    assert one.converged_ and 5 < one.n_iter_ < 200  # stopped by tol inside a batch
+    for other in (five, auto):
+        assert other.n_iter_ == one.n_iter_
+        np.testing.assert_array_equal(other.coef_, one.coef_)
+        np.testing.assert_array_equal(other.trace_.loss, one.trace_.loss)
+    trace = auto.trace_.isel(iteration=slice(1, None))
+    assert (trace.wall_seconds > 0).all() and (trace.compute_seconds > 0).all()
+    # the steps' times follow one another: elapsed grows by at least each step's wall
+    # time (plus the client's own work between requests)
+    elapsed = auto.trace_.elapsed_seconds.values
+    assert (np.diff(elapsed) >= trace.wall_seconds.values - 1e-9).all()
+    assert auto.trace_.attrs["steps_per_call"] == "auto"
+
+
 @pytest.mark.parametrize(
     ("options", "solver", "message"),
     [
@@ -69,6 +95,12 @@ def test_bad_options_are_refused_before_the_data_moves(data, options, solver, me
     with pytest.raises(ValueError, match=message):
         strategy = get_strategy("direct", **options)
         daskgd.LogisticRegression(solver=solver, learning_rate=1.0, strategy=strategy).fit(*data)
+
+
+@pytest.mark.parametrize("steps_per_call", [0, 2.5, "fast", True])
+def test_bad_steps_per_call_is_refused(steps_per_call):
+    with pytest.raises(ValueError, match="steps_per_call must be an integer >= 1 or 'auto'"):
+        get_strategy("allreduce", steps_per_call=steps_per_call)
 
 
 @pytest.mark.parametrize("name", ["direct", "allreduce"])

@@ -84,7 +84,13 @@ class FitResult:
 
 
 class Stepper(Protocol):
-    """Takes the iterations of a synchronous run; returns each iterate and its evaluations."""
+    """Takes the iterations of a synchronous run; returns each iterate and its evaluations.
+
+    A stepper whose workers take several steps per request (``allreduce``) returns them
+    one by one from its records, and says when each began and ended in the driver's clock
+    (``time.perf_counter``) with an attribute ``last_step_timing = (start, end)``; the
+    driver then records those times instead of the (batched) ones it saw.
+    """
 
     def start(self) -> tuple[Iterate, list[Evaluation]]: ...
 
@@ -135,8 +141,10 @@ def _record(
     evaluations: Sequence[Evaluation],
     start: float,
     fit_start: float,
+    end: float | None,
 ) -> IterationRecord:
-    now = time.perf_counter()
+    """The record of one iteration that ran from ``start`` to ``end`` (None: now)."""
+    now = time.perf_counter() if end is None else end
     return IterationRecord(
         iteration=iteration,
         loss=float(iterate.value),
@@ -149,7 +157,7 @@ def _record(
         evaluation_seconds=float(sum(e.wall_seconds for e in evaluations)),
         attempts=int(sum(e.attempts for e in evaluations)),
         key_prefixes=tuple(e.key_prefix for e in evaluations),
-        start_time=time.time() - (now - start),
+        start_time=time.time() - (time.perf_counter() - start),
         worker_measures=_summed_measures(evaluations),
     )
 
@@ -200,7 +208,7 @@ def run(
         iterate, evaluations = stepper.start()
         result.w = iterate.params
         check_finite(iterate, 0)
-        _append(result, _record(0, iterate, evaluations, start, fit_start), callbacks)
+        _append(result, _record(0, iterate, evaluations, start, fit_start, None), callbacks)
         while not iterate.optimality <= stopping.tol and result.n_iter < stopping.max_iter:
             start = time.perf_counter()
             new, evaluations = stepper.step(iterate, result.n_iter + 1)
@@ -210,7 +218,8 @@ def run(
             iterate = new
             result.n_iter += 1
             check_finite(iterate, result.n_iter)
-            record = _record(result.n_iter, iterate, evaluations, start, fit_start)
+            start, end = getattr(stepper, "last_step_timing", None) or (start, None)
+            record = _record(result.n_iter, iterate, evaluations, start, fit_start, end)
             _append(result, record, callbacks)
         result.w, result.state = iterate.params, iterate.state
         result.optimality = float(iterate.optimality)

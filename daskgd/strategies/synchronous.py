@@ -58,6 +58,8 @@ class SynchronousStrategy(Strategy):
         with self.session(problem) as session:
             objective = objective_for(problem, session.top_gram_eigenvalue)
             stepper = self.stepper(session, optimizer, objective, w0, seed)
+            if hasattr(stepper, "bind"):  # a stepper that takes several steps per request
+                stepper.bind(stopping)
             info = {**(info or {}), **self.describe(), **session.describe()}
             info["loss_rows"] = "mini-batch" if optimizer.stochastic else "all"
             result = run(stepper, stopping=stopping, callbacks=callbacks, info=info)
