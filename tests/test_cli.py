@@ -1,4 +1,6 @@
-"""The daskgd command line, run as a user would: in a subprocess."""
+"""The daskgd command line: as a user runs it (a subprocess) where the process matters
+(the entry point, exit statuses, a fit, a server), else in this process (``main(argv)``,
+the same code, without the seconds a fresh interpreter takes to import the stack)."""
 
 from __future__ import annotations
 
@@ -22,11 +24,47 @@ def run_cli(*arguments, timeout=240, cwd=None):
     )
 
 
-@pytest.mark.parametrize("command", [[], ["demo"], ["run"]])
-def test_help_everywhere(command):
-    result = run_cli(*command, "--help")
+class _NoClusterError(AssertionError):
+    pass
+
+
+@pytest.fixture
+def no_cluster(monkeypatch):
+    """Fail the test if a LocalCluster or a Client is made: the options must be checked
+    before any cluster starts."""
+
+    def refuse(*args, **kwargs):
+        raise _NoClusterError("a cluster was started before the options were checked")
+
+    import distributed
+
+    monkeypatch.setattr(distributed.LocalCluster, "__init__", refuse)
+    monkeypatch.setattr(distributed.Client, "__init__", refuse)
+
+
+def run_main(capsys, *arguments):
+    """``daskgd ARGUMENTS`` in this process: (exit status, stdout, stderr)."""
+    from daskgd.cli.app import main
+
+    try:
+        status = main([str(a) for a in arguments])
+    except SystemExit as exit_:  # argparse's errors and --help
+        status = exit_.code
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def test_help_from_the_command_line():
+    result = run_cli("--help")
     assert result.returncode == 0
     assert "usage: daskgd" in result.stdout
+
+
+@pytest.mark.parametrize("command", [["demo"], ["run"], ["scaling"], ["report"], ["predict"]])
+def test_help_everywhere(capsys, command):
+    status, out, _ = run_main(capsys, *command, "--help")
+    assert status == 0
+    assert "usage: daskgd" in out
 
 
 def test_demo_fits_and_saves_a_trace(tmp_path):
@@ -117,11 +155,11 @@ def test_defaults_are_the_python_apis():
         (["demo", "--cluster", "slurm", "--scheduler", "127.0.0.1:9"], "either --scheduler"),
     ],
 )
-def test_options_are_checked_before_a_cluster_starts(arguments, message):
-    result = run_cli(*arguments, timeout=60)
-    assert result.returncode == 2
-    assert message in result.stderr, result.stderr
-    assert "LocalCluster" not in result.stdout
+def test_options_are_checked_before_a_cluster_starts(capsys, no_cluster, arguments, message):
+    status, out, err = run_main(capsys, *arguments)
+    assert status == 2
+    assert message in err, err
+    assert "LocalCluster" not in out
 
 
 @pytest.fixture(scope="module")
@@ -173,39 +211,43 @@ def test_run_against_scheduler_and_worker_processes(scheduler_processes, npy_pro
             ],
             "cannot reach the Dask scheduler at '127.0.0.1:9'",
         ),
-        (
-            ["run", "{folder}/X.npy", "--target", "{folder}/y.npy", "--C", "-1"],
-            "'C' parameter of LogisticRegression must be",
-        ),
-        (
-            [
-                "run",
-                "{folder}/X.npy",
-                "--target",
-                "{folder}/y.npy",
-                "--solver",
-                "lbfgs",
-                "--penalty",
-                "l1",
-            ],
-            "lbfgs",
-        ),
         (["run", "{folder}/X.npy", "--target", "{folder}/X.npy"], "y must be 1-D"),
     ],
 )
-def test_run_errors_are_one_clear_line(npy_problem, arguments, message):
+def test_run_errors_are_one_clear_line(capsys, npy_problem, arguments, message):
     arguments = [a.format(folder=npy_problem) for a in arguments]
-    result = run_cli(*arguments, "--no-progress", timeout=120)
-    assert result.returncode == 2
-    lines = [line for line in result.stderr.splitlines() if line.startswith("daskgd: error:")]
-    assert len(lines) == 1 and message in lines[0], result.stderr
-    assert "Traceback" not in result.stderr
+    status, _, err = run_main(capsys, *arguments, "--no-progress")
+    assert status == 2
+    lines = [line for line in err.splitlines() if line.startswith("daskgd: error:")]
+    assert len(lines) == 1 and message in lines[0], err
+    assert "Traceback" not in err
 
 
-def test_bad_option_values_are_refused_by_the_parser():
-    result = run_cli("demo", "--samples", "-3")
+def test_an_error_is_one_line_and_status_two_from_the_command_line(tmp_path):
+    result = run_cli("run", tmp_path / "missing.npy", "--target", "y.npy", timeout=120)
     assert result.returncode == 2
-    assert "expected a positive integer" in result.stderr
+    assert result.stderr.startswith("daskgd: error: data path"), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and result.stdout == ""
+
+
+def test_model_options_are_checked_before_a_cluster_starts(capsys, no_cluster, npy_problem):
+    """Options the estimator refuses (scikit-learn's parameter validation, a solver that
+    cannot take the penalty) fail before any cluster starts: they used to start a
+    LocalCluster first (a minute on a loaded machine) and fail in the fit."""
+    data = [f"{npy_problem}/X.npy", "--target", f"{npy_problem}/y.npy"]
+    for options, message in [
+        (["--C", "-1"], "'C' parameter of LogisticRegression must be"),
+        (["--solver", "lbfgs", "--penalty", "l1"], "lbfgs"),
+    ]:
+        status, _, err = run_main(capsys, "run", *data, *options, "--no-progress")
+        assert status == 2 and message in err, err
+        assert "a cluster was started" not in err, err
+
+
+def test_bad_option_values_are_refused_by_the_parser(capsys):
+    status, _, err = run_main(capsys, "demo", "--samples", "-3")
+    assert status == 2
+    assert "expected a positive integer" in err
 
 
 def _listening(pid):

@@ -124,8 +124,21 @@ def _demo(args: argparse.Namespace) -> int:
     from daskgd.data.synthetic import make_classification
     from daskgd.estimators.linear import LogisticRegression
 
-    emulation = emulation_from(args)
+    model = LogisticRegression(
+        solver=args.solver,
+        max_iter=args.max_iter,
+        tol=args.tol,
+        learning_rate=args.learning_rate,
+        strategy=args.strategy,
+        verbose=_progress(args),
+        transfer_dtype=args.transfer_dtype,
+        emulation=emulation_from(args),
+        timeout=args.timeout,
+        wait_for_workers=args.wait_for_workers,
+    )
+    model.check_options()  # before a cluster starts
     with client_for(args) as client:
+        model.set_params(client=client)
         chunk_rows = -(-args.samples // args.chunks)
         X, y = make_classification(
             args.samples, args.features, chunks=chunk_rows, random_state=args.seed
@@ -134,19 +147,6 @@ def _demo(args: argparse.Namespace) -> int:
             f"data: {args.samples:,} x {args.features} float64 "
             f"({args.samples * args.features * 8 / 1e6:,.0f} MB) in {X.numblocks[0]} chunks, "
             "generated on the workers"
-        )
-        model = LogisticRegression(
-            solver=args.solver,
-            max_iter=args.max_iter,
-            tol=args.tol,
-            learning_rate=args.learning_rate,
-            strategy=args.strategy,
-            client=client,
-            verbose=_progress(args),
-            transfer_dtype=args.transfer_dtype,
-            emulation=emulation,
-            timeout=args.timeout,
-            wait_for_workers=args.wait_for_workers,
         )
         default_trace = None if args.trace_out else _demo_trace_path()
         _fit_and_report(model, X, y, args, default_trace=default_trace)
@@ -263,6 +263,7 @@ def _run(args: argparse.Namespace) -> int:
         model = Ridge(args.alpha, **common)
     else:
         model = LinearRegression(**common)
+    model.check_options()  # before a cluster starts
     with client_for(args) as client:
         check_visible_to_workers(client, data_paths(args))
         model.set_params(client=client)

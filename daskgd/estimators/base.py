@@ -94,6 +94,21 @@ class GradientDescentEstimator(BaseEstimator):
         return state
 
     # -- validation ------------------------------------------------------------
+    def check_options(self) -> None:
+        """Check every option as ``fit`` first does, without data or a cluster.
+
+        scikit-learn's parameter validation, the solver against the penalty, the strategy
+        against the solver: the command line calls it before it starts a cluster.
+
+        Raises
+        ------
+        ValueError, TypeError
+            Naming the option and the problem.
+        """
+        self._validate_common()
+        self._check_solver()
+        self._strategy().check(self._optimizer())
+
     def _validate_common(self) -> None:
         self._validate_params()  # _parameter_constraints, with scikit-learn's messages
         if self.solver not in OPTIMIZERS:
