@@ -263,7 +263,9 @@ def test_random_failures_are_seeded_and_spare_one_worker(monkeypatch):
     from daskgd.engine import failures as module
 
     killed = []
-    monkeypatch.setattr(module, "kill_worker", lambda client, address: killed.append(address))
+    monkeypatch.setattr(
+        module, "kill_worker", lambda client, address, timeout: killed.append(address)
+    )
     client = _FakeClient(["tcp://a:1", "tcp://b:1", "tcp://c:1"])
 
     def run(p, seed, iterations=20):
