@@ -126,6 +126,7 @@ def _demo(args: argparse.Namespace) -> int:
     from daskgd.estimators.linear import LogisticRegression
 
     emulation = emulation_from(args)
+    strategy = strategy_options(args, emulation)  # checked before a cluster starts
     with client_for(args) as client:
         chunk_rows = -(-args.samples // args.chunks)
         X, y = make_classification(
@@ -143,7 +144,7 @@ def _demo(args: argparse.Namespace) -> int:
             learning_rate=args.learning_rate,
             client=client,
             verbose=_progress(args),
-            **strategy_options(args, emulation),
+            **strategy,
             timeout=args.timeout,
             wait_for_workers=args.wait_for_workers,
         )
