@@ -7,6 +7,7 @@ run on a LocalCluster of 4 worker processes (a ring of 4 has real non-neighbours
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import warnings
@@ -42,12 +43,12 @@ def _fit(strategy, X, y, callbacks=(), **options):
 
 @pytest.fixture(scope="module")
 def four_workers():
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
-    cluster = LocalCluster(
-        n_workers=N_WORKERS, threads_per_worker=1, processes=True,
-        host="127.0.0.1", dashboard_address=None,
-    )  # fmt: skip
+    from daskgd.cluster.local import make_local_cluster
+
+    # 127.0.0.1 only, no dashboard; quiet where a worker is killed on purpose
+    cluster = make_local_cluster(N_WORKERS, dashboard_address=None, silence_logs=logging.ERROR)
     client = Client(cluster, timeout=60)
     client.wait_for_workers(N_WORKERS, timeout=60)
     try:
@@ -189,9 +190,7 @@ def test_local_sgd_with_one_local_step_is_synchronous_gd(problem, penalty):
     options = {"max_iter": 40, "penalty": penalty, "C": 0.5}
     synchronous = _fit("direct", *problem, **options)
     local = _fit(get_strategy("local-sgd", local_steps=1), *problem, **options)
-    np.testing.assert_allclose(
-        _coefficients(local), _coefficients(synchronous), rtol=0, atol=1e-10
-    )
+    np.testing.assert_allclose(_coefficients(local), _coefficients(synchronous), rtol=0, atol=1e-10)
     np.testing.assert_allclose(local.trace_.loss, synchronous.trace_.loss, rtol=1e-10)
     assert np.all(local.trace_.consensus_distance.values < 1e-12)
 
