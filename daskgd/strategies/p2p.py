@@ -254,13 +254,13 @@ class PeerLoop:
         self.retries: dict[str, tuple] = {}
         self.topologies: set[str] = set()
         size = getattr(optimizer, "batch_blocks", None) or max(1, session.n_blocks // 4)
-        rows = sum(int(r) for r in session.problem.data.chunk_rows)
         self.setup = {"optimizer": optimizer, "objective": objective, "seed": seed,
-                      "n_total": rows, "step": strategy.step_function,
+                      "n_total": 0, "step": strategy.step_function,
                       "batch_blocks": size, **strategy.config()}  # fmt: skip
         self._last_w: np.ndarray | None = None
         self._last_state: Any = None
         self._clock = 0.0
+        self._slowest_step = 0.0
 
     def run(self, w0: np.ndarray, stopping: Stopping, callbacks: Sequence[Callback],
             info: dict) -> FitResult:  # fmt: skip
@@ -269,9 +269,12 @@ class PeerLoop:
             callback.on_fit_start(dict(info))
         result = FitResult(w=w0, n_iter=0, converged=False, info=info)
         try:
+            at_start = self._evaluate(w0[None, :])
+            self.setup["n_total"] = int(unpack(at_start[0])[2])  # rows as the chunks count them
             self._start(w0, None)
             step = float(self._last_state.step_size)
-            start = self._records_of(w0[None, None, :], [0.0], {}, [step], [False], 0, 1)
+            start = self._records_of(w0[None, None, :], [0.0], {}, [step], [False], 0, 1,
+                                     sums=at_start)  # fmt: skip
             going = self._append(start, callbacks, stopping.tol)
             count = min(4, self.strategy.max_batch)
             while going and self.records[-1].iteration < stopping.max_iter:
@@ -302,7 +305,9 @@ class PeerLoop:
     def _batch(self, first: int, count: int, callbacks: Sequence[Callback], tol: float) -> bool:
         """Run steps first.. on the workers and record them; False once ``tol`` is met."""
         began, attempts = time.perf_counter(), 1
-        bound = self.strategy.timeout * 2 + 1.0  # every wait inside is bounded by timeout
+        # Every wait inside is bounded by timeout (a stuck ring fails within it); the
+        # call's own bound also leaves room for count steps 4x as slow as any seen yet.
+        bound = self.strategy.timeout * 2 + 1.0 + 4 * count * self._slowest_step
         try:
             results = self.runtime.call_with(_p2p_batch, (first, count), timeout=bound)
         except ReplicaLostError as error:  # rebuilt: everyone restarts at the last average
@@ -321,18 +326,20 @@ class PeerLoop:
             self.topologies.update(record["topologies"])
         per_worker = {a: results[a]["measures"] for a in order}
         seconds = np.max([results[a]["seconds"] for a in order], axis=0)
+        self._slowest_step = max(self._slowest_step, float(seconds.max()))
         seconds[0] += max(0.0, wall - float(seconds.sum()))  # the call's own overhead
         records = self._records_of(snapshots, seconds, per_worker, lead["steps"],
                                    lead["communicated"], first, attempts)  # fmt: skip
         return self._append(records, callbacks, tol)
 
     def _records_of(self, snapshots: np.ndarray, seconds: Any, per_worker: dict, steps: list,
-                    communicated: list, first: int, attempts: int) -> list:  # fmt: skip
+                    communicated: list, first: int, attempts: int,
+                    sums: np.ndarray | None = None) -> list:  # fmt: skip
         """(record, consensus distance, average w, communicated) of steps first.. from
         the snapshots, shape (steps, workers, n_params)."""
         averages = snapshots.mean(axis=1)
         spread = np.sqrt(np.mean(np.sum((snapshots - averages[:, None, :]) ** 2, axis=2), axis=1))
-        sums = self._evaluate(averages)
+        sums = self._evaluate(averages) if sums is None else sums
         records, ends = [], time.time() - np.cumsum(np.asarray(seconds)[::-1])[::-1]
         for k, (average, total) in enumerate(zip(averages, sums, strict=True)):
             loss_sum, grad_sum, n_rows = unpack(total)
