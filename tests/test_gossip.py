@@ -188,7 +188,7 @@ def test_consensus_distance_shrinks(problem):
 
 @pytest.mark.parametrize("penalty", ["l2", "l1"])
 def test_local_sgd_with_one_local_step_is_synchronous_gd(problem, penalty):
-    options = {"max_iter": 40, "penalty": penalty, "C": 0.5}
+    options = {"max_iter": 25, "penalty": penalty, "C": 0.5}
     synchronous = _fit("direct", *problem, **options)
     local = _fit(get_strategy("local-sgd", local_steps=1), *problem, **options)
     np.testing.assert_allclose(_coefficients(local), _coefficients(synchronous), rtol=0, atol=1e-10)
