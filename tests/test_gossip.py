@@ -257,6 +257,18 @@ def daskgd_client_workers():
     return default_client().scheduler_info()["workers"]
 
 
+def test_a_users_mixing_matrix(problem):
+    # a lazy ring: keep half, a quarter from each neighbour (workers in the runtime's order)
+    shift = np.roll(np.eye(N_WORKERS), 1, axis=1)
+    lazy = 0.5 * np.eye(N_WORKERS) + 0.25 * (shift + shift.T)
+    model = _fit(get_strategy("gossip", topology=lazy), *problem, max_iter=20)
+    trace = model.trace_
+    assert trace.attrs["topology"] == "matrix"
+    np.testing.assert_allclose(json.loads(trace.attrs["mixing_matrix"]), lazy)
+    assert np.all(trace.bytes_sent.values[1:] == 2 * 11 * 8)  # its 2 neighbours only
+    assert float(trace.loss[-1]) < float(trace.loss[0])
+
+
 class _KillFirstWorker(Callback):
     def __init__(self, client, iteration):
         self.client, self.iteration, self.killed = client, iteration, None
