@@ -161,3 +161,41 @@ def test_bad_strategy_options_get_clear_errors(local_scheduler):
         daskgd.LogisticRegression(strategy=configured, transfer_dtype="float16").fit(X, y)
     with pytest.raises(ValueError, match="options .* configured strategy"):
         get_strategy(configured, split_every=2)
+
+
+#: Strategies whose workers keep models of their own (no global iterate: their iterates
+#: differ from mapreduce's by design, so the contract is what applies to them).
+PEER_TO_PEER = ["gossip", "local-sgd"]
+
+
+@pytest.mark.parametrize("name", PEER_TO_PEER)
+def test_peer_to_peer_trace_records_the_resolved_configuration(cluster_client, datasets, name):
+    X, y = datasets["binary"]
+    estimator = daskgd.LogisticRegression(max_iter=3, solver="gd", learning_rate=1.0)
+    model = _fit(estimator, X, y, strategy=name)
+    trace = model.trace_
+    assert trace.attrs["strategy"] == name
+    assert trace.attrs["topology"] == "ring"
+    assert trace.attrs["local_steps"] == (1 if name == "gossip" else 8)
+    assert trace.attrs["loss_rows"] == "all"
+    assert {"consensus_distance", "communicated", "communication_rounds"} <= set(trace)
+    assert trace.attrs["measured_by"] == "residents"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", PEER_TO_PEER)
+def test_peer_to_peer_fit_finishes_after_a_killed_worker(client, name):
+    X, y = make_classification(20_000, 6, chunks=2_500, random_state=4)
+    options = {"solver": "gd", "learning_rate": 2.0, "max_iter": 40, "tol": 0.0}
+    undisturbed = _fit(daskgd.LogisticRegression(strategy=name, **options), X, y)
+    killer = _KillFirstWorker(client, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", daskgd.ConvergenceWarning)
+        disturbed = daskgd.LogisticRegression(strategy=name, **options).fit(
+            X, y, callbacks=[killer]
+        )
+    assert killer.killed is not None
+    assert disturbed.n_iter_ == 40 and int(disturbed.trace_.attempts.sum()) > 41
+    # restarted at the average of the last batch read back: near, not equal
+    gap = abs(float(disturbed.trace_.loss[-1]) - float(undisturbed.trace_.loss[-1]))
+    assert gap < 1e-3, gap

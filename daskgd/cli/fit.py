@@ -20,6 +20,7 @@ from daskgd.cli.options import (
     emulation_from,
     number,
     positive_int,
+    strategy_options,
 )
 from daskgd.cli.results import (
     add_model_options,
@@ -124,15 +125,14 @@ def _demo(args: argparse.Namespace) -> int:
     from daskgd.data.synthetic import make_classification
     from daskgd.estimators.linear import LogisticRegression
 
+    strategy = strategy_options(args, emulation_from(args))  # checked before a cluster starts
     model = LogisticRegression(
         solver=args.solver,
         max_iter=args.max_iter,
         tol=args.tol,
         learning_rate=args.learning_rate,
-        strategy=args.strategy,
         verbose=_progress(args),
-        transfer_dtype=args.transfer_dtype,
-        emulation=emulation_from(args),
+        **strategy,
         timeout=args.timeout,
         wait_for_workers=args.wait_for_workers,
     )
@@ -245,10 +245,8 @@ def _run(args: argparse.Namespace) -> int:
         "fit_intercept": not args.no_intercept,
         "solver": args.solver,
         "learning_rate": args.learning_rate,
-        "strategy": args.strategy,
         "verbose": _progress(args),
-        "transfer_dtype": args.transfer_dtype,
-        "emulation": emulation_from(args),
+        **strategy_options(args, emulation_from(args)),
         "timeout": args.timeout,
         "wait_for_workers": args.wait_for_workers,
     }

@@ -32,7 +32,7 @@ from daskgd.models.losses import Model
 from daskgd.observe.instrument import Instrumentation
 from daskgd.observe.recovery import recovery_dataset
 from daskgd.observe.resident import has_resident_measures, resident_worker_dataset
-from daskgd.observe.trace import build_trace
+from daskgd.observe.trace import build_trace, iteration_variables
 from daskgd.optim.registry import OPTIMIZERS, get_optimizer
 from daskgd.runtime.codecs import get_codec
 from daskgd.runtime.emulation import Emulation
@@ -280,6 +280,9 @@ class GradientDescentEstimator(BaseEstimator):
             recovery = instrumentation.worker_dataset(result.records).merge(recovery)
         elif self.instrument and strategy.self_measured and has_resident_measures(result.records):
             recovery = resident_worker_dataset(result.records, client=client).merge(recovery)
+        if report.get("iteration_variables"):  # a strategy's own, e.g. consensus_distance
+            variables = iteration_variables(result.records, report["iteration_variables"])
+            recovery = recovery.merge(variables)
         return build_trace(result.records, result.info, recovery)
 
     def _warn_resets(self) -> None:

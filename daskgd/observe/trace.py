@@ -60,6 +60,15 @@ def build_trace(
     return dataset
 
 
+def iteration_variables(records: Sequence[Any], variables: dict) -> xr.Dataset:
+    """A strategy's own per-iteration variables, ``{name: (values, attrs)}``, as a Dataset
+    over the records' iterations (e.g. ``consensus_distance`` of the peer-to-peer ones)."""
+    iterations = np.array([record.iteration for record in records], dtype=np.int64)
+    data_vars = {name: (("iteration",), np.asarray(values), dict(attrs))
+                 for name, (values, attrs) in variables.items()}  # fmt: skip
+    return xr.Dataset(data_vars, coords={"iteration": iterations})
+
+
 def _clean_attrs(attrs: dict) -> dict:
     """netCDF attributes must be str, numbers or 1-D arrays: encode the rest as JSON."""
     clean = {}

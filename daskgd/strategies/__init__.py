@@ -5,6 +5,9 @@ synchronous.py   the shared run of the synchronous strategies (one driver)
 mapreduce.py     w to every worker, map_blocks, da.sum, update on the client (default)
 direct.py        w straight to the workers' resident objects, sums back (+ backups)
 allreduce.py     ring all-reduce among the workers, the step replicated on each
+p2p.py           the shared loop of the peer-to-peer strategies (each worker its own w)
+gossip.py        decentralised averaging with neighbours on a topology (D-PSGD)
+localsgd.py      H local steps per worker, then an all-reduce average of the models
 """
 
 from daskgd.strategies.base import (
@@ -25,6 +28,8 @@ __all__ = [
     "Capabilities",
     "Direct",
     "FitProblem",
+    "Gossip",
+    "LocalSGD",
     "MapReduce",
     "Strategy",
     "SynchronousStrategy",
@@ -37,6 +42,8 @@ _CLASSES = {
     "MapReduce": "daskgd.strategies.mapreduce",
     "Direct": "daskgd.strategies.direct",
     "AllReduce": "daskgd.strategies.allreduce",
+    "Gossip": "daskgd.strategies.gossip",
+    "LocalSGD": "daskgd.strategies.localsgd",
 }
 
 

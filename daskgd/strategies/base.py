@@ -185,6 +185,14 @@ BUILTIN_STRATEGIES: dict[str, tuple[str, str]] = {
         "daskgd.strategies.allreduce",
         "ring all-reduce among the workers, each takes the same optimizer step",
     ),
+    "gossip": (
+        "daskgd.strategies.gossip",
+        "every worker keeps its own w and averages it with its neighbours (D-PSGD)",
+    ),
+    "local-sgd": (
+        "daskgd.strategies.localsgd",
+        "local steps on every worker, the models averaged (all-reduce) every H steps",
+    ),
 }
 
 #: name -> strategy class, for strategies registered with :func:`register_strategy`.
