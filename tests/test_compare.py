@@ -350,3 +350,96 @@ def test_cli_writes_one_report_with_every_strategy(tmp_path):
     assert saved == ["allreduce.nc", "direct_backup_workers=1.nc", "mapreduce.nc"]
     trace = daskgd.load_trace(tmp_path / "mapreduce.nc")
     assert '"latency_seconds": 0.002' in trace.attrs["emulation"]
+
+
+# ----------------------------------------------------------------------------------
+# The dashboard: staleness and consensus distance when a fit records them
+# ----------------------------------------------------------------------------------
+
+
+def test_dashboard_shows_the_optional_figures_only_with_their_variables():
+    from daskgd.viz.plots import TraceDashboard
+
+    dashboard = TraceDashboard()
+    dashboard.update(make_trace(12))
+    assert not dashboard.figures["staleness"].visible
+    assert not dashboard.figures["consensus"].visible
+    trace = _with_optional(make_trace(12))
+    dashboard.update(trace)
+    assert dashboard.figures["staleness"].visible and dashboard.figures["consensus"].visible
+    counts = dashboard.sources["staleness"].data["count"]
+    values = staleness_values(trace)
+    np.testing.assert_array_equal(counts, np.bincount(values.astype(int)))
+    np.testing.assert_allclose(
+        dashboard.sources["consensus"].data["consensus"], trace.consensus_distance.values
+    )
+    assert f"max {int(values.max())}" in dashboard.figures["staleness"].title.text
+
+
+def test_report_draws_staleness_and_consensus_when_recorded(browser, tmp_path):
+    from test_dashboard import PLOTS
+
+    from daskgd.viz.report import write_report
+
+    path = write_report(_with_optional(make_trace(30)), tmp_path / "report.html")
+    page = _open(browser, path.as_uri())
+    try:
+        _drawn(page, (*PLOTS, "staleness", "consensus"))
+        assert page.errors == []
+    finally:
+        page.close()
+
+
+def _resident_record(i: int, staleness: dict) -> object:
+    from daskgd.engine.driver import IterationRecord
+
+    measures = {
+        worker: {"compute_seconds": 0.01, "communication_seconds": 0.002, "wait_seconds": 0.0,
+                 "bytes_sent": 100.0, "bytes_received": 80.0, "bytes_from_client": 80.0,
+                 "bytes_to_client": 100.0, "staleness": stale}
+        for worker, stale in staleness.items()
+    }  # fmt: skip
+    return IterationRecord(
+        iteration=i, loss=1.0 / (i + 1), grad_norm=0.1, step_size=0.5, wall_seconds=0.01,
+        elapsed_seconds=0.01 * (i + 1), n_evaluations=1, evaluation_seconds=0.008,
+        attempts=1, key_prefixes=(), start_time=1.7e9 + i, worker_measures=measures,
+    )  # fmt: skip
+
+
+def test_live_trace_carries_what_resident_workers_measured():
+    from daskgd.viz.live import LiveTrace
+
+    live = LiveTrace()
+    live.on_fit_start({"strategy": "direct"})
+    for i in range(5):
+        live.on_iteration_end(_resident_record(i, {"tcp://a:1": 0.0, "tcp://b:2": float(i % 2)}))
+    snapshot = live.snapshot()
+    assert snapshot.sizes["worker"] == 2
+    np.testing.assert_array_equal(snapshot.staleness.sel(worker="tcp://b:2"), [0, 1, 0, 1, 0])
+    np.testing.assert_array_equal(snapshot.bytes_sent.values, 100.0)
+
+
+def test_live_dashboard_of_a_fit_with_backup_workers_shows_staleness(cluster_client):
+    from daskgd.strategies import get_strategy
+    from daskgd.viz.live import LiveTrace
+    from daskgd.viz.plots import TraceDashboard
+
+    X, y = make_classification(4_000, 5, chunks=1_000, random_state=6)
+    live, seen = LiveTrace(), []
+
+    class Watch(daskgd.engine.callbacks.Callback):
+        def on_iteration_end(self, record) -> None:
+            seen.append("staleness" in live.snapshot())
+
+    model = daskgd.LogisticRegression(
+        solver="gd", learning_rate=1.0, max_iter=6, tol=0.0, client=cluster_client,
+        strategy=get_strategy("direct", backup_workers=1),
+    )  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", daskgd.ConvergenceWarning)
+        model.fit(X, y, callbacks=[live, Watch()])
+    assert all(seen) and len(seen) == 7  # from iteration 0 on, during the fit
+    dashboard = TraceDashboard()
+    dashboard.update(live.snapshot())
+    assert dashboard.figures["staleness"].visible
+    np.testing.assert_array_equal(live.snapshot().staleness.values, model.trace_.staleness.values)
