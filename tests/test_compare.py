@@ -443,3 +443,20 @@ def test_live_dashboard_of_a_fit_with_backup_workers_shows_staleness(cluster_cli
     dashboard.update(live.snapshot())
     assert dashboard.figures["staleness"].visible
     np.testing.assert_array_equal(live.snapshot().staleness.values, model.trace_.staleness.values)
+
+
+def test_busiest_share_is_one_over_m_when_every_worker_moves_the_same():
+    from daskgd.viz.compare_columns import busiest_share
+
+    even = make_trace(10)  # every worker sends and receives the same
+    assert busiest_share(even) == pytest.approx(1 / even.sizes["worker"])
+    hub = even.copy(deep=True)
+    sent = hub.bytes_sent.values.copy()
+    received = hub.bytes_received.values.copy()
+    sent[:, 0], received[:, 0] = sent[:, 1:].sum(axis=1), received[:, 1:].sum(axis=1)
+    hub["bytes_sent"], hub["bytes_received"] = (
+        hub.bytes_sent.copy(data=sent),
+        hub.bytes_received.copy(data=received),
+    )
+    assert busiest_share(hub) == pytest.approx(0.5)  # one worker in every message
+    assert np.isnan(busiest_share(without_workers(even)))

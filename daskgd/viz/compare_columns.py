@@ -12,7 +12,10 @@ Definitions
 busiest node
     per iteration, the largest ``bytes_sent + bytes_received`` of one worker: the
     figure where a central server (all m workers talk to it) and peer-to-peer (each
-    worker talks to its neighbours) differ most.
+    worker talks to its neighbours) differ most. An iteration is what the strategy
+    makes it (``docs/trace.md``: one round, or one asynchronous server update), so the
+    summary also gives the busiest worker's share of all the workers' bytes, which does
+    not depend on it.
 client bytes
     per iteration, ``bytes_broadcast + bytes_reduce``: w sent by the client and sums
     sent back to it; for ``mapreduce`` ``bytes_reduce`` also counts the reduction
@@ -38,6 +41,7 @@ from daskgd.observe.summary import format_bytes, has_workers
 
 __all__ = [
     "busiest_node_bytes",
+    "busiest_share",
     "client_bytes",
     "cumulative_bytes",
     "cumulative_rounds",
@@ -75,6 +79,20 @@ def busiest_worker(trace: xr.Dataset) -> str:
     if not np.isfinite(totals.values).any() or float(totals.max()) <= 0:
         return ""
     return str(trace["worker"].values[int(np.nanargmax(totals.values))])
+
+
+def busiest_share(trace: xr.Dataset) -> float:
+    """The busiest worker's bytes (sent + received, whole run) over all workers' bytes.
+
+    Independent of what one iteration is (a round, or one asynchronous update): 1/m when
+    every worker moves the same (ring, direct, gossip), about 1/2 when one worker is in
+    every message (a parameter server on a worker). NaN when unmeasured.
+    """
+    if not has_workers(trace) or "bytes_sent" not in trace or "bytes_received" not in trace:
+        return float("nan")
+    per_worker = (trace["bytes_sent"] + trace["bytes_received"]).sum("iteration", skipna=True)
+    total = float(per_worker.sum())
+    return float(per_worker.max()) / total if total > 0 else float("nan")
 
 
 def client_bytes(trace: xr.Dataset) -> np.ndarray:
@@ -158,6 +176,7 @@ def _run_row(trace: xr.Dataset, target: float) -> dict[str, Any]:
         "bytes": float(cumulative[-1]) if cumulative.size else float("nan"),
         "busiest_bytes_per_round": _median_after_start(busiest),
         "busiest_worker": busiest_worker(trace),
+        "busiest_share": busiest_share(trace),
         "client_bytes_per_round": _median_after_start(client_bytes(trace)),
         "seconds_to_target": _at(elapsed, reached),
         "bytes_to_target": _at(cumulative, reached),
@@ -177,6 +196,7 @@ SUMMARY_VARIABLES = {
     "bytes": ("bytes", "all bytes moved (sum of bytes_total)"),
     "busiest_bytes_per_round": ("bytes", "median over iterations of the busiest worker's bytes"),
     "busiest_worker": ("", "the worker that moved the most bytes"),
+    "busiest_share": ("1", "its share of all the workers' bytes (sent + received)"),
     "client_bytes_per_round": ("bytes", "median of bytes_broadcast + bytes_reduce"),
     "seconds_to_target": ("s", "elapsed time when the loss first reached the target"),
     "bytes_to_target": ("bytes", "bytes moved by then"),
@@ -217,11 +237,15 @@ def _bytes(value: float) -> str:
     return "-" if not np.isfinite(value) else format_bytes(value)
 
 
+def _share(value: float) -> str:
+    return "-" if not np.isfinite(value) else f"{value:.0%}"
+
+
 def summary_cells(summary: xr.Dataset) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the summary table, shared by the HTML and the text forms."""
     head = ["run", "strategy", "rounds", "final loss", "time to target", "bytes to target",
-            "rounds to target", "bytes in all", "busiest node / round", "client / round",
-            "max staleness"]  # fmt: skip
+            "rounds to target", "bytes in all", "busiest node / round", "busiest share",
+            "client / round", "max staleness"]  # fmt: skip
     rows = []
     for run in summary["run"].values:
         r = summary.sel(run=run)
@@ -231,7 +255,8 @@ def summary_cells(summary: xr.Dataset) -> tuple[list[str], list[list[str]]]:
             str(run), str(r.strategy.values), str(int(r.rounds)), f"{float(r.final_loss):.8g}",
             _seconds(float(r.seconds_to_target)), _bytes(float(r.bytes_to_target)),
             str(int(to_rounds)) if np.isfinite(to_rounds) else "-", _bytes(float(r.bytes)),
-            _bytes(float(r.busiest_bytes_per_round)), _bytes(float(r.client_bytes_per_round)),
+            _bytes(float(r.busiest_bytes_per_round)), _share(float(r.busiest_share)),
+            _bytes(float(r.client_bytes_per_round)),
             f"{staleness:g}" if np.isfinite(staleness) else "-",
         ])  # fmt: skip
     return head, rows

@@ -24,7 +24,14 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
-from bokeh.models import ColumnDataSource, Div, HoverTool, Span
+from bokeh.models import (
+    ColumnDataSource,
+    Div,
+    HoverTool,
+    NumeralTickFormatter,
+    SingleIntervalTicker,
+    Span,
+)
 from bokeh.palettes import Category10_10
 
 from daskgd.viz.compare_columns import (
@@ -104,6 +111,8 @@ def _loss_figures(sources: dict, colors: dict, target: float) -> list[Any]:
                       legend_label=label)  # fmt: skip
     by_time.xaxis.axis_label = "elapsed wall time (s)"
     by_bytes.xaxis.axis_label = "bytes moved, cumulative (log scale)"
+    # within a decade a log axis falls back to plain numbers; "120k" stays legible
+    by_bytes.xaxis.formatter = NumeralTickFormatter(format="0.[0]a")
     for fig in (by_time, by_bytes):
         fig.yaxis.axis_label = "loss F(w) (log scale)"
         _target_line(fig, target)
@@ -145,6 +154,7 @@ def _staleness_figure(traces: Mapping[str, xr.Dataset], colors: dict) -> Any | N
         fig.vbar(x=x, top=counts / counts.sum(), width=width * 0.95, color=colors[label],
                  legend_label=label)  # fmt: skip
     fig.y_range.start = 0
+    fig.xaxis.ticker = SingleIntervalTicker(interval=1)  # staleness is a whole number
     fig.xaxis.axis_label = "staleness (updates since the gradient's w)"
     fig.yaxis.axis_label = "share of the applied gradients"
     _legend(fig)

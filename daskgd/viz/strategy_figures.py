@@ -32,8 +32,8 @@ def staleness_columns(trace: xr.Dataset) -> dict[str, np.ndarray]:
         return {"staleness": np.array([], np.int64), "count": np.array([], np.int64)}
     values = trace["staleness"].values.astype(np.float64).ravel()
     values = values[np.isfinite(values)]
-    counts = np.bincount(np.rint(values).astype(np.int64).clip(0)) if values.size else []
-    counts = np.asarray(counts, dtype=np.int64)
+    counts = np.bincount(np.rint(values).astype(np.int64).clip(0), minlength=0)
+    counts = counts.astype(np.int64)
     return {"staleness": np.arange(counts.size, dtype=np.int64), "count": counts}
 
 
