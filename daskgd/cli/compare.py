@@ -111,7 +111,7 @@ def add_compare_command(commands: Any) -> None:
         "--traces-out",
         type=Path,
         metavar="FOLDER",
-        help="also save each run's trace there, as LABEL.nc",
+        help="also save each run's trace there, as LABEL.nc (default: not saved)",
     )
     parser.add_argument("--no-progress", action="store_true", help="print no line per run")
     add_cluster_options(parser)
@@ -138,17 +138,28 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
         "--data",
         type=Path,
         metavar="PATH",
-        help="X as .npy, or a zarr store / netCDF / CSV / Parquet holding features and target",
+        help="X as .npy, or a zarr store / netCDF / CSV / Parquet holding features and target "
+        "(default: the generated problem)",
     )
-    group.add_argument("--target", help="with --data: y as .npy, or its name in DATA")
     group.add_argument(
-        "--columns", nargs="+", metavar="NAME", help="with --data: the feature names"
+        "--target", help="with --data: y as .npy, or its name in DATA (default: none)"
+    )
+    group.add_argument(
+        "--columns",
+        nargs="+",
+        metavar="NAME",
+        help="with --data: the feature names (default: all but the target)",
     )
 
 
 def _add_fit_options(parser: argparse.ArgumentParser, solvers: list[str]) -> None:
     group = parser.add_argument_group("fit (the same for every strategy)")
-    group.add_argument("--model", default="logistic", choices=["logistic", "linear", "ridge"])
+    group.add_argument(
+        "--model",
+        default="logistic",
+        choices=["logistic", "linear", "ridge"],
+        help="the estimator every strategy fits (default: logistic)",
+    )
     group.add_argument(
         "--solver",
         default="gd",
