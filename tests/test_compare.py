@@ -460,3 +460,17 @@ def test_busiest_share_is_one_over_m_when_every_worker_moves_the_same():
     )
     assert busiest_share(hub) == pytest.approx(0.5)  # one worker in every message
     assert np.isnan(busiest_share(without_workers(even)))
+
+
+def test_runs_after_an_emulated_failure_start_on_every_worker(client):
+    from daskgd.runtime.emulation import KillAt
+
+    X, y = make_classification(2_000, 4, chunks=500, random_state=7)
+    emulation = Emulation(failures=[KillAt(0, 2)])
+    runs = compare(["direct", "allreduce"], X, y, client=client, max_iter=4, progress=False,
+                   emulation=emulation, warmup=False)  # fmt: skip
+    for label, trace in runs.items():
+        assert trace.sizes["worker"] == 2, label  # the second run waited for the restart
+        assert trace.sizes["iteration"] == 5
+    np.testing.assert_allclose(runs.estimators["direct"].coef_, runs.estimators["allreduce"].coef_,
+                               atol=TOLERANCE)  # fmt: skip

@@ -259,6 +259,36 @@ def _warm_up(first: Any, X: Any, y: Any) -> None:
         estimator.fit(X, y)
 
 
+#: Seconds a run waits for the workers an emulated failure killed to come back.
+RECOVERY_SECONDS = 60.0
+
+
+def _recovery(client: Any, emulation: Any, timeout: float | None) -> Callable[[], None]:
+    """Before each run: with emulated failures, wait (bounded) until the cluster has
+    its workers again, so that every run starts on as many workers as the first.
+
+    The nanny restarts a killed worker under a new address, so the runs after a failure
+    place the chunks anew and the emulation's worker indices name the sorted addresses
+    of that moment.
+    """
+    if client is None or emulation is None or not emulation.failures:
+        return lambda: None
+    expected = len(client.scheduler_info()["workers"])
+    bound = max(timeout or 0.0, RECOVERY_SECONDS)
+
+    def wait() -> None:
+        try:
+            client.wait_for_workers(expected, timeout=bound)
+        except TimeoutError:
+            have = len(client.scheduler_info()["workers"])
+            raise TimeoutError(
+                f"compare: {have} of the {expected} workers came back within {bound:g} s "
+                "after an emulated failure; the next run would start on fewer"
+            ) from None
+
+    return wait
+
+
 def _print_progress(done: int, total: int, label: str, trace: xr.Dataset, seconds: float):
     print(
         f"compare [{done}/{total}] {label}: {trace.sizes['iteration'] - 1} iterations in "
@@ -341,7 +371,9 @@ def compare(
         _warm_up(next(iter(estimators.values())), X, y)
     traces: dict[str, xr.Dataset] = {}
     total = len(estimators)
+    recover = _recovery(client, emulation, timeout)
     for done, (label, estimator) in enumerate(estimators.items(), start=1):
+        recover()
         start = time.perf_counter()
         with warnings.catch_warnings():
             # tol=0 asks for max_iter updates: stopping there is the plan, not a failure
