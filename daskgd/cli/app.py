@@ -1,6 +1,6 @@
-"""Command line: ``daskgd demo``, ``daskgd run``, ``daskgd report`` and ``daskgd scaling``.
+"""Command line: ``daskgd demo``, ``run``, ``report``, ``scaling``, ``compare``, ``predict``.
 
-One module per command (fit.py: demo and run; report.py; scaling.py), their shared
+One module per command (fit.py: demo and run; report.py; scaling.py; compare.py), their shared
 options in options.py and the cluster they run on in connection.py. Errors are one line
 on stderr (``daskgd: error: ...``) and exit status 2, whatever failed: bad input, a
 scheduler that does not answer, workers all lost, or a bug (``--debug`` prints the
@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from daskgd.cli.cluster_options import jobqueue_options, print_job_script
+from daskgd.cli.compare import add_compare_command
 from daskgd.cli.fit import add_demo_command, add_run_command
 from daskgd.cli.help_text import fill_all
 from daskgd.cli.predict import add_predict_command
@@ -65,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_command(commands)
     add_report_command(commands)
     add_scaling_command(commands)
+    add_compare_command(commands)
     add_predict_command(commands)
     fill_all(parser)
     return parser

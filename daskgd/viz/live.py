@@ -17,6 +17,7 @@ from typing import Any
 import xarray as xr
 
 from daskgd.engine.driver import Callback, FitResult, IterationRecord
+from daskgd.observe.resident import has_resident_measures, resident_worker_dataset
 from daskgd.observe.trace import build_trace
 from daskgd.viz.columns import Memory, measured_mask
 from daskgd.viz.plots import TraceDashboard
@@ -132,6 +133,10 @@ class LiveTrace(Callback):
         workers = None
         if instrumentation is not None and records:
             workers = instrumentation.worker_dataset(records)
+        elif has_resident_measures(records):
+            # Resident strategies (direct, allreduce, the parameter server...) measure
+            # themselves: each record carries its workers' figures, staleness included.
+            workers = resident_worker_dataset(records)
         key = (version, _measured(workers), instrumentation is not None)
         if cached is not None and cached[0] == key:
             return cached[1]

@@ -8,7 +8,9 @@ sources from a trace (``docs/trace.md``). Its figures (:mod:`daskgd.viz.figures`
 - compute / communication / wait per iteration, stacked (see :mod:`daskgd.observe.summary`);
 - a worker x iteration heatmap of compute time with the stragglers circled;
 - bytes per iteration (broadcast and reduce, stacked) and their running total;
-- a table of the workers: address, chunks and rows held, compute, stragglers, memory.
+- a table of the workers: address, chunks and rows held, compute, stragglers, memory;
+- when the fit records them (:mod:`daskgd.viz.strategy_figures`): the histogram of the
+  staleness of the applied gradients and the consensus distance, hidden otherwise.
 
 Two layouts: ``"full"`` (all of them, about 1100 px tall) and ``"compact"`` (the loss,
 the split and the stragglers in one row, about 320 px: a notebook's default, so that
@@ -49,6 +51,12 @@ from daskgd.viz.figures import (
     StragglerFigure,
     WorkersTable,
 )
+from daskgd.viz.strategy_figures import (
+    ConsensusFigure,
+    StalenessFigure,
+    consensus_columns,
+    staleness_columns,
+)
 
 __all__ = [
     "BYTES_COLORS",
@@ -66,10 +74,20 @@ __all__ = [
 
 #: The layouts of :class:`TraceDashboard` and the figures each shows.
 LAYOUTS = {
-    "full": ("loss", "loss_time", "split", "stragglers", "bytes", "bytes_cumulative", "workers"),
+    "full": (
+        "loss",
+        "loss_time",
+        "split",
+        "stragglers",
+        "bytes",
+        "bytes_cumulative",
+        "staleness",
+        "consensus",
+        "workers",
+    ),  # fmt: skip
     "compact": ("loss", "split", "stragglers"),
 }
-SOURCES = ("loss", "split", "heatmap", "stragglers", "bytes", "workers")
+SOURCES = ("loss", "split", "heatmap", "stragglers", "bytes", "workers", "staleness", "consensus")
 
 
 def _check_layout(layout: str) -> str:
@@ -139,6 +157,8 @@ class TraceDashboard:
             "bytes": lambda: BytesFigure(s["bytes"], size, x),
             "bytes_cumulative": lambda: CumulativeBytesFigure(s["bytes"], size, x),
             "workers": lambda: WorkersTable(s["workers"], table),
+            "staleness": lambda: StalenessFigure(s["staleness"], size),
+            "consensus": lambda: ConsensusFigure(s["consensus"], size, x),
         }
         return {name: makers[name]() for name in names}
 
@@ -154,6 +174,7 @@ class TraceDashboard:
                 row(f["loss"], f["loss_time"]),
                 row(f["split"], f["stragglers"]),
                 row(f["bytes"], f["bytes_cumulative"]),
+                row(f["staleness"], f["consensus"]),  # hidden unless recorded
                 self.workers_table,
             ]
         return column(self.header, *rows, name="daskgd-dashboard", **stretch)
@@ -190,6 +211,8 @@ class TraceDashboard:
             "stragglers": marks,
             "bytes": bytes_data,
             "workers": worker_columns(trace, parts, frame.memory),
+            "staleness": staleness_columns(trace),
+            "consensus": consensus_columns(trace),
         }
         for name, data in new.items():
             self.sources[name].data = dict(data)
