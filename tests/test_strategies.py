@@ -185,9 +185,11 @@ def test_peer_to_peer_trace_records_the_resolved_configuration(cluster_client, d
 @pytest.mark.slow
 @pytest.mark.parametrize("name", PEER_TO_PEER)
 def test_peer_to_peer_fit_finishes_after_a_killed_worker(client, name):
+    client.wait_for_workers(2, timeout=60)  # a worker killed by the test before is back
     X, y = make_classification(20_000, 6, chunks=2_500, random_state=4)
     options = {"solver": "gd", "learning_rate": 2.0, "max_iter": 40, "tol": 0.0}
     undisturbed = _fit(daskgd.LogisticRegression(strategy=name, **options), X, y)
+    assert undisturbed.trace_.sizes["worker"] == 2  # the kill below hits a worker of the fit
     killer = _KillFirstWorker(client, 8)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", daskgd.ConvergenceWarning)
