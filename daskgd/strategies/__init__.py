@@ -5,6 +5,7 @@ synchronous.py   the shared run of the synchronous strategies (one driver)
 mapreduce.py     w to every worker, map_blocks, da.sum, update on the client (default)
 direct.py        w straight to the workers' resident objects, sums back (+ backups)
 allreduce.py     ring all-reduce among the workers, the step replicated on each
+paramserver.py   a server on one worker: pull w, push sums (sync, SSP, async)
 """
 
 from daskgd.strategies.base import (
@@ -26,6 +27,7 @@ __all__ = [
     "Direct",
     "FitProblem",
     "MapReduce",
+    "ParameterServer",
     "Strategy",
     "SynchronousStrategy",
     "get_strategy",
@@ -37,6 +39,7 @@ _CLASSES = {
     "MapReduce": "daskgd.strategies.mapreduce",
     "Direct": "daskgd.strategies.direct",
     "AllReduce": "daskgd.strategies.allreduce",
+    "ParameterServer": "daskgd.strategies.paramserver",
 }
 
 

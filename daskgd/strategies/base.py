@@ -185,6 +185,10 @@ BUILTIN_STRATEGIES: dict[str, tuple[str, str]] = {
         "daskgd.strategies.allreduce",
         "ring all-reduce among the workers, each takes the same optimizer step",
     ),
+    "parameter-server": (
+        "daskgd.strategies.paramserver",
+        "a server on one worker; workers pull w and push sums (sync, SSP or async: staleness)",
+    ),
 }
 
 #: name -> strategy class, for strategies registered with :func:`register_strategy`.
