@@ -33,10 +33,13 @@ gradient mapping at the iteration's w: exact for staleness=0 (the round's sums),
 the others evaluated after the run on every ``loss_every``-th w the server kept (NaN in
 between; the workers are not stalled for it). ``elapsed_seconds`` is the server's clock.
 
-Solvers: 'gd' only (the step is a plain proximal step: L1 works through its prox); with
-staleness != 0 a numeric ``learning_rate`` (no line search: the points of a trial would
-be evaluated by workers at different w). lbfgs, nesterov and sgd are rejected before
-anything starts. ``transfer_dtype`` other than float64 is not supported yet.
+Solvers: with staleness=0, every full-batch solver (gd, nesterov, lbfgs: the server runs
+the same pure steps as the client would, line searches being more rounds); sgd is
+rejected (the workers push the sums of all their rows). With staleness != 0, 'gd' only,
+with a numeric ``learning_rate``: the step is a plain proximal step (L1 through its
+prox), no line search (the points of a trial would be evaluated by workers at different
+w); lbfgs, nesterov, sgd and gd's backtracking are rejected before anything starts.
+``transfer_dtype`` other than float64 is not supported yet.
 
 A worker lost during the fit: the runtime rebuilds the residents where its chunks are
 recomputed (from their lineage) and sends the request again; the server, whose state
@@ -131,10 +134,17 @@ class ParameterServer(ResidentStrategy):
                             client_update=False, mini_batches=False)  # fmt: skip
 
     def check(self, optimizer: Optimizer, *, n_workers: int | None = None) -> None:
-        if optimizer.name != "gd":
+        if optimizer.stochastic:
             raise ValueError(
-                f"solver {optimizer.name!r} cannot run with strategy 'parameter-server': the "
-                "server takes plain (proximal) gradient steps, use solver='gd'"
+                f"solver {optimizer.name!r} cannot run with strategy 'parameter-server': its "
+                "workers push the sums of all their rows (no mini-batches); use solver='gd'"
+            )
+        if optimizer.name != "gd" and not self.synchronous:
+            raise ValueError(
+                f"solver {optimizer.name!r} cannot run with strategy 'parameter-server' and "
+                f"staleness={self.staleness}: a stale server takes plain (proximal) gradient "
+                "steps (momentum and curvature pairs assume gradients at the current w); use "
+                "solver='gd', or staleness=0"
             )
         if optimizer.line_search and not self.synchronous:
             raise ValueError(
@@ -161,8 +171,8 @@ class ParameterServer(ResidentStrategy):
             runtime = session.runtime
             objective = objective_for(problem, session.top_gram_eigenvalue)
             objective = objective.resolved(optimizer.needs_lipschitz)
-            info = {**(info or {}), **self.describe(), **session.describe(),
-                    "loss_rows": "all", "max_iter": stopping.max_iter, "tol": stopping.tol}  # fmt: skip
+            info = {**(info or {}), **self.describe(), **session.describe(), "loss_rows": "all",
+                    "max_iter": stopping.max_iter, "tol": stopping.tol}  # fmt: skip
             for callback in callbacks:
                 callback.on_fit_start(dict(info))
             result = FitResult(w=w0, n_iter=0, converged=False, info=info)
@@ -201,9 +211,10 @@ class ParameterServer(ResidentStrategy):
         result.converged = bool(iterate.optimality <= stopping.tol)
 
     def _run_async(self, runtime, server, optimizer, objective, w0, stopping, result) -> None:
-        job = ps.AsyncJob(uuid.uuid4().hex, server, self.staleness,
-                          float(optimizer.initial_step(objective)), objective, w0,
-                          stopping.max_iter, stopping.tol, self.loss_every, self.timeout)  # fmt: skip
+        step = float(optimizer.initial_step(objective))
+        job = ps.AsyncJob(uuid.uuid4().hex, server, self.staleness, step, objective, w0,
+                          stopping.max_iter, stopping.tol, self.loss_every,
+                          self.timeout)  # fmt: skip
         results = runtime.call_with(ps.run_async, (job,), timeout=self._bound(stopping))
         progress: ps.Progress = results[server]["progress"]
         records = {address: reply["records"] for address, reply in results.items()}
