@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 import warnings
@@ -214,3 +216,35 @@ def test_line_search_and_failures_are_rejected_for_a_stale_server(local_schedule
     failing = get_strategy("parameter-server", emulation=Emulation(failures=[KillAt(0, 3)]))
     with pytest.raises(ValueError, match="emulated failures are not supported"):
         daskgd.LogisticRegression(solver="gd", strategy=failing).fit(X, y)
+
+
+def _cli(*arguments, timeout=240):
+    command = [sys.executable, "-m", "daskgd.cli", *map(str, arguments)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+
+
+def test_the_cli_runs_a_stale_server(tmp_path):
+    path = tmp_path / "ssp.nc"
+    result = _cli("demo", "--samples", 6_000, "--features", 4, "--chunks", 4, "--max-iter", 30,
+                  "--strategy", "parameter-server", "--staleness", 2, "--learning-rate", 1.0,
+                  "--straggler", "1:3x", "--trace-out", path, "--no-progress")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    trace = daskgd.load_trace(path)
+    assert trace.attrs["strategy"] == "parameter-server" and trace.attrs["staleness"] == 2
+    assert trace.sizes["iteration"] == 31 and "staleness" in trace
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--strategy", "parameter-server", "--staleness", "-1"], "staleness must be >= 0"),
+        (["--strategy", "parameter-server", "--staleness", "x"], "staleness must be an integer"),
+        (["--strategy", "direct", "--staleness", "2"], "--staleness is an option of"),
+        (["--strategy", "parameter-server", "--staleness", "none"], "numeric learning_rate"),
+    ],
+)
+def test_the_cli_checks_staleness_before_a_cluster_starts(arguments, message):
+    result = _cli("demo", *arguments, timeout=120)
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr
+    assert "LocalCluster" not in result.stdout

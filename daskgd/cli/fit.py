@@ -17,7 +17,6 @@ from daskgd.cli.options import (
     add_cluster_options,
     add_emulation_options,
     add_fit_options,
-    emulation_from,
     number,
     positive_int,
 )
@@ -29,6 +28,7 @@ from daskgd.cli.results import (
     save_fitted_model,
 )
 from daskgd.cli.run_data import data_paths, load_run_data
+from daskgd.cli.strategy_options import strategy_parameters
 
 #: Problem of ``daskgd demo``: about half a minute of gd on a 2-core laptop.
 DEMO_SAMPLES = 1_000_000
@@ -124,7 +124,7 @@ def _demo(args: argparse.Namespace) -> int:
     from daskgd.data.synthetic import make_classification
     from daskgd.estimators.linear import LogisticRegression
 
-    emulation = emulation_from(args)
+    parameters = strategy_parameters(args)  # checked before a cluster starts
     with client_for(args) as client:
         chunk_rows = -(-args.samples // args.chunks)
         X, y = make_classification(
@@ -140,11 +140,9 @@ def _demo(args: argparse.Namespace) -> int:
             max_iter=args.max_iter,
             tol=args.tol,
             learning_rate=args.learning_rate,
-            strategy=args.strategy,
             client=client,
             verbose=_progress(args),
-            transfer_dtype=args.transfer_dtype,
-            emulation=emulation,
+            **parameters,
             timeout=args.timeout,
             wait_for_workers=args.wait_for_workers,
         )
@@ -245,10 +243,8 @@ def _run(args: argparse.Namespace) -> int:
         "fit_intercept": not args.no_intercept,
         "solver": args.solver,
         "learning_rate": args.learning_rate,
-        "strategy": args.strategy,
         "verbose": _progress(args),
-        "transfer_dtype": args.transfer_dtype,
-        "emulation": emulation_from(args),
+        **strategy_parameters(args),
         "timeout": args.timeout,
         "wait_for_workers": args.wait_for_workers,
     }

@@ -110,6 +110,9 @@ def add_fit_options(
         + "; ".join(f"{name}: {STRATEGIES.summary(name)}" for name in STRATEGIES)
         + " (default: mapreduce)",
     )
+    from daskgd.cli.strategy_options import add_strategy_options
+
+    add_strategy_options(group)
     group.add_argument(
         "--max-iter",
         type=positive_int,
