@@ -92,8 +92,13 @@ def part_ps(client, args):
     target = float(trace.loss.values[-1])
     base = float(trace.elapsed_seconds.values[-1])
     busiest = trace.compute_seconds.isel(iteration=slice(1, None)).max("worker")
+    # The step against 1 / L (L = max eigenvalue of [X 1]'[X 1] / (4 n), logistic's bound).
+    ones = np.ones((X.shape[0], 1))
+    Xa = np.hstack([np.asarray(X), ones])
+    lipschitz = float(np.linalg.eigvalsh(Xa.T @ Xa / (4 * len(Xa)))[-1])
     print(f"\n[ps] {args.workers} workers, logistic n={args.samples:,} d={args.features}, "
-          f"{args.chunks} chunks, worker 1 slowed {args.slowdown:g}x, gd step {lr:g}")  # fmt: skip
+          f"{args.chunks} chunks, worker 1 slowed {args.slowdown:g}x, gd step {lr:g} "
+          f"(1/L = {1 / lipschitz:.3g})")  # fmt: skip
     print(f"  synchronous: {rounds} rounds to loss {target:.8f} in {base:.3f} s "
           f"({base / rounds * 1e3:.1f} ms/round, busiest compute "
           f"{float(busiest.median()) * 1e3:.1f} ms; fit {seconds:.2f} s)")  # fmt: skip

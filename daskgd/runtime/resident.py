@@ -180,12 +180,15 @@ class Resident:
 
     # -- compute ---------------------------------------------------------------------------
 
-    def local_sums(self, w: np.ndarray, blocks: Sequence[int] | None = None) -> np.ndarray:
+    def local_sums(
+        self, w: np.ndarray, blocks: Sequence[int] | None = None, *, slowed: bool = True
+    ) -> np.ndarray:
         """``[loss_sum, grad_sum..., n_rows]`` over this resident's chunks (timed as compute).
 
         ``blocks`` are global chunk indices; the resident sums those it holds, in the
         order given (a repeated index counts twice), and ignores the others. An emulated
-        straggler then sleeps ``(factor - 1)`` times the compute (plus its random delay).
+        straggler then sleeps ``(factor - 1)`` times the compute (plus its random delay),
+        unless ``slowed`` is False (a measurement after the fit, outside the algorithm).
         """
         w = self._check_w(w)
         chosen = self.blocks if blocks is None else self._held(blocks)
@@ -198,7 +201,7 @@ class Resident:
             X, y = chunk
             partial = packed_loss_grad(X, y, w, model=self.model, fit_intercept=self.fit_intercept)
             total += partial[0]
-        if self._slowdown is not None:
+        if self._slowdown is not None and slowed:
             extra = self._slowdown.extra_seconds(time.perf_counter() - start)
             if extra > 0:
                 time.sleep(extra)

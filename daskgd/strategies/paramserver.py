@@ -319,11 +319,12 @@ def _round(resident, progress: SyncProgress, records: dict, others: list[str], i
         number = progress.evaluations
         progress.evaluations += 1
         payload = np.append(w, float(number))
-        for peer in others:
-            resident.send(peer, ps.PULL, payload, exact=True)
+        for peer in others:  # all at once: the writes go on while this worker computes
+            resident.send(peer, ps.PULL, payload, wait=False, exact=True)
         partials = {resident.address: resident.local_sums(w)}
         for peer in others:
             partials[peer] = resident.recv((ps.PUSH, rank[peer]))
+        resident.flush()  # delivered, since they answered: this only forgets the writes
         total = np.zeros(resident.n_params + 2)
         for peer in resident.peers:  # rank order, as direct adds them
             total += partials[peer]
@@ -377,7 +378,8 @@ def _exact_at(runtime: Any, objective: Objective, step: float, snapshots: dict) 
     """{version: loss, grad_norm, optimality} of the full data at the kept w (one request)."""
     versions = sorted(snapshots)
     W = np.array([snapshots[v] for v in versions])
-    sums = runtime.call(ps.snapshot_sums, W)
+    # One chunk pass per kept w on every worker: bounded like that many evaluations.
+    sums = runtime.call_with(ps.snapshot_sums, (W,), timeout=runtime.timeout * (1 + len(W)))
     total = np.zeros((len(versions), runtime.n_params + 2))
     for address in runtime.workers:  # rank order
         total += sums[address]
