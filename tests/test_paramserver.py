@@ -144,6 +144,7 @@ def _kill_when_running(client, rank, after_updates):
     return thread, killed
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("staleness", [0, None])
 def test_a_killed_worker_finishes_with_the_others(client, staleness):
     X, y = make_classification(8_000, 6, chunks=1_000, random_state=6)
@@ -166,6 +167,7 @@ def test_a_killed_worker_finishes_with_the_others(client, staleness):
     assert disturbed.n_iter_[0] == 80
 
 
+@pytest.mark.slow
 def test_a_killed_server_stops_with_a_clear_error(client):
     X, y = make_classification(8_000, 6, chunks=1_000, random_state=7)
     thread, killed = _kill_when_running(client, rank=0, after_updates=20)
@@ -223,6 +225,7 @@ def _cli(*arguments, timeout=240):
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_the_cli_runs_a_stale_server(tmp_path):
     path = tmp_path / "ssp.nc"
     result = _cli("demo", "--samples", 6_000, "--features", 4, "--chunks", 4, "--max-iter", 30,
