@@ -11,8 +11,9 @@ worker through distributed's pooled connections with no client in the loop (the 
 sends one request that runs the whole fit and reads the record at the end), the server
 is a node of the cluster as in the lecture, and its traffic (m pulls and m pushes per
 round) shows in that worker's bytes, which is what the busiest-node figure compares
-with peer-to-peer strategies. That worker also computes its own chunks: the server is a
-coroutine on its event loop, its sums come from its worker thread.
+with peer-to-peer strategies. That worker also computes its own chunks: a stale server
+is a coroutine on its event loop (a push is applied at once, while the worker's thread
+computes); the synchronous one runs in that thread, its own sums part of each round.
 
 ``staleness=0``: every round the server sends w to all workers and waits for all their
 partial sums, adds them in rank order and takes one optimizer step (the driver's own
