@@ -123,6 +123,16 @@ def test_async_and_ssp_reach_the_optimum_under_a_straggler(cluster_client, data)
         assert model.trace_.attrs["stopped_by"] in ("tol", "max_iter")
 
 
+def test_loss_every_k_updates_is_the_full_data_loss_there_and_nan_between(cluster_client, data):
+    X, y = data
+    strategy = get_strategy("parameter-server", staleness=None, loss_every=5)
+    trace = _fit(strategy, X, y, max_iter=23).trace_
+    measured = ~np.isnan(trace.loss.values)
+    assert trace.iteration.values[measured].tolist() == [0, 5, 10, 15, 20, 23]
+    reference = _fit(get_strategy("parameter-server", staleness=None), X, y, max_iter=1).trace_
+    assert float(trace.loss[0]) == pytest.approx(float(reference.loss[0]), rel=1e-12)
+
+
 def _objective(X, y, w):
     """scikit-learn's objective for C=1 divided by n: mean logloss + ||coef||^2 / (2 n)."""
     z = X @ w[:-1] + w[-1]
