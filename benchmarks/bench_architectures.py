@@ -6,10 +6,12 @@ ps  Parameter server on 4 worker processes x 1 thread, logistic regression, one 
     slowed 3x (emulated: it sleeps twice its measured compute). The synchronous server
     (staleness=0) runs T rounds of gd with a fixed step; SSP (staleness=2) and the
     asynchronous server (staleness=None) run with the same step until they reach the
-    loss synchronous reached at round T. Printed: each one's wall time to that loss
-    (the server's clock, ``trace_.elapsed_seconds``), its ratio to synchronous (target
-    <= 0.8 for both), updates used, and the staleness of the applied pushes (mean,
-    median, max, per worker). Every run starts from w = 0 on the same placed data.
+    loss synchronous reached at round T; for each step in ``--step-fractions`` (of 1/L:
+    0.5/L and 1/L by default; the stale servers divide it by 1 + staleness). Printed:
+    each one's wall time to that loss (the server's clock, ``trace_.elapsed_seconds``),
+    its ratio to synchronous (target <= 0.8 for both), updates used, and the staleness
+    of the applied pushes (mean, median, max, per worker). Every run starts from w = 0
+    on the same placed data.
 
 Run ``PYTHONPATH=. python benchmarks/bench_architectures.py --parts ps`` from the
 repository root; the load average is printed before and after: on a loaded machine the
@@ -42,7 +44,13 @@ def parse_args(argv=None):
     parser.add_argument("--features", type=int, default=20)
     parser.add_argument("--chunks", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=30, help="T: synchronous rounds")
-    parser.add_argument("--learning-rate", type=float, default=2.0)
+    parser.add_argument(
+        "--step-fractions",
+        type=float,
+        nargs="+",
+        default=[0.5, 1.0],
+        help="gd steps to run, as fractions of 1/L (L: logistic's bound)",
+    )
     parser.add_argument("--slowdown", type=float, default=3.0)
     return parser.parse_args(argv)
 
@@ -82,23 +90,29 @@ def staleness_summary(trace) -> str:
 def part_ps(client, args):
     X, y = make_classification(args.samples, args.features,
                                chunks=-(-args.samples // args.chunks), random_state=0)  # fmt: skip
-    emulation = Emulation(stragglers={1: args.slowdown})
-    lr, rounds = args.learning_rate, args.rounds
+    # 1/L, L = max eigenvalue of [X 1]'[X 1] / (4 n): logistic's bound, gd's classic step.
+    Xa = np.hstack([np.asarray(X), np.ones((X.shape[0], 1))])
+    inverse_l = 1 / float(np.linalg.eigvalsh(Xa.T @ Xa / (4 * len(Xa)))[-1])
     # The chunk kernel is compiled (numba) on each worker's first call: seconds, not timed.
-    fit(X, y, client, get_strategy("parameter-server", timeout=300.0), 1, lr)
+    fit(X, y, client, get_strategy("parameter-server", timeout=300.0), 1, inverse_l)
+    print(
+        f"\n[ps] {args.workers} workers, logistic n={args.samples:,} d={args.features}, "
+        f"{args.chunks} chunks, worker 1 slowed {args.slowdown:g}x, 1/L = {inverse_l:.3g}"
+    )
+    for fraction in args.step_fractions:
+        ps_at_step(client, args, X, y, fraction * inverse_l, fraction)
+
+
+def ps_at_step(client, args, X, y, lr, fraction):
+    emulation = Emulation(stragglers={1: args.slowdown})
+    rounds = args.rounds
     sync = get_strategy("parameter-server", staleness=0, emulation=emulation)
     model, seconds = fit(X, y, client, sync, rounds, lr)
     trace = model.trace_
     target = float(trace.loss.values[-1])
     base = float(trace.elapsed_seconds.values[-1])
     busiest = trace.compute_seconds.isel(iteration=slice(1, None)).max("worker")
-    # The step against 1 / L (L = max eigenvalue of [X 1]'[X 1] / (4 n), logistic's bound).
-    ones = np.ones((X.shape[0], 1))
-    Xa = np.hstack([np.asarray(X), ones])
-    lipschitz = float(np.linalg.eigvalsh(Xa.T @ Xa / (4 * len(Xa)))[-1])
-    print(f"\n[ps] {args.workers} workers, logistic n={args.samples:,} d={args.features}, "
-          f"{args.chunks} chunks, worker 1 slowed {args.slowdown:g}x, gd step {lr:g} "
-          f"(1/L = {1 / lipschitz:.3g})")  # fmt: skip
+    print(f"  gd step {lr:.3g} ({fraction:g}/L), load {load()}")
     print(f"  synchronous: {rounds} rounds to loss {target:.8f} in {base:.3f} s "
           f"({base / rounds * 1e3:.1f} ms/round, busiest compute "
           f"{float(busiest.median()) * 1e3:.1f} ms; fit {seconds:.2f} s)")  # fmt: skip
