@@ -21,8 +21,9 @@ partial sums, adds them in rank order and takes one optimizer step (the driver's
 ``mapreduce`` within rounding, gd's backtracking included (a trial point is one more
 round). ``staleness=s >= 1`` or ``None``: one update per push, with the aggregated
 gradient of every worker's latest sum and the step ``learning_rate / (1 + staleness of
-the push)``, at most s steps between the fastest and the slowest worker for SSP; see
-:mod:`daskgd.runtime.server` for the rule, why, and the stopping rule.
+that aggregate)`` (the rows-weighted mean age of its sums), at most s steps between
+the fastest and the slowest worker for SSP; see :mod:`daskgd.runtime.server` for the
+rule, why, and the stopping rule.
 
 What the trace records. ``iteration`` is one server update (a round for staleness=0);
 ``staleness`` per (iteration, worker) is the updates between the w a worker computed
