@@ -17,10 +17,8 @@ from daskgd.cli.options import (
     add_cluster_options,
     add_emulation_options,
     add_fit_options,
-    emulation_from,
     number,
     positive_int,
-    strategy_options,
 )
 from daskgd.cli.results import (
     add_model_options,
@@ -30,6 +28,7 @@ from daskgd.cli.results import (
     save_fitted_model,
 )
 from daskgd.cli.run_data import data_paths, load_run_data
+from daskgd.cli.strategy_options import strategy_parameters
 
 #: Problem of ``daskgd demo``: about half a minute of gd on a 2-core laptop.
 DEMO_SAMPLES = 1_000_000
@@ -125,7 +124,7 @@ def _demo(args: argparse.Namespace) -> int:
     from daskgd.data.synthetic import make_classification
     from daskgd.estimators.linear import LogisticRegression
 
-    strategy = strategy_options(args, emulation_from(args))  # checked before a cluster starts
+    strategy = strategy_parameters(args)  # checked before a cluster starts
     model = LogisticRegression(
         solver=args.solver,
         max_iter=args.max_iter,
@@ -246,7 +245,7 @@ def _run(args: argparse.Namespace) -> int:
         "solver": args.solver,
         "learning_rate": args.learning_rate,
         "verbose": _progress(args),
-        **strategy_options(args, emulation_from(args)),
+        **strategy_parameters(args),
         "timeout": args.timeout,
         "wait_for_workers": args.wait_for_workers,
     }

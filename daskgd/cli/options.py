@@ -110,19 +110,9 @@ def add_fit_options(
         + "; ".join(f"{name}: {STRATEGIES.summary(name)}" for name in STRATEGIES)
         + " (default: mapreduce)",
     )
-    group.add_argument(
-        "--topology",
-        choices=("ring", "torus", "complete"),
-        default=None,
-        help="--strategy gossip: who averages with whom (default: ring)",
-    )
-    group.add_argument(
-        "--local-steps",
-        type=positive_int,
-        default=None,
-        metavar="H",
-        help="--strategy local-sgd: local steps between two averages (default: 8)",
-    )
+    from daskgd.cli.strategy_options import add_strategy_options
+
+    add_strategy_options(group)
     group.add_argument(
         "--max-iter",
         type=positive_int,
@@ -180,29 +170,4 @@ __all__ = [
     "number",
     "positive_int",
     "positive_number",
-    "strategy_options",
 ]
-
-
-#: Strategy options of the command line: (attribute, option, the strategy it belongs to).
-_STRATEGY_OPTIONS = (("topology", "--topology", "gossip"), ("local_steps", "--local-steps",
-                     "local-sgd"))  # fmt: skip
-
-
-def strategy_options(args: argparse.Namespace, emulation: Any) -> dict:
-    """The estimator's ``strategy`` (a name, or a configured strategy when options of its
-    own are given) with ``transfer_dtype`` and ``emulation``; a misplaced option is an error."""
-    options = {}
-    for attribute, option, owner in _STRATEGY_OPTIONS:
-        value = getattr(args, attribute, None)
-        if value is None:
-            continue
-        if args.strategy != owner:
-            raise ValueError(f"{option} is an option of --strategy {owner}, not {args.strategy}")
-        options[attribute] = value
-    common = {"transfer_dtype": args.transfer_dtype, "emulation": emulation}
-    if not options:
-        return {"strategy": args.strategy, **common}
-    from daskgd.strategies import get_strategy
-
-    return {"strategy": get_strategy(args.strategy, **common, **options)}

@@ -68,7 +68,8 @@ def resident_worker_dataset(
                                                                    "units": units})  # fmt: skip
     if any("staleness" in m for r in records for m in (r.worker_measures or {}).values()):
         data_vars["staleness"] = (cells, _table(records, workers, "staleness"), {
-            "long_name": "evaluations since the partial sum used was computed (backup workers)",
+            "long_name": "updates (parameter server) or evaluations (backup workers) since "
+            "the partial sum applied was computed; NaN where none of the worker's was",
             "units": "1"})  # fmt: skip
     compute = data_vars["compute_seconds"][1]
     active = ~np.isnan(compute)

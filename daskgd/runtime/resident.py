@@ -180,12 +180,15 @@ class Resident:
 
     # -- compute ---------------------------------------------------------------------------
 
-    def local_sums(self, w: np.ndarray, blocks: Sequence[int] | None = None) -> np.ndarray:
+    def local_sums(
+        self, w: np.ndarray, blocks: Sequence[int] | None = None, *, slowed: bool = True
+    ) -> np.ndarray:
         """``[loss_sum, grad_sum..., n_rows]`` over this resident's chunks (timed as compute).
 
         ``blocks`` are global chunk indices; the resident sums those it holds, in the
         order given (a repeated index counts twice), and ignores the others. An emulated
-        straggler then sleeps ``(factor - 1)`` times the compute (plus its random delay).
+        straggler then sleeps ``(factor - 1)`` times the compute (plus its random delay),
+        unless ``slowed`` is False (a measurement after the fit, outside the algorithm).
         """
         w = self._check_w(w)
         chosen = self.blocks if blocks is None else self._held(blocks)
@@ -198,7 +201,7 @@ class Resident:
             X, y = chunk
             partial = packed_loss_grad(X, y, w, model=self.model, fit_intercept=self.fit_intercept)
             total += partial[0]
-        if self._slowdown is not None:
+        if self._slowdown is not None and slowed:
             extra = self._slowdown.extra_seconds(time.perf_counter() - start)
             if extra > 0:
                 time.sleep(extra)
@@ -400,15 +403,48 @@ class Resident:
         task.add_done_callback(retrieve)  # a failure also fails the waits: seen there
         return task
 
+    # -- from a coroutine on the event loop (a parameter server beside this worker's work) -
+
+    def post_soon(self, peer: str, tag: Any, vector: Any, *, exact: bool = False) -> int:
+        """On the event loop: start delivering ``vector`` to ``peer``; its payload bytes.
+
+        :meth:`send` for a coroutine that serves the other residents while this worker's
+        thread computes (:mod:`daskgd.runtime.server`). The meter is left alone (it is the
+        thread's request); the caller counts what it returns. A failed write ends the
+        call's waits with :class:`PeerLostError`, as for :meth:`send`.
+        """
+        if peer not in self.peers:
+            raise ValueError(f"unknown peer {peer!r}; the peers are {list(self.peers)}")
+        tag = _check_tag(tag)
+        vector = np.asarray(vector, dtype=np.float64).reshape(-1)
+        payload, lossless = self._encoded(vector, exact)
+        header = self._header(peer, tag, payload, vector.size, lossless, count=False)
+        if peer == self.address:
+            now = time.time()
+            message = Message(payload, vector.size, lossless, peer, now, now, header["seq"])
+            self.mailbox.put(self._call, tag, message)
+        else:
+            task = asyncio.ensure_future(self._post(peer, header, payload))
+            task.add_done_callback(retrieve)
+        return int(payload.nbytes)
+
+    async def next_message(self, tag: Any, timeout: float) -> tuple[str, np.ndarray, int]:
+        """On the event loop: (sender, decoded vector, payload bytes) of the next message
+        under ``tag`` in the current call, from any sender, waiting at most ``timeout``."""
+        message = await self.mailbox.get_async(self._call, _check_tag(tag), timeout, self._who())
+        return message.source, self._decode(message), int(message.payload.nbytes)
+
     async def _arrival(self, tag: Hashable) -> Message:
         blocked_from = time.time()
         message = await self.mailbox.get_async(self._call, tag, self.timeout, self._who())
         self._account_wait(message, blocked_from, time.time())
         return message
 
-    def _header(self, peer: str, tag: Hashable, payload: np.ndarray, n: int, exact: bool) -> dict:
-        self.meter.bytes_sent += int(payload.nbytes)
-        self.meter.messages_sent += 1
+    def _header(self, peer: str, tag: Hashable, payload: np.ndarray, n: int, exact: bool,
+                count: bool = True) -> dict:  # fmt: skip
+        if count:
+            self.meter.bytes_sent += int(payload.nbytes)
+            self.meter.messages_sent += 1
         seq = self._sequence.get((peer, tag), 0)
         self._sequence[(peer, tag)] = seq + 1
         return {"run_id": self.run_id, "attempt": self.attempt, "call": self._call,

@@ -8,6 +8,7 @@ allreduce.py     ring all-reduce among the workers, the step replicated on each
 p2p.py           the shared loop of the peer-to-peer strategies (each worker its own w)
 gossip.py        decentralised averaging with neighbours on a topology (D-PSGD)
 localsgd.py      H local steps per worker, then an all-reduce average of the models
+paramserver.py   a server on one worker: pull w, push sums (sync, SSP, async)
 """
 
 from daskgd.strategies.base import (
@@ -31,6 +32,7 @@ __all__ = [
     "Gossip",
     "LocalSGD",
     "MapReduce",
+    "ParameterServer",
     "Strategy",
     "SynchronousStrategy",
     "get_strategy",
@@ -44,6 +46,7 @@ _CLASSES = {
     "AllReduce": "daskgd.strategies.allreduce",
     "Gossip": "daskgd.strategies.gossip",
     "LocalSGD": "daskgd.strategies.localsgd",
+    "ParameterServer": "daskgd.strategies.paramserver",
 }
 
 

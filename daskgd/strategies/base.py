@@ -193,6 +193,10 @@ BUILTIN_STRATEGIES: dict[str, tuple[str, str]] = {
         "daskgd.strategies.localsgd",
         "local steps on every worker, the models averaged (all-reduce) every H steps",
     ),
+    "parameter-server": (
+        "daskgd.strategies.paramserver",
+        "a server on one worker; workers pull w and push sums (sync, SSP or async: staleness)",
+    ),
 }
 
 #: name -> strategy class, for strategies registered with :func:`register_strategy`.

@@ -1,0 +1,293 @@
+"""The parameter server's loops on the workers: pull w, push partial sums, apply them.
+
+One :meth:`daskgd.runtime.handle.Runtime.call` runs the whole fit: every resident runs
+:func:`work` in its worker thread (pull w from the server, sum its chunks, push the sum
+to the server, again, until the server says stop), and the server's resident also runs
+:func:`serve` as a coroutine on its worker's event loop, beside its own :func:`work`: a
+push is applied the moment it arrives, with no thread switch, while that worker's thread
+computes. Vectors go worker to server and back through :meth:`Resident.send` /
+:meth:`Resident.post_soon` (distributed's pooled connections, the runtime's handlers):
+neither the scheduler nor the client is in the loop.
+
+The messages. A pull is ``[w..., version]`` (exact float64), the version being the
+number of server updates w has had; an empty vector is "stop". A push is the packed
+partial sum ``[loss_sum, grad_sum..., n_rows]`` of the worker's chunks at the w it last
+pulled: the server knows which version that was (it sent it), so the staleness of a
+push is the server's version when it is applied minus that one.
+
+The update rule of :func:`serve` (``staleness=s`` or None) is an aggregated gradient
+with delays (PIAG: Aytekin, Feyzmahdavian & Johansson 2016, "Analysis and implementation
+of an asynchronous optimization algorithm for the parameter server"): the server keeps
+the latest partial sum of every worker, and each push replaces that worker's one and
+triggers one proximal gradient step with the sum of them all, scaled to the full data,
+and the step size divided by (1 + the staleness of that sum):
+
+    G = (sum_i latest_i.grad_sum) / (sum_i latest_i.n_rows) + grad penalty(w)
+    tau = sum_i n_i (version - version latest_i was computed at) / sum_i n_i
+    w <- prox(w - eta / (1 + tau) * G, eta / (1 + tau))
+
+tau is the rows-weighted mean age of the sums in G, not the age of the push that
+triggered the step: G's error grows with every sum's age (each ~ L_i times how far w
+moved since it was computed), and a fast worker's fresh push says nothing of the others'.
+Measured: with the push's own staleness instead, two workers of which one (the server's
+own, whose pushes cross no network) pushed ten times as often, the loss rose from 0.469
+to 0.54 within 13 updates at step 2 (1/L = 4); with tau it decreases.
+
+Every row enters every step, through its worker's latest sum, so a slow worker's rows
+are never under-weighted and a fixed point is the full-data optimum (applying each
+push's own partial sum alone, Downpour-style, weights each shard by how often its worker
+pushes: under a fixed straggler it converges near the optimum of the fast workers'
+rows). The first update waits until every worker has pushed once (the exact gradient
+at w0). Stopping: ``max_iter`` server updates, or the gradient-mapping norm of G (an
+estimate: the latest sums are at older w) <= ``tol`` before an update.
+
+Bounded staleness (SSP, Ho et al. 2013): ``clock_i`` counts worker i's applied pushes; a
+worker is sent its next w only while ``clock_i - min_j clock_j <= s``, so no worker is
+ever more than s steps ahead of the slowest; the others are held until the slowest
+pushes. ``staleness=None`` never holds anyone (asynchronous). ``staleness=0`` (the
+synchronous server: all m pushes at one w, one step) runs in
+:mod:`daskgd.strategies.paramserver`, with the same :func:`work` on the workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from daskgd.models.losses import unpack
+from daskgd.models.objective import Objective
+from daskgd.runtime.messaging import RecvTimeoutError
+
+__all__ = ["PULL", "PUSH", "AsyncJob", "Progress", "ServerLostError", "run_async", "work"]
+
+PULL = "ps-pull"
+PUSH = "ps-push"
+STOP = np.zeros(0)
+#: resident.state key prefix of a parameter-server fit (one per fit token).
+STATE = "daskgd-ps"
+_TIMED = ("compute_seconds", "communication_seconds", "wait_seconds", "bytes_sent",
+          "bytes_received", "messages_sent", "messages_received")  # fmt: skip
+
+
+class ServerLostError(RuntimeError):
+    """The parameter server's worker is gone: w and the run's record went with it."""
+
+
+@dataclass(frozen=True)
+class AsyncJob:
+    """What every resident is told for an asynchronous or SSP fit (pickled once)."""
+
+    token: str
+    server: str
+    staleness: int | None
+    learning_rate: float
+    objective: Objective
+    w0: np.ndarray
+    max_iter: int
+    tol: float
+    loss_every: int
+    timeout: float
+
+
+@dataclass
+class Progress:
+    """The server's state, kept in its resident's state: it survives a rebuild of the
+    others (a lost worker), so the retried call goes on from the last update."""
+
+    w: np.ndarray
+    version: int = 0
+    started_at: float = field(default_factory=time.time)
+    #: one per update: iteration, time, applied [(worker, staleness, pulled version)], ...
+    events: list = field(default_factory=list)
+    #: {version: w} every loss_every updates and the last, for the exact loss afterwards
+    snapshots: dict = field(default_factory=dict)
+    #: 'max_iter', 'tol'; '' while running
+    stopped: str = ""
+    attempts: int = 0
+
+
+# -- the worker's side (a worker thread) -----------------------------------------------------
+
+
+def records_of(resident: Any, token: str) -> dict:
+    """{pulled version or evaluation id: what this worker measured for that push}."""
+    return resident.state.setdefault(f"{STATE}-{token}-records", {})
+
+
+def check_server(resident: Any, server: str) -> None:
+    if server not in resident.peers:
+        raise ServerLostError(
+            f"the parameter server's worker {server} is no longer among the workers holding "
+            f"the data ({list(resident.peers)}): its w and the run's record were lost with it"
+        )
+
+
+def work(resident: Any, server: str, push_tag: Any, records: dict) -> None:
+    """Pull w, sum this worker's chunks at it, push the sum; until the server says stop.
+
+    ``records[version]`` gets the push's compute, communication and wait seconds (the
+    wait for the pull included) and bytes. A push to a server on this same worker
+    crosses no network: its bytes are not counted.
+    """
+    meter = resident.meter
+    local = server == resident.address
+    while True:
+        before = {name: getattr(meter, name) for name in _TIMED}
+        pulled = resident.recv(PULL)
+        if pulled.size == 0:
+            return
+        partial = resident.local_sums(pulled[:-1])
+        resident.send(server, push_tag, partial)
+        measured = {name: getattr(meter, name) - before[name] for name in _TIMED}
+        if local:
+            measured.update(bytes_sent=0, messages_sent=0, bytes_received=0, messages_received=0)
+        records[int(pulled[-1])] = measured
+
+
+# -- the server's side (a coroutine on the server worker's event loop) -----------------------
+
+
+class _Server:
+    """One attempt of the server: the latest sums, clocks, held workers (rebuilt on retry)."""
+
+    def __init__(self, resident: Any, job: AsyncJob, progress: Progress):
+        self.resident, self.job, self.progress = resident, job, progress
+        self.peers = resident.peers
+        self.latest: dict[str, np.ndarray] = {}
+        self.computed_at: dict[str, int] = {}  # the version each latest sum was computed at
+        self.sent: dict[str, int] = {}
+        self.clocks = dict.fromkeys(self.peers, 0)
+        self.held: set[str] = set()
+        self.applied: list = []  # pushes since the last update
+        self.bytes_in = self.bytes_out = 0
+
+    def pull(self, peer: str) -> None:
+        payload = np.append(self.progress.w, float(self.progress.version))
+        nbytes = self.resident.post_soon(peer, PULL, payload, exact=True)
+        self.bytes_out += 0 if peer == self.resident.address else nbytes
+        self.sent[peer] = self.progress.version
+
+    def allowed(self, peer: str) -> bool:
+        bound = self.job.staleness
+        return bound is None or self.clocks[peer] - min(self.clocks.values()) <= bound
+
+    def release(self, candidates: list[str]) -> None:
+        for peer in self.peers:  # rank order: deterministic
+            if peer in candidates or peer in self.held:
+                if self.allowed(peer):
+                    self.held.discard(peer)
+                    self.pull(peer)
+                else:
+                    self.held.add(peer)
+
+    def receive(self, source: str, partial: np.ndarray, nbytes: int) -> None:
+        self.latest[source] = partial
+        self.computed_at[source] = self.sent[source]
+        self.clocks[source] += 1
+        staleness = self.progress.version - self.sent[source]
+        self.applied.append((source, staleness, self.sent[source]))
+        self.bytes_in += 0 if source == self.resident.address else nbytes
+
+    def age(self, n_rows: float) -> float:
+        """Staleness of the aggregate: the rows-weighted mean age (in updates) of its sums."""
+        version = self.progress.version
+        aged = sum(float(self.latest[p][-1]) * (version - self.computed_at[p]) for p in self.peers)
+        return aged / max(float(n_rows), 1.0)
+
+    def step(self, started: float) -> bool:
+        """One update with the latest sums (False: tol or max_iter reached, no update)."""
+        job, progress = self.job, self.progress
+        total = np.zeros_like(next(iter(self.latest.values())))
+        for peer in self.peers:  # rank order: the same additions every time
+            total += self.latest[peer]
+        loss_sum, grad_sum, n_rows = unpack(total)
+        _, grad = job.objective.smooth_value_grad(progress.w, loss_sum, grad_sum, n_rows)
+        estimate = job.objective.gradient_mapping_norm(progress.w, grad, job.learning_rate)
+        if estimate <= job.tol:
+            progress.stopped = "tol"
+            return False
+        step = job.learning_rate / (1.0 + self.age(n_rows))
+        progress.w = job.objective.prox(progress.w - step * grad, step)
+        progress.version += 1
+        if progress.version % job.loss_every == 0:
+            progress.snapshots[progress.version] = progress.w.copy()
+        progress.events.append({
+            "iteration": progress.version, "time": time.time(), "applied": self.applied,
+            "step_size": step, "estimate": estimate, "attempt": progress.attempts,
+            "server": {"bytes_received": self.bytes_in, "seconds": time.perf_counter() - started},
+        })  # fmt: skip
+        self.applied, self.bytes_in = [], 0
+        return True
+
+
+async def serve(resident: Any, job: AsyncJob, progress: Progress) -> None:
+    """Apply the pushes as they arrive until max_iter updates or tol; then stop everyone."""
+    server = _Server(resident, job, progress)
+    progress.snapshots.setdefault(progress.version, progress.w.copy())
+    try:
+        if not progress.stopped:
+            for peer in server.peers:
+                server.pull(peer)
+            await _loop(server)
+    finally:
+        for peer in server.peers:
+            resident.post_soon(peer, PULL, STOP, exact=True)
+        progress.snapshots[progress.version] = progress.w.copy()
+
+
+async def _loop(server: _Server) -> None:
+    job, progress = server.job, server.progress
+    while progress.version < job.max_iter:
+        source, partial, nbytes = await server.resident.next_message(PUSH, job.timeout)
+        started = time.perf_counter()
+        server.receive(source, partial, nbytes)
+        if len(server.latest) < len(server.peers):  # the first sums of this attempt
+            server.held.add(source)
+            continue
+        if not server.step(started):
+            return
+        server.release([source])
+        events = progress.events
+        events[-1]["server"]["bytes_sent"], server.bytes_out = server.bytes_out, 0
+        events[-1]["server"]["seconds"] = time.perf_counter() - started
+    progress.stopped = "max_iter"
+
+
+def run_async(resident: Any, job: AsyncJob) -> dict:
+    """The function every resident runs for an asynchronous or SSP fit (Runtime.call)."""
+    check_server(resident, job.server)
+    records = records_of(resident, job.token)
+    if resident.address != job.server:
+        work(resident, job.server, PUSH, records)
+        return {"records": records}
+    key = f"{STATE}-{job.token}-progress"
+    progress = resident.state.get(key)
+    if progress is None:
+        progress = resident.state[key] = Progress(w=np.array(job.w0, dtype=np.float64))
+    progress.attempts += 1
+    # The event loop of this worker: the server answers pushes while this thread computes.
+    future = asyncio.run_coroutine_threadsafe(serve(resident, job, progress), resident._loop)
+    try:
+        work(resident, job.server, PUSH, records)
+    finally:
+        try:
+            future.result(timeout=job.timeout + 1.0)  # it stopped us: it is ending
+        except FutureTimeout:
+            future.cancel()
+            raise RecvTimeoutError(
+                f"the parameter server on {resident.address} did not end within "
+                f"{job.timeout:g} s of its last stop message"
+            ) from None
+    return {"records": records, "progress": progress}
+
+
+def snapshot_sums(resident: Any, snapshots: np.ndarray) -> np.ndarray:
+    """Packed partial sums of this worker's chunks at every row of ``snapshots`` (after
+    the fit: an emulated straggler is not slowed for it)."""
+    sums = [resident.local_sums(w, slowed=False) for w in snapshots]
+    return np.stack(sums) if sums else np.zeros((0, resident.n_params + 2))

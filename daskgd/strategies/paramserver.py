@@ -1,0 +1,430 @@
+"""``parameter-server``: a server holding w on one worker; workers pull w, push their sums.
+
+    get_strategy("parameter-server", staleness=0)     # synchronous: one step per round
+    get_strategy("parameter-server", staleness=2)     # stale synchronous parallel (SSP)
+    get_strategy("parameter-server", staleness=None)  # asynchronous (Downpour-like)
+
+Where the server is. On the worker of the resident of rank 0 (the worker holding the
+first chunk of the data), chosen by the client before the run and recorded in the trace
+attr ``server``. On a worker, not on the client: the pushes and pulls then go worker to
+worker through distributed's pooled connections with no client in the loop (the client
+sends one request that runs the whole fit and reads the record at the end), the server
+is a node of the cluster as in the lecture, and its traffic (m pulls and m pushes per
+round) shows in that worker's bytes, which is what the busiest-node figure compares
+with peer-to-peer strategies. That worker also computes its own chunks: a stale server
+is a coroutine on its event loop (a push is applied at once, while the worker's thread
+computes); the synchronous one runs in that thread, its own sums part of each round.
+
+``staleness=0``: every round the server sends w to all workers and waits for all their
+partial sums, adds them in rank order and takes one optimizer step (the driver's own
+:func:`~daskgd.engine.steps.next_iterate`, run on the server): the same iterates as
+``mapreduce`` within rounding, gd's backtracking included (a trial point is one more
+round). ``staleness=s >= 1`` or ``None``: one update per push, with the aggregated
+gradient of every worker's latest sum and the step ``learning_rate / (1 + staleness of
+that aggregate)`` (the rows-weighted mean age of its sums), at most s steps between
+the fastest and the slowest worker for SSP; see :mod:`daskgd.runtime.server` for the
+rule, why, and the stopping rule.
+
+What the trace records. ``iteration`` is one server update (a round for staleness=0);
+``staleness`` per (iteration, worker) is the updates between the w a worker computed
+its sum at and the update that applied it (0 in synchronous rounds, NaN where that
+worker's sum was not applied at that iteration); the per-worker seconds and bytes are
+each push's (the pull's wait included), the server's worker also carrying the server's
+traffic. ``loss``, ``grad_norm`` and ``optimality`` are the full-data F, gradient norm and
+gradient mapping at the iteration's w: exact for staleness=0 (the round's sums), and for
+the others evaluated after the run on every ``loss_every``-th w the server kept (NaN in
+between; the workers are not stalled for it). ``elapsed_seconds`` is the server's clock.
+
+Solvers: with staleness=0, every full-batch solver (gd, nesterov, lbfgs: the server runs
+the same pure steps as the client would, line searches being more rounds); sgd is
+rejected (the workers push the sums of all their rows). With staleness != 0, 'gd' only,
+with a numeric ``learning_rate``: the step is a plain proximal step (L1 through its
+prox), no line search (the points of a trial would be evaluated by workers at different
+w); lbfgs, nesterov, sgd and gd's backtracking are rejected before anything starts.
+``transfer_dtype`` other than float64 is not supported yet.
+
+A worker lost during the fit: the runtime rebuilds the residents where its chunks are
+recomputed (from their lineage) and sends the request again; the server, whose state
+lives in its resident's state, goes on from its last update with the remaining workers:
+what is lost is the gradients in flight (computed, not yet applied) and the dead
+worker's latest sum (the first update after the rebuild waits for a fresh sum from
+every worker). For staleness=0 the iterates are those of an undisturbed fit. A lost
+server loses w: the fit stops with :class:`~daskgd.runtime.server.ServerLostError`.
+Callbacks see the iterations after the run (they are not in the loop); emulated
+failures (which fire from a callback) are therefore rejected.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from daskgd.engine.callbacks import Callback
+from daskgd.engine.driver import FitResult, IterationRecord, Stopping, check_finite
+from daskgd.engine.steps import Evaluation, Evaluator, first_iterate, next_iterate
+from daskgd.models.losses import unpack
+from daskgd.models.objective import Objective
+from daskgd.optim.base import Optimizer
+from daskgd.runtime import server as ps
+from daskgd.runtime.codecs import Codec
+from daskgd.strategies.base import Capabilities, FitProblem, objective_for, register_strategy
+from daskgd.strategies.direct import DEFAULT_TIMEOUT_SECONDS, ResidentSession, ResidentStrategy
+
+
+def _check_staleness(staleness: Any) -> int | None:
+    if staleness is None:
+        return None
+    if isinstance(staleness, bool) or not isinstance(staleness, (int, np.integer)):
+        raise ValueError(
+            f"staleness must be an integer >= 0 (0: synchronous) or None (asynchronous), "
+            f"got {staleness!r}"
+        )
+    if staleness < 0:
+        raise ValueError(f"staleness must be >= 0 (0: synchronous) or None, got {staleness!r}")
+    return int(staleness)
+
+
+@register_strategy
+class ParameterServer(ResidentStrategy):
+    """A parameter server on a worker: workers pull w and push partial sums straight to it.
+
+    Parameters
+    ----------
+    staleness : int >= 0 or None, default=0
+        0: synchronous rounds; s: a worker at most s steps ahead of the slowest (SSP);
+        None: asynchronous, every push applied as it arrives.
+    loss_every : int, default=1
+        With staleness != 0, the server keeps every loss_every-th w, whose full-data loss
+        is evaluated after the run (the trace's ``loss``; NaN at the others).
+    timeout, transfer_dtype, emulation, tune_cluster
+        As for ``direct`` (:class:`daskgd.strategies.direct.Direct`); every wait of a
+        worker or of the server is bounded by ``timeout``.
+    """
+
+    name = "parameter-server"
+
+    def __init__(self, *, staleness: int | None = 0, loss_every: int = 1,
+                 timeout: float = DEFAULT_TIMEOUT_SECONDS,
+                 transfer_dtype: str | Codec | None = None, emulation: Any = None,
+                 tune_cluster: bool = True):  # fmt: skip
+        self.staleness = _check_staleness(staleness)
+        if isinstance(loss_every, bool) or not isinstance(loss_every, int) or loss_every < 1:
+            raise ValueError(f"loss_every must be an integer >= 1, got {loss_every!r}")
+        super().__init__(timeout=timeout, transfer_dtype=transfer_dtype, emulation=emulation,
+                         tune_cluster=tune_cluster)  # fmt: skip
+        if not self.codec.is_exact:
+            raise ValueError(
+                f"transfer_dtype={self.codec.name!r} is not supported by strategy "
+                "'parameter-server' yet (its pushes and pulls are float64)"
+            )
+        self.loss_every = loss_every
+
+    @property
+    def synchronous(self) -> bool:
+        return self.staleness == 0
+
+    @property
+    def capabilities(self) -> Capabilities:
+        sync = self.synchronous
+        return Capabilities(synchronous=sync, exact_sums=sync, line_search=sync,
+                            client_update=False, mini_batches=False)  # fmt: skip
+
+    def check(self, optimizer: Optimizer, *, n_workers: int | None = None) -> None:
+        if optimizer.stochastic:
+            raise ValueError(
+                f"solver {optimizer.name!r} cannot run with strategy 'parameter-server': its "
+                "workers push the sums of all their rows (no mini-batches); use solver='gd'"
+            )
+        if optimizer.name != "gd" and not self.synchronous:
+            raise ValueError(
+                f"solver {optimizer.name!r} cannot run with strategy 'parameter-server' and "
+                f"staleness={self.staleness}: a stale server takes plain (proximal) gradient "
+                "steps (momentum and curvature pairs assume gradients at the current w); use "
+                "solver='gd', or staleness=0"
+            )
+        if optimizer.line_search and not self.synchronous:
+            raise ValueError(
+                f"solver 'gd' with learning_rate='auto' backtracks (a line search), which "
+                f"strategy 'parameter-server' with staleness={self.staleness} cannot offer "
+                "(its workers compute at different w): give a numeric learning_rate"
+            )
+        if self.emulation is not None and self.emulation.failures:
+            raise ValueError(
+                "emulated failures are not supported by strategy 'parameter-server': they "
+                "fire from a callback, and its callbacks see the steps after the run"
+            )
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "staleness": self.staleness, "loss_every": self.loss_every}
+
+    def run(self, problem: FitProblem, optimizer: Optimizer, stopping: Stopping,
+            callbacks: Sequence[Callback] = (), *, info: dict | None = None,
+            seed: int | None = None) -> FitResult:  # fmt: skip
+        placement = problem.data.placement
+        self.check(optimizer, n_workers=len(set(placement)) if placement else None)
+        w0 = problem.start()
+        with StarSession(self, problem) as session:
+            runtime = session.runtime
+            objective = objective_for(problem, session.top_gram_eigenvalue)
+            objective = objective.resolved(optimizer.needs_lipschitz)
+            info = {**(info or {}), **self.describe(), **session.describe(), "loss_rows": "all",
+                    "max_iter": stopping.max_iter, "tol": stopping.tol}  # fmt: skip
+            for callback in callbacks:
+                callback.on_fit_start(dict(info))
+            result = FitResult(w=w0, n_iter=0, converged=False, info=info)
+            try:
+                if self.synchronous:
+                    self._run_sync(runtime, session.server, optimizer, objective, w0, stopping,
+                                   result)  # fmt: skip
+                else:
+                    self._run_async(runtime, session.server, optimizer, objective, w0, stopping,
+                                    result)  # fmt: skip
+                for record in result.records:
+                    for callback in callbacks:
+                        callback.on_iteration_end(record)
+            finally:
+                for callback in callbacks:
+                    callback.on_fit_end(result)
+            return result
+
+    def _bound(self, stopping: Stopping) -> float:
+        # Every wait inside is bounded by the timeout, and each update must follow the
+        # last within it: this bounds the one request that runs the whole fit.
+        return self.timeout * (stopping.max_iter + 2)
+
+    def _run_sync(self, runtime, server, optimizer, objective, w0, stopping, result) -> None:
+        job = SyncJob(uuid.uuid4().hex, server, optimizer, objective, w0, stopping.max_iter,
+                      stopping.tol)  # fmt: skip
+        results = runtime.call_with(_sync_run, (job,), timeout=self._bound(stopping))
+        progress: SyncProgress = results[server]["progress"]
+        records = {address: reply["records"] for address, reply in results.items()}
+        result.records = _sync_records(progress, records)
+        result.info["attempts"] = results.measures.attempts
+        iterate = progress.iterate
+        result.w, result.state, result.n_iter = iterate.params, iterate.state, progress.iteration
+        result.stalled = progress.stalled
+        result.optimality = float(iterate.optimality)
+        result.converged = bool(iterate.optimality <= stopping.tol)
+
+    def _run_async(self, runtime, server, optimizer, objective, w0, stopping, result) -> None:
+        step = float(optimizer.initial_step(objective))
+        job = ps.AsyncJob(uuid.uuid4().hex, server, self.staleness, step, objective, w0,
+                          stopping.max_iter, stopping.tol, self.loss_every,
+                          self.timeout)  # fmt: skip
+        results = runtime.call_with(ps.run_async, (job,), timeout=self._bound(stopping))
+        progress: ps.Progress = results[server]["progress"]
+        records = {address: reply["records"] for address, reply in results.items()}
+        exact = _exact_at(runtime, objective, job.learning_rate, progress.snapshots)
+        result.records = _async_records(progress, records, exact, server)
+        result.info["attempts"] = results.measures.attempts
+        result.w, result.n_iter = progress.w, progress.version
+        last = exact[progress.version]
+        result.optimality = last["optimality"]
+        result.converged = bool(last["optimality"] <= stopping.tol)
+        result.info["stopped_by"] = progress.stopped
+
+
+class StarSession(ResidentSession):
+    """The runtime's residents of one fit; the server is the resident of rank 0."""
+
+    topology = "star"
+
+    def __enter__(self) -> StarSession:
+        super().__enter__()
+        self.server = self.runtime.workers[0]
+        return self
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "server": self.server}
+
+
+# -- staleness=0: the synchronous server (the server resident's worker thread) ----------------
+
+
+@dataclass(frozen=True)
+class SyncJob:
+    token: str
+    server: str
+    optimizer: Optimizer
+    objective: Objective
+    w0: np.ndarray
+    max_iter: int
+    tol: float
+
+
+@dataclass
+class SyncProgress:
+    """The synchronous server's state, kept in its resident's state across a rebuild."""
+
+    iterate: Any = None
+    iteration: int = 0
+    evaluations: int = 0
+    stalled: bool = False
+    rows: list = field(default_factory=list)
+    started_at: float = field(default_factory=time.time)
+
+
+def _sync_run(resident: Any, job: SyncJob) -> dict:
+    """Every resident's function for staleness=0: the server serves, the others work."""
+    ps.check_server(resident, job.server)
+    records = ps.records_of(resident, job.token)
+    if resident.address != job.server:
+        ps.work(resident, job.server, (ps.PUSH, resident.rank), records)
+        return {"records": records}
+    key = f"{ps.STATE}-{job.token}-progress"
+    progress = resident.state.setdefault(key, SyncProgress())
+    others = [peer for peer in resident.peers if peer != resident.address]
+    try:
+        _sync_rounds(resident, job, progress, records, others)
+    except BaseException:
+        for peer in others:  # stop them now (best effort: some may be gone)
+            resident.send(peer, ps.PULL, ps.STOP, wait=False, exact=True)
+        raise
+    for peer in others:
+        resident.send(peer, ps.PULL, ps.STOP, exact=True)
+    return {"records": records, "progress": progress}
+
+
+def _sync_rounds(resident, job: SyncJob, progress: SyncProgress, records, others) -> None:
+    ids: list[int] = []
+    evaluate = Evaluator(_round(resident, progress, records, others, ids), job.objective)
+    optimizer, objective = job.optimizer, job.objective
+    if progress.iterate is None:
+        progress.iterate = first_iterate(optimizer, objective, job.w0, evaluate)
+        check_finite(progress.iterate, 0)
+        progress.rows.append(_row(0, progress.iterate, ids))
+    while not progress.iterate.optimality <= job.tol and progress.iteration < job.max_iter:
+        new = next_iterate(optimizer, objective, progress.iterate, evaluate)
+        if new.state.stalled:
+            progress.stalled = True
+            return
+        check_finite(new, progress.iteration + 1)
+        progress.iteration += 1
+        progress.iterate = new
+        progress.rows.append(_row(progress.iteration, new, ids))
+
+
+def _round(resident, progress: SyncProgress, records: dict, others: list[str], ids: list):
+    """The server's gather: w to every other worker, its own sums, theirs back."""
+    meter = resident.meter
+    rank = {peer: index for index, peer in enumerate(resident.peers)}
+
+    def gather(w: np.ndarray, blocks=None) -> Evaluation:
+        start = time.perf_counter()
+        before = {name: getattr(meter, name) for name in ps._TIMED}
+        number = progress.evaluations
+        progress.evaluations += 1
+        payload = np.append(w, float(number))
+        for peer in others:  # all at once: the writes go on while this worker computes
+            resident.send(peer, ps.PULL, payload, wait=False, exact=True)
+        partials = {resident.address: resident.local_sums(w)}
+        for peer in others:
+            partials[peer] = resident.recv((ps.PUSH, rank[peer]))
+        resident.flush()  # delivered, since they answered: this only forgets the writes
+        total = np.zeros(resident.n_params + 2)
+        for peer in resident.peers:  # rank order, as direct adds them
+            total += partials[peer]
+        records[number] = {name: getattr(meter, name) - before[name] for name in ps._TIMED}
+        ids.append(number)
+        loss_sum, grad_sum, n_rows = unpack(total)
+        return Evaluation(loss_sum, grad_sum, n_rows, time.perf_counter() - start, 1, "ps")
+
+    return gather
+
+
+def _row(iteration: int, iterate: Any, ids: list[int]) -> dict:
+    row = {"iteration": iteration, "loss": float(iterate.value), "time": time.time(),
+           "grad_norm": float(iterate.grad_norm), "optimality": float(iterate.optimality),
+           "step_size": float(iterate.state.step_size), "evaluations": list(ids)}  # fmt: skip
+    ids.clear()
+    return row
+
+
+# -- the records the trace is built from ------------------------------------------------------
+
+
+def _sync_records(progress: SyncProgress, records: dict) -> list[IterationRecord]:
+    out, previous = [], progress.started_at
+    for row in progress.rows:
+        per_worker: dict[str, dict] = {}
+        for address, measured in records.items():
+            for number in row["evaluations"]:
+                if number in measured:
+                    into = per_worker.setdefault(address, {"staleness": 0.0})
+                    for name, value in measured[number].items():
+                        into[name] = into.get(name, 0.0) + float(value)
+        out.append(_record(row["iteration"], row, previous, progress.started_at,
+                           len(row["evaluations"]), per_worker))  # fmt: skip
+        previous = row["time"]
+    return out
+
+
+def _record(iteration, row, previous, started, n_evaluations, per_worker):
+    return IterationRecord(
+        iteration=iteration, loss=row["loss"], grad_norm=row["grad_norm"],
+        optimality=row["optimality"], step_size=row["step_size"],
+        wall_seconds=row["time"] - previous, elapsed_seconds=row["time"] - started,
+        n_evaluations=n_evaluations, evaluation_seconds=row["time"] - previous,
+        attempts=n_evaluations, key_prefixes=("parameter-server",), start_time=previous,
+        worker_measures=per_worker or None,
+    )  # fmt: skip
+
+
+def _exact_at(runtime: Any, objective: Objective, step: float, snapshots: dict) -> dict:
+    """{version: loss, grad_norm, optimality} of the full data at the kept w (one request)."""
+    versions = sorted(snapshots)
+    W = np.array([snapshots[v] for v in versions])
+    # One chunk pass per kept w on every worker: bounded like that many evaluations.
+    sums = runtime.call_with(ps.snapshot_sums, (W,), timeout=runtime.timeout * (1 + len(W)))
+    total = np.zeros((len(versions), runtime.n_params + 2))
+    for address in runtime.workers:  # rank order
+        total += sums[address]
+    exact = {}
+    for version, w, row in zip(versions, W, total, strict=True):
+        loss_sum, grad_sum, n_rows = unpack(row)
+        value, grad = objective.smooth_value_grad(w, loss_sum, grad_sum, n_rows)
+        norm = objective.gradient_mapping_norm(w, grad, step)
+        exact[version] = {"loss": value + objective.nonsmooth(w), "grad_norm": norm,
+                          "optimality": norm}  # fmt: skip
+    return exact
+
+
+def _async_records(progress, records: dict, exact: dict, server: str) -> list[IterationRecord]:
+    blank = {"loss": math.nan, "grad_norm": math.nan, "optimality": math.nan}
+    first = {"iteration": 0, "time": progress.started_at, "step_size": 0.0, "applied": [],
+             "server": {}}  # fmt: skip
+    out, previous = [], progress.started_at
+    for event in [first, *progress.events]:
+        row = {**event, **exact.get(event["iteration"], blank)}
+        per_worker = _push_measures(event, records, server)
+        out.append(_record(event["iteration"], row, previous, progress.started_at,
+                           len(event["applied"]), per_worker))  # fmt: skip
+        previous = event["time"]
+    return out
+
+
+def _push_measures(event: dict, records: dict, server: str) -> dict[str, dict]:
+    """Per worker at one update: the applied pushes' measures and staleness; the server's
+    worker adds the server's traffic (its staleness NaN unless its own sum was applied).
+    A push whose worker was lost since has its staleness only (its measures went too)."""
+    per_worker: dict[str, dict] = {}
+    for address, staleness, version in event["applied"]:
+        measured = records.get(address, {}).get(version) or dict.fromkeys(ps._TIMED, math.nan)
+        into = per_worker.setdefault(address, {"staleness": float(staleness)})
+        into["staleness"] = max(into["staleness"], float(staleness))
+        for name, value in measured.items():
+            into[name] = into.get(name, 0.0) + float(value)
+    traffic = event.get("server")
+    if traffic:
+        into = per_worker.setdefault(server, {"staleness": math.nan, "compute_seconds": 0.0})
+        for name, value in (("bytes_received", traffic.get("bytes_received", 0)),
+                            ("bytes_sent", traffic.get("bytes_sent", 0)),
+                            ("communication_seconds", traffic.get("seconds", 0.0))):  # fmt: skip
+            into[name] = into.get(name, 0.0) + float(value)
+    return per_worker
