@@ -34,8 +34,11 @@ median over 11 iterations stayed within 0.79-1.27; a 3x straggler's 11-iteration
 median stayed within 1.34-5.8 (under load its peer's compute stretches too, while the
 straggler's emulated sleep leaves the CPU). ``window=11, ratio=1.3`` and a 2 ms floor
 flagged none of the 800 un-emulated cells and all 480 of the straggler's iterations.
-The margin (1.27 against 1.34) is that of a machine loaded 10 times over; on a quiet
-one the un-emulated medians stay near 1 and the straggler's near 3.
+The margin (1.27 against 1.34) is that of a machine loaded 10 times over, where one
+un-emulated fit at load 19-21 also had a stretch of 11 iterations with one worker
+2.8x slower per byte than its peer: flagged, and rightly, as far as its peer's wait
+goes. Compute seconds alone (no pace per byte, as for the residents), at load 1.6,
+flagged 3-9% of un-emulated cells where work stealing gave one worker more chunks.
 """
 
 from __future__ import annotations
