@@ -22,7 +22,12 @@ import xarray as xr
 from daskgd.observe.summary import PARTS, format_bytes, has_workers, worker_rows
 
 #: One colour per part of an iteration, used by every plot and the header.
-PART_COLORS = {"compute": "#4c72b0", "communication": "#dd8452", "wait": "#b8b8b8"}
+PART_COLORS = {
+    "compute": "#4c72b0",
+    "communication": "#dd8452",
+    "sync": "#937860",
+    "overhead": "#b8b8b8",
+}
 
 #: Memory of a worker: address -> (bytes in use, limit in bytes); either may be None.
 Memory = dict[str, tuple[Any, Any]]

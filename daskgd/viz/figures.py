@@ -32,7 +32,7 @@ from bokeh.models import (
 from bokeh.palettes import Viridis256
 from bokeh.plotting import figure
 
-from daskgd.observe.summary import PARTS, has_workers
+from daskgd.observe.summary import PART_LABELS, PARTS, has_workers
 from daskgd.viz.columns import PART_COLORS, Memory, header_html, worker_labels
 
 BYTES_COLORS = {
@@ -145,7 +145,7 @@ class LossFigure:
 
 
 class SplitFigure:
-    """Compute / communication / wait per iteration (mean over workers), stacked."""
+    """Compute / communication / sync / overhead per iteration (mean over workers), stacked."""
 
     def __init__(self, source: ColumnDataSource, size: dict, iteration_range: Any,
                  short: bool = False) -> None:  # fmt: skip
@@ -161,7 +161,8 @@ class SplitFigure:
         fig.xaxis.axis_label = "iteration"
         fig.yaxis.axis_label = "ms"
         _legend_above(fig, short)
-        tooltips = [("iteration", "@iteration")] + [(p, f"@{p}{{0.00}} ms") for p in PARTS]
+        tooltips = [("iteration", "@iteration")]
+        tooltips += [(PART_LABELS[p], f"@{p}{{0.00}} ms") for p in PARTS]
         fig.add_tools(HoverTool(tooltips=tooltips, mode="vline"))
         self.pending = PendingMark(fig, "split")
         self.root = fig
