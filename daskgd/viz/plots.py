@@ -5,7 +5,8 @@
 sources from a trace (``docs/trace.md``). Its figures (:mod:`daskgd.viz.figures`) are
 
 - the loss against the iteration and against elapsed time (log scale);
-- compute / communication / sync / overhead per iteration, stacked (see :mod:`daskgd.observe.summary`);
+- compute / communication / sync / overhead per iteration, stacked
+  (see :mod:`daskgd.observe.summary`);
 - a worker x iteration heatmap of compute time with the stragglers circled;
 - bytes per iteration (broadcast and reduce, stacked) and their running total;
 - a table of the workers: address, chunks and rows held, compute, stragglers, memory.
