@@ -210,11 +210,17 @@ class EvaluationRecorder(SchedulerPlugin):
         failures, self.failures = self.failures, []
         self._inputs_seen = {seen for seen in self._inputs_seen if seen[1] in self.scheduler.tasks}
         names = {address: str(ws.name) for address, ws in self.scheduler.workers.items()}
+        # The process memory the workers last reported in their heartbeats, and the limit.
+        memory = {
+            address: (int(ws.memory.process), int(ws.memory_limit or 0))
+            for address, ws in self.scheduler.workers.items()
+        }
         return {
             "tasks": tasks,
             "inputs": inputs,
             "failures": failures,
             "names": names,
+            "memory": memory,
             "time": cluster_time(),
         }
 
@@ -416,6 +422,7 @@ class Instrumentation(Callback):
                 self._raw.inputs.extend(drained["inputs"])
                 self._raw.failures.extend(drained["failures"])
                 self._raw.names.update(drained["names"])
+                self._raw.add_memory(drained.get("memory", {}))
                 for worker, result in logs.items():
                     self._add_log_entries(worker, result)
                 oldest = min(self._since.values(), default=self._start_time) - _LOG_OVERLAP_SECONDS

@@ -23,6 +23,7 @@ from daskgd.observe.worker_measures import (
     DEFAULT_RULE,
     ITERATION_BYTE_VARIABLES,
     WORKER_VARIABLES,
+    memory_variables,
     straggler_attrs,
 )
 
@@ -78,9 +79,14 @@ def resident_worker_dataset(
     rule = {**DEFAULT_RULE, **rule}
     records = list(records)
     names: dict = {}
+    memory: dict = {}
     if client is not None:
         workers_info = client.scheduler_info()["workers"]
         names = {address: str(info.get("name", "")) for address, info in workers_info.items()}
+        memory = {
+            address: (info.get("metrics", {}).get("memory", np.nan), info.get("memory_limit", 0))
+            for address, info in workers_info.items()
+        }
     workers = sorted({w for record in records for w in (record.worker_measures or {})})
     cells = ("iteration", "worker")
     data_vars: dict[str, Any] = {}
@@ -97,6 +103,7 @@ def resident_worker_dataset(
     data_vars["n_tasks"] = (cells, active.astype(np.int64), {"long_name": "requests served",
                                                              "units": "1"})  # fmt: skip
     data_vars.update(_wait_split_and_stragglers(data_vars, active, rule))
+    data_vars.update(memory_variables(workers, memory))
     from_client = np.nansum(_table(records, workers, "bytes_from_client"), axis=1)
     to_client = np.nansum(_table(records, workers, "bytes_to_client"), axis=1)
     sent = np.nansum(data_vars["bytes_sent"][1], axis=1)

@@ -78,6 +78,7 @@ class Collected:
     incoming, outgoing : (worker, (peer or None, {key: nbytes}, start, stop, total))
     names : {address: worker name}
     failures : (kind, prefix, detail, seconds, time): workers lost, chunks recomputed
+    memory : {address: (peak process bytes seen, memory limit bytes or 0)}
     """
 
     tasks: list = field(default_factory=list)
@@ -86,10 +87,22 @@ class Collected:
     outgoing: list = field(default_factory=list)
     names: dict = field(default_factory=dict)
     failures: list = field(default_factory=list)
+    memory: dict = field(default_factory=dict)
 
     def copy(self) -> Collected:
         parts = (self.tasks, self.inputs, self.incoming, self.outgoing)
-        return Collected(*(list(part) for part in parts), dict(self.names), list(self.failures))
+        return Collected(
+            *(list(part) for part in parts),
+            dict(self.names),
+            list(self.failures),
+            dict(self.memory),
+        )
+
+    def add_memory(self, memory: dict) -> None:
+        """Keep each worker's peak process memory over the polls, and its limit."""
+        for address, (used, limit) in memory.items():
+            peak = self.memory.get(address, (0, 0))[0]
+            self.memory[address] = (max(peak, used), limit)
 
 
 class _KeyIndex:
@@ -255,8 +268,9 @@ def _variable(dims: tuple, values: np.ndarray, table: dict, name: str, **attrs: 
 
 
 def _dataset(
-    records: Sequence[Any], workers: list[str], names: dict, m: _Measures, rule: dict
+    records: Sequence[Any], workers: list[str], raw: Collected, m: _Measures, rule: dict
 ) -> xr.Dataset:
+    names, m_memory = raw.names, raw.memory
     cells = ("iteration", "worker")
     missing = ~m.measured[:, None]
     wait = np.maximum(_windows(records, m)[:, None] - m.compute - m.communication, 0.0)
@@ -286,6 +300,7 @@ def _dataset(
         data_vars[name] = _variable(
             ("iteration",), np.where(m.measured, values, np.nan), ITERATION_BYTE_VARIABLES, name
         )
+    data_vars.update(memory_variables(workers, m_memory))
     coords = {
         "iteration": np.array([record.iteration for record in records], dtype=np.int64),
         # Variable-length strings: zarr v3 has a specification for those, not for "<U21".
@@ -295,6 +310,20 @@ def _dataset(
     dataset = xr.Dataset(data_vars, coords=coords)
     dataset.attrs.update({f"straggler_{name}": value for name, value in rule.items()})
     return dataset
+
+
+MEMORY_NAME = "worker process memory: the peak the scheduler heard of (residents: at the end)"
+
+
+def memory_variables(workers: list[str], memory: dict) -> dict:
+    """``memory_bytes`` (peak process memory the scheduler heard of during the fit) and
+    ``memory_limit_bytes`` per worker; NaN where unknown (a limit of 0: none set)."""
+    used = np.array([memory.get(w, (np.nan, 0))[0] for w in workers], dtype=np.float64)
+    limit = np.array([memory.get(w, (0, 0))[1] or np.nan for w in workers], dtype=np.float64)
+    return {
+        "memory_bytes": (("worker",), used, {"long_name": MEMORY_NAME, "units": "bytes"}),
+        "memory_limit_bytes": (("worker",), limit, {"long_name": "memory limit", "units": "bytes"}),
+    }
 
 
 def straggler_attrs(rule: dict) -> dict:
@@ -316,4 +345,4 @@ def worker_dataset(records: Sequence[Any], raw: Collected, **rule: Any) -> xr.Da
     rule = {**DEFAULT_RULE, **rule}
     row_of = {prefix: i for i, record in enumerate(records) for prefix in record.key_prefixes}
     workers, measures = _measure(raw, row_of, len(records))
-    return _dataset(records, workers, raw.names, measures, rule)
+    return _dataset(records, workers, raw, measures, rule)

@@ -76,8 +76,22 @@ def loss_columns(trace: xr.Dataset) -> dict[str, np.ndarray]:
         "iteration": trace["iteration"].values.astype(np.int64),
         "elapsed": _values(trace, "elapsed_seconds"),
         "loss": np.where(loss > 0, loss, np.nan),
-        "grad_norm": _values(trace, "grad_norm"),
+        "grad_norm": _positive(_values(trace, "grad_norm")),
+        "optimality": _positive(_values(trace, "optimality")),
     }
+
+
+def _positive(values: np.ndarray) -> np.ndarray:
+    return np.where(values > 0, values, np.nan)
+
+
+def tolerance(trace: xr.Dataset) -> float | None:
+    """The fit's ``tol`` from the trace's attrs, when it is a positive number."""
+    try:
+        tol = float(trace.attrs.get("tol", "nan"))
+    except (TypeError, ValueError):
+        return None
+    return tol if np.isfinite(tol) and tol > 0 else None
 
 
 def split_columns(parts: xr.Dataset) -> dict[str, np.ndarray]:
@@ -197,6 +211,8 @@ def trace_memory(trace: xr.Dataset) -> Memory:
                 used = float(values.isel(worker=index))
             if "memory_limit_bytes" in trace.data_vars:
                 limit = float(trace["memory_limit_bytes"].isel(worker=index))
+            used = used if used is not None and np.isfinite(used) else None
+            limit = limit if limit is not None and np.isfinite(limit) else None
             if used is not None or limit is not None:
                 memory[address] = (used, limit)
     attr = trace.attrs.get("worker_memory")

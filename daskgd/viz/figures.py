@@ -27,13 +27,14 @@ from bokeh.models import (
     LogColorMapper,
     NumberFormatter,
     Range1d,
+    Span,
     TableColumn,
 )
 from bokeh.palettes import Viridis256
 from bokeh.plotting import figure
 
 from daskgd.observe.summary import PART_LABELS, PARTS, has_workers
-from daskgd.viz.columns import PART_COLORS, Memory, header_html, worker_labels
+from daskgd.viz.columns import PART_COLORS, Memory, header_html, tolerance, worker_labels
 
 BYTES_COLORS = {
     "broadcast": "#55a868",
@@ -126,7 +127,7 @@ class LossFigure:
         fig.line(x, "loss", source=source, line_width=2, color="#1f77b4")
         fig.scatter(x, "loss", source=source, size=3, color="#1f77b4")
         fig.xaxis.axis_label = "iteration" if x == "iteration" else "elapsed (s)"
-        fig.yaxis.axis_label = "loss F(w)"
+        fig.yaxis.axis_label = "loss F(w) (log scale)"
         fig.add_tools(
             HoverTool(
                 tooltips=[
@@ -142,6 +143,36 @@ class LossFigure:
 
     def update(self, frame: Frame) -> None:
         """Nothing beyond the shared source."""
+
+
+class GradientFigure:
+    """What ``tol`` stops on (the gradient's inf-norm; sgd: the relative change of w)
+    against the iteration, log scale, with ``tol`` as a dashed line."""
+
+    def __init__(self, source: ColumnDataSource, size: dict, iteration_range: Any) -> None:
+        self.title = "gradient norm: what tol stops on"
+        fig = make_figure("gradient", self.title, size, y_axis_type="log", x_range=iteration_range)
+        fig.line("iteration", "optimality", source=source, line_width=2, color="#8172b3",
+                 legend_label="optimality (|grad|_inf; sgd: change of w)")  # fmt: skip
+        fig.scatter("iteration", "optimality", source=source, size=3, color="#8172b3")
+        self.tol = Span(dimension="width", location=1.0, line_dash="dashed", line_color="#333333",
+                        visible=False, name="daskgd-gradient-tol")  # fmt: skip
+        fig.add_layout(self.tol)
+        fig.xaxis.axis_label = "iteration"
+        fig.yaxis.axis_label = "optimality (log scale)"
+        _legend_above(fig)
+        fig.add_tools(HoverTool(tooltips=[("iteration", "@iteration"),
+                      ("optimality", "@optimality{0.00e0}"), ("|grad|_inf", "@grad_norm{0.00e0}")],
+                      mode="vline"))  # fmt: skip
+        self.root = fig
+
+    def update(self, frame: Frame) -> None:
+        tol = tolerance(frame.trace)
+        self.tol.visible = tol is not None
+        if tol is not None:
+            self.tol.location = tol
+        suffix = f" (dashed: tol = {tol:g})" if tol is not None else " (tol = 0: never stops)"
+        self.root.title.text = self.title + (suffix if "tol" in frame.trace.attrs else "")
 
 
 class SplitFigure:
@@ -194,7 +225,9 @@ class StragglerFigure:
             "iteration", "worker", source=marks, marker="circle", size=9, fill_color=None,
             line_color=STRAGGLER_COLOR, line_width=2, legend_label="straggler",
         )  # fmt: skip
-        colour_bar = ColorBar(color_mapper=self.color_mapper, title="compute ms", width=10)
+        colour_bar = ColorBar(
+            color_mapper=self.color_mapper, title="compute ms (log colours)", width=10
+        )
         fig.add_layout(colour_bar, "right")
         fig.xaxis.axis_label = "iteration"
         _legend_above(fig, short)

@@ -5,13 +5,14 @@
 sources from a trace (``docs/trace.md``). Its figures (:mod:`daskgd.viz.figures`) are
 
 - the loss against the iteration and against elapsed time (log scale);
+- the gradient norm, what ``tol`` stops on, with ``tol`` dashed (log scale);
 - compute / communication / sync / overhead per iteration, stacked
   (see :mod:`daskgd.observe.summary`);
 - a worker x iteration heatmap of compute time with the stragglers circled;
 - bytes per iteration (broadcast and reduce, stacked) and their running total;
 - a table of the workers: address, chunks and rows held, compute, stragglers, memory.
 
-Two layouts: ``"full"`` (all of them, about 1100 px tall) and ``"compact"`` (the loss,
+Two layouts: ``"full"`` (all of them, about 1400 px tall) and ``"compact"`` (the loss,
 the split and the stragglers in one row, about 320 px: a notebook's default, so that
 the cell's progress bar stays on screen). The trace -> columns functions are in
 :mod:`daskgd.viz.columns`.
@@ -44,6 +45,7 @@ from daskgd.viz.figures import (
     BytesFigure,
     CumulativeBytesFigure,
     Frame,
+    GradientFigure,
     Header,
     LossFigure,
     SplitFigure,
@@ -67,7 +69,16 @@ __all__ = [
 
 #: The layouts of :class:`TraceDashboard` and the figures each shows.
 LAYOUTS = {
-    "full": ("loss", "loss_time", "split", "stragglers", "bytes", "bytes_cumulative", "workers"),
+    "full": (
+        "loss",
+        "loss_time",
+        "gradient",
+        "split",
+        "stragglers",
+        "bytes",
+        "bytes_cumulative",
+        "workers",
+    ),
     "compact": ("loss", "split", "stragglers"),
 }
 SOURCES = ("loss", "split", "heatmap", "stragglers", "bytes", "workers")
@@ -133,6 +144,7 @@ class TraceDashboard:
         makers = {
             "loss": lambda: LossFigure("iteration", s["loss"], size, x),
             "loss_time": lambda: LossFigure("elapsed", s["loss"], size, x),
+            "gradient": lambda: GradientFigure(s["loss"], size, x),
             "split": lambda: SplitFigure(s["split"], size, x, short),
             "stragglers": lambda: StragglerFigure(
                 s["heatmap"], s["stragglers"], heatmap_size, x, short
@@ -153,8 +165,9 @@ class TraceDashboard:
         else:
             rows = [
                 row(f["loss"], f["loss_time"]),
-                row(f["split"], f["stragglers"]),
-                row(f["bytes"], f["bytes_cumulative"]),
+                row(f["gradient"], f["split"]),
+                row(f["stragglers"], f["bytes"]),
+                row(f["bytes_cumulative"]),
                 self.workers_table,
             ]
         return column(self.header, *rows, name="daskgd-dashboard", **stretch)
