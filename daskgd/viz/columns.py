@@ -77,7 +77,10 @@ def loss_columns(trace: xr.Dataset) -> dict[str, np.ndarray]:
         "elapsed": _values(trace, "elapsed_seconds"),
         "loss": np.where(loss > 0, loss, np.nan),
         "grad_norm": _positive(_values(trace, "grad_norm")),
-        "optimality": _positive(_values(trace, "optimality")),
+        # what tol is compared with; traces of version 1 have the gradient norm only
+        "optimality": _positive(
+            _values(trace, "optimality" if "optimality" in trace else "grad_norm")
+        ),
     }
 
 
