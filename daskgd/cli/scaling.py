@@ -80,6 +80,7 @@ def _scaling(args: argparse.Namespace) -> int:
             "strategy": args.strategy,
         },
     }
+    result: Any  # a Dataset: return_traces is not asked for
     if args.jobqueue is not None:
         from daskgd.cli.cluster_options import jobqueue_client
 

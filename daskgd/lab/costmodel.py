@@ -241,7 +241,7 @@ def _as_runs(measured: xr.Dataset | Sequence[xr.Dataset]) -> xr.Dataset:
         if missing:
             raise ValueError(f"measured runs lack {sorted(missing)}")
         flat = dataset.drop_dims("part", errors="ignore").reset_coords(drop=True)
-        n_features = float(dataset.attrs.get("n_features", 1))
+        n_features: Any = float(dataset.attrs.get("n_features", 1))
         if "n_features" in flat:
             n_features = flat["n_features"]
         flat = flat.assign(n_workers=flat["workers"], n_features=n_features)
@@ -403,7 +403,9 @@ def predict(
     counts = _check_counts(workers)
     if len(topologies) == 0:
         raise ValueError("no topologies given")
-    tables = {name: [] for name in ("total", "compute", "communication", "sync", "overhead")}
+    tables: dict[str, list] = {
+        name: [] for name in ("total", "compute", "communication", "sync", "overhead")
+    }
     for topology in topologies:
         parts = model.iteration_seconds(
             counts,

@@ -348,7 +348,7 @@ def problem_title(result: xr.Dataset) -> str:
     return ", ".join(bits)
 
 
-def _worker_axis(fig: Any, counts: Sequence[int]) -> None:
+def _worker_axis(fig: Any, counts: Any) -> None:
     """Ticks at the measured worker counts only: there is no 1.5 workers."""
     from bokeh.models import FixedTicker
 
@@ -393,14 +393,15 @@ def speedup_figure(result: xr.Dataset, predicted: xr.Dataset | None = None) -> A
 
 def split_figure(result: xr.Dataset) -> Any:
     """Stacked per-iteration compute / communication / sync / overhead (median) against m."""
+    from bokeh.models import FactorRange
     from bokeh.plotting import figure
 
     labels = [str(m) for m in result["workers"].values]
     columns: dict[str, Any] = {"workers": labels}
     for part in PARTS:
         columns[part] = result["seconds"].sel(part=part).values * 1e3
-    fig = figure(
-        x_range=labels,
+    fig: Any = figure(
+        x_range=FactorRange(factors=labels),
         title="Where one iteration's time goes",
         x_axis_label="workers m",
         y_axis_label="ms per iteration (median)",
@@ -449,7 +450,7 @@ def _table_html(result: xr.Dataset) -> str:
 def scaling_document(result: xr.Dataset, predicted: xr.Dataset | None = None) -> Any:
     """Bokeh layout: speedup and split side by side above a table of the figures."""
     from bokeh.layouts import column, row
-    from bokeh.models import Div
+    from bokeh.models.widgets import Div
 
     title = html.escape(problem_title(result))
     heading = f"<h2 style='font-family:sans-serif'>daskgd scaling: {title}</h2>"

@@ -194,7 +194,8 @@ class EvaluationRecorder(SchedulerPlugin):
     def _rebuilds_a_chunk(self, key: Any) -> bool:
         """Whether the task ``key`` is in the lineage of a data chunk the fit reads."""
         ts = self.scheduler.tasks.get(key) if self.scheduler is not None else None
-        frontier, seen = list(ts.dependents) if ts is not None else [], set()
+        frontier = list(ts.dependents) if ts is not None else []
+        seen: set[Any] = set()
         while frontier and len(seen) < _LINEAGE_SEARCH_LIMIT:
             dependent = frontier.pop()
             if dependent.key in self._chunks:
@@ -404,6 +405,8 @@ class Instrumentation(Callback):
     def _poll(self) -> None:
         """Take the plugin's rows and the new transfer log entries (one round trip each)."""
         with self._poll_lock:
+            if self._plugin_name is None:  # the fit ended between two polls
+                return
             drained = self._drain(self._plugin_name)
             # Entries may be appended slightly out of order: re-read an overlap, dedupe.
             since = {worker: t - _LOG_OVERLAP_SECONDS for worker, t in self._since.items()}

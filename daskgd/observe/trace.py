@@ -62,7 +62,7 @@ def build_trace(
 
 def _clean_attrs(attrs: dict) -> dict:
     """netCDF attributes must be str, numbers or 1-D arrays: encode the rest as JSON."""
-    clean = {}
+    clean: dict[str, Any] = {}
     for key, value in attrs.items():
         if isinstance(value, bool):
             clean[key] = int(value)

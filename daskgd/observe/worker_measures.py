@@ -90,12 +90,14 @@ class Collected:
     memory: dict = field(default_factory=dict)
 
     def copy(self) -> Collected:
-        parts = (self.tasks, self.inputs, self.incoming, self.outgoing)
         return Collected(
-            *(list(part) for part in parts),
-            dict(self.names),
-            list(self.failures),
-            dict(self.memory),
+            tasks=list(self.tasks),
+            inputs=list(self.inputs),
+            incoming=list(self.incoming),
+            outgoing=list(self.outgoing),
+            names=dict(self.names),
+            failures=list(self.failures),
+            memory=dict(self.memory),
         )
 
     def add_memory(self, memory: dict) -> None:

@@ -45,7 +45,7 @@ def measured_mask(trace: xr.Dataset) -> np.ndarray:
     if not has_workers(trace) or "compute_seconds" not in trace.data_vars:
         return np.zeros(n, dtype=bool)
     compute = trace["compute_seconds"].transpose("iteration", "worker").values
-    return np.isfinite(compute.astype(np.float64)).any(axis=1)
+    return np.asarray(np.isfinite(compute.astype(np.float64)).any(axis=1))
 
 
 def pending_span(trace: xr.Dataset | None) -> tuple[int, int] | None:
@@ -99,7 +99,7 @@ def tolerance(trace: xr.Dataset) -> float | None:
 
 def split_columns(parts: xr.Dataset) -> dict[str, np.ndarray]:
     """Milliseconds per part and iteration (from :func:`daskgd.observe.summary.split`)."""
-    columns = {"iteration": parts["iteration"].values.astype(np.int64)}
+    columns: dict[str, np.ndarray] = {"iteration": parts["iteration"].values.astype(np.int64)}
     for part in PARTS:
         columns[part] = parts["seconds"].sel(part=part).values * 1e3
     return columns

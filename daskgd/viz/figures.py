@@ -15,21 +15,12 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
-from bokeh.models import (
-    BoxAnnotation,
-    ColorBar,
-    ColumnDataSource,
-    DataTable,
-    Div,
-    FactorRange,
-    HoverTool,
-    Label,
-    LogColorMapper,
-    NumberFormatter,
-    Range1d,
-    Span,
-    TableColumn,
-)
+
+# Annotations and widgets from their own modules: bokeh.models re-exports them with a
+# star import that mypy does not follow.
+from bokeh.models import ColumnDataSource, FactorRange, HoverTool, LogColorMapper, Range1d
+from bokeh.models.annotations import BoxAnnotation, ColorBar, Label, Span
+from bokeh.models.widgets import DataTable, Div, NumberFormatter, TableColumn
 from bokeh.palettes import Viridis256
 from bokeh.plotting import figure
 
@@ -78,7 +69,8 @@ def make_figure(name: str, title: str, size: dict, **options: Any) -> Any:
     fig = figure(name=f"daskgd-{name}-plot", title=title, tools=TOOLS, **size, **options)
     fig.toolbar.logo = None
     if name != "loss-elapsed":
-        fig.xaxis.ticker.min_interval = 1  # iterations are whole numbers
+        ticker: Any = fig.xaxis.ticker
+        ticker.min_interval = 1  # iterations are whole numbers
     return fig
 
 
@@ -267,7 +259,11 @@ class BytesFigure:
 
     def __init__(self, source: ColumnDataSource, size: dict, iteration_range: Any) -> None:
         fig = make_figure(
-            "bytes", "bytes per iteration", size, x_range=iteration_range, y_range=Range1d(0, 1)
+            "bytes",
+            "bytes per iteration",
+            size,
+            x_range=iteration_range,
+            y_range=Range1d(start=0, end=1),
         )
         names = ["broadcast", "reduce", "other"]
         fig.vbar_stack(
@@ -285,6 +281,7 @@ class BytesFigure:
 
     def update(self, frame: Frame) -> None:
         """Fit the typical iterations; a rare large one (chunks moved) is cut off."""
+        assert frame.columns is not None, "TraceDashboard fills the columns before update"
         columns, unit = frame.columns["bytes"], frame.columns["bytes_unit"]
         self.root.yaxis.axis_label = unit
         total = columns["total"][np.isfinite(columns["total"])]
@@ -324,6 +321,7 @@ class CumulativeBytesFigure:
         self.root = fig
 
     def update(self, frame: Frame) -> None:
+        assert frame.columns is not None, "TraceDashboard fills the columns before update"
         unit = frame.columns["bytes_cumulative_unit"]
         self.root.yaxis.axis_label = f"{unit} (log scale)"
         measured = "bytes_total" in frame.parts or frame.pending is not None

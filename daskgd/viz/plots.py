@@ -114,7 +114,7 @@ class TraceDashboard:
             sizing_mode = "stretch_width"
         width = width or (330 if compact else 560)
         height = height or (250 if compact else 260)
-        size = {"width": width, "height": height}
+        size: dict[str, Any] = {"width": width, "height": height}
         if sizing_mode:
             size = {"sizing_mode": sizing_mode}
             if sizing_mode == "stretch_width":
@@ -139,7 +139,7 @@ class TraceDashboard:
     def _make(self, names: tuple[str, ...], size: dict, heatmap_size: dict) -> dict[str, Any]:
         s, x = self.sources, self.iteration_range
         short = self.layout_name == "compact"
-        table = {"sizing_mode": "stretch_both"} if "sizing_mode" in size else {}
+        table: dict[str, Any] = {"sizing_mode": "stretch_both"} if "sizing_mode" in size else {}
         table = table or {"width": 2 * size["width"], "height": 160}
         makers = {
             "loss": lambda: LossFigure("iteration", s["loss"], size, x),
@@ -157,9 +157,10 @@ class TraceDashboard:
 
     def _arrange(self, compact: bool) -> Any:
         f = self.figures
-        stretch = (
+        stretch: dict[str, Any] = (
             {"sizing_mode": "stretch_width"} if compact and "sizing_mode" in self._size else {}
         )
+        rows: list[Any]
         if compact:
             rows = [row(f["loss"], f["split"], f["stragglers"], **stretch)]
         else:
