@@ -190,24 +190,23 @@ def test_the_straggler_flag_is_trustworthy(cluster_client):
 
 
 def test_the_peer_of_a_straggler_waits_in_sync(cluster_client):
+    """Within one fit (so that both workers share the machine's load): worker 1 computes
+    about 5x longer, worker 0 idles for that gap, and the trace counts it as sync."""
     X, y = make_classification(100_000, 100, chunks=12_500, random_state=2)
     factor = 5.0
-    base = _fit(cluster_client, X, y, max_iter=12)
     slowed = _fit(cluster_client, X, y, Emulation(stragglers={1: factor}), max_iter=12)
-    trace, base_trace = (m.trace_.isel(iteration=slice(1, None)) for m in (slowed, base))
+    trace = slowed.trace_.isel(iteration=slice(1, None))
     straggler, other = sorted(trace.worker.values)[1], sorted(trace.worker.values)[0]
-    # Compared within the same fit, so that the load of the machine is the same for both.
     compute = trace.compute_seconds
     ratio = (compute.sel(worker=straggler) / compute.sel(worker=other)).median()
     assert float(ratio) > 0.5 * factor
-    # The other worker idles while the straggler computes about (factor - 1) x longer:
-    # synchronisation, which the straggler itself never does.
-    extra = float((compute.sel(worker=straggler) - compute.sel(worker=other)).median())
-    for name in ("wait_seconds", "sync_seconds"):
-        wait = float(trace[name].sel(worker=other).median())
-        base_wait = float(base_trace[name].sel(worker=other).median())
-        assert wait > base_wait + 0.4 * extra, name
-    assert float(trace.sync_seconds.sel(worker=straggler).median()) < 0.1 * extra
+    gap = compute.sel(worker=straggler) - compute.sel(worker=other)
+    # The wait is measured from the evaluation's window, independently of the compute:
+    # the peer was idle for most of the gap, and that idle time is synchronisation.
+    waited = trace.wait_seconds.sel(worker=other)
+    assert float((waited / gap).median()) > 0.8
+    assert float((trace.sync_seconds.sel(worker=other) / gap).median()) > 0.8
+    assert float(trace.sync_seconds.sel(worker=straggler).max()) < 0.1 * float(gap.median())
 
 
 def test_one_worker_has_no_synchronisation():

@@ -156,6 +156,13 @@ def test_estimator_trace_has_workers_and_round_trips(cluster_client, problem, tm
         assert name in trace.data_vars, name
         assert trace[name].attrs["units"]
     assert trace["straggler"].dtype == bool
+    # the workers' memory is in the trace, so a report shows it instead of "unknown"
+    assert (trace["memory_bytes"] > 1e6).all() and (trace["memory_limit_bytes"] > 0).all()
+    from daskgd.observe.summary import split
+    from daskgd.viz.columns import worker_columns
+
+    memory = worker_columns(trace, split(trace))["memory"]
+    assert all("unknown" not in text and " / " in text for text in memory), memory
 
     loaded = load_trace(save_trace(trace, tmp_path / f"trace{suffix}"))
     xr.testing.assert_identical(loaded, trace)
