@@ -50,6 +50,8 @@ def make_trace(
     busy = compute + communication
     window = busy.max(axis=1)
     wait = window[:, None] - busy
+    # synchronisation: the slowest worker's compute minus this one's, within the wait
+    sync = np.minimum(compute.max(axis=1, keepdims=True) - compute, wait)
     wall = window + 0.008 + 0.001 * rng.random(n)
     elapsed = np.cumsum(wall)
     start = 1.7e9 + elapsed - wall
@@ -74,6 +76,8 @@ def make_trace(
         "compute_seconds": (compute, "s"),
         "communication_seconds": (communication, "s"),
         "wait_seconds": (wait, "s"),
+        "sync_seconds": (sync, "s"),
+        "overhead_seconds": (wait - sync, "s"),
         "bytes_sent": (np.tile(reduce[:, None] / m, (1, m)), "bytes"),
         "bytes_received": (np.tile(broadcast[:, None] / m, (1, m)), "bytes"),
         "n_tasks": (np.full((n, m), 3, dtype=np.int64), "1"),

@@ -38,7 +38,15 @@ from daskgd.viz.plots import TraceDashboard, bytes_columns, heatmap_columns, los
 from daskgd.viz.report import write_report
 
 TESTS = Path(__file__).resolve().parent
-PLOTS = ("loss-iteration", "loss-elapsed", "split", "stragglers", "bytes", "bytes-cumulative")
+PLOTS = (
+    "loss-iteration",
+    "loss-elapsed",
+    "gradient",
+    "split",
+    "stragglers",
+    "bytes",
+    "bytes-cumulative",
+)
 
 #: The inner frames (data areas) of Bokeh plots, in page coordinates.
 FRAMES_JS = """names => names.map(name => {
@@ -343,6 +351,58 @@ def test_served_page_shows_new_iterations(browser):
     assert "stopped" in repr(live)
     with pytest.raises(OSError):
         urllib.request.urlopen(live.url, timeout=2)
+
+
+def _screenshot_variance(path: Path) -> tuple[float, float]:
+    """(grey-level standard deviation, share of non-white pixels) of a PNG."""
+    from PIL import Image
+
+    grey = np.asarray(Image.open(path).convert("L"), dtype=np.float64)
+    return float(grey.std()), float((grey < 250).mean())
+
+
+def test_served_page_draws_in_a_plain_headless_screenshot(chromium_executable, tmp_path):
+    """``chromium --headless --screenshot`` captures at the load event, before the
+    websocket round trip that brings the server's document: the page draws a static
+    copy of the document first (server.PAGE_TEMPLATE). Before, this was a blank page
+    (standard deviation 0); a 500 error page has about 4, the dashboard about 60."""
+    import subprocess
+
+    live = serve(make_trace(40), interval_ms=200)
+    out = tmp_path / "out.png"
+    try:
+        command = [
+            chromium_executable, "--headless", "--no-sandbox", "--disable-gpu",
+            f"--screenshot={out}", "--window-size=1200,900", live.url,
+        ]  # fmt: skip
+        subprocess.run(command, capture_output=True, timeout=120, check=False, cwd=tmp_path)
+    finally:
+        live.stop()
+    assert out.exists(), "chromium wrote no screenshot"
+    std, drawn = _screenshot_variance(out)
+    assert std > 30 and drawn > 0.05, (std, drawn)
+
+
+def test_served_page_swaps_its_static_copy_for_the_live_document(browser):
+    growing = GrowingTrace()
+    live = serve(growing, interval_ms=200)
+    try:
+        page = _open(browser, live.url)
+        try:
+            page.wait_for_function(
+                "() => !document.getElementById('daskgd-static-view')"
+                " && Bokeh.documents.length == 1",
+                timeout=30_000,
+            )
+            first, later = _wait_for_growth(page, "daskgd-loss-data")
+            assert later > first
+            _assert_drawn(page)
+            assert page.errors == []
+        finally:
+            page.close()
+    finally:
+        live.stop()
+        growing.stop()
 
 
 def test_served_page_under_a_prefix_asks_for_nothing_by_absolute_path(browser):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import warnings
 
 import numpy as np
@@ -151,27 +152,83 @@ def test_bandwidth_delays_bigger_transfers_more(cluster_client):
     assert _median_iteration(half) < 0.6 * _median_iteration(slow)
 
 
-def test_a_straggler_is_flagged_and_the_other_worker_waits(cluster_client):
+#: Iterations of the straggler-flag tests: 2 workers x 60 = 120 cells, so "at most ~1%"
+#: allows one flagged cell.
+FLAG_ITERATIONS = 60
+
+
+def _machine_is_calm() -> bool:
+    """1-minute load average at most the number of cores."""
+    return os.getloadavg()[0] <= (os.cpu_count() or 1)
+
+
+def test_the_straggler_flag_is_trustworthy(cluster_client):
+    """An emulated 3x straggler is flagged in >= 95% of its iterations, its peer (which
+    waits) hardly ever; un-emulated, at most ~1% of the worker-iterations are flagged.
+
+    The last needs a machine that is not loaded many times over: at load 19-21 on 2
+    cores one un-emulated worker's compute per byte stayed 2.8x its peer's for 11
+    iterations in a row (other jobs' bursts land on one process), a real straggler as
+    far as the wait goes. There the un-emulated bound is not asserted (the test says
+    so in its output); in 440 un-emulated cells of fits at load 9-22 it flagged none."""
     X, y = make_classification(100_000, 100, chunks=12_500, random_state=2)
-    factor = 5.0
-    base = _fit(cluster_client, X, y, max_iter=12)
-    slowed = _fit(cluster_client, X, y, Emulation(stragglers={1: factor}), max_iter=12)
+    factor = 3.0
+    calm = _machine_is_calm()
+    base = _fit(cluster_client, X, y, max_iter=FLAG_ITERATIONS)
+    calm = calm and _machine_is_calm()
+    slowed = _fit(cluster_client, X, y, Emulation(stragglers={1: factor}), max_iter=FLAG_ITERATIONS)
     np.testing.assert_allclose(slowed.coef_, base.coef_, rtol=1e-12)
     trace, base_trace = (m.trace_.isel(iteration=slice(1, None)) for m in (slowed, base))
     straggler, other = sorted(trace.worker.values)[1], sorted(trace.worker.values)[0]
-    flagged = trace.straggler.mean("iteration")
-    # Timings on a shared 2-core machine are noisy: most iterations, not all.
-    assert float(flagged.sel(worker=straggler)) >= 0.5
-    assert float(flagged.sel(worker=other)) <= 0.25
-    # Compared within the same fit, so that the load of the machine is the same for both.
+    assert float(trace.straggler.sel(worker=straggler).mean()) >= 0.95
+    assert float(trace.straggler.sel(worker=other).mean()) <= 0.05
+    flagged = int(base_trace.straggler.sum())
+    if calm:
+        assert flagged <= 0.01 * base_trace.straggler.size + 0.5
+    else:
+        print(f"load {os.getloadavg()[0]:.1f}: un-emulated bound not asserted ({flagged} flagged)")
+
+
+def test_the_peer_of_a_straggler_waits_in_sync(cluster_client):
+    """Within one fit (so that both workers share the machine's load): worker 1 computes
+    about 5x longer, worker 0 idles for that gap, and the trace counts it as sync."""
+    X, y = make_classification(100_000, 100, chunks=12_500, random_state=2)
+    factor = 5.0
+    slowed = _fit(cluster_client, X, y, Emulation(stragglers={1: factor}), max_iter=12)
+    trace = slowed.trace_.isel(iteration=slice(1, None))
+    straggler, other = sorted(trace.worker.values)[1], sorted(trace.worker.values)[0]
     compute = trace.compute_seconds
     ratio = (compute.sel(worker=straggler) / compute.sel(worker=other)).median()
     assert float(ratio) > 0.5 * factor
-    # The other worker idles while the straggler computes about (factor - 1) x longer.
-    wait = float(trace.wait_seconds.sel(worker=other).median())
-    base_wait = float(base_trace.wait_seconds.sel(worker=other).median())
-    extra = float((compute.sel(worker=straggler) - compute.sel(worker=other)).median())
-    assert wait > base_wait + 0.4 * extra
+    gap = compute.sel(worker=straggler) - compute.sel(worker=other)
+    # The wait is measured from the evaluation's window, independently of the compute:
+    # the peer was idle for most of the gap, and that idle time is synchronisation.
+    waited = trace.wait_seconds.sel(worker=other)
+    assert float((waited / gap).median()) > 0.8
+    assert float((trace.sync_seconds.sel(worker=other) / gap).median()) > 0.8
+    assert float(trace.sync_seconds.sel(worker=straggler).max()) < 0.1 * float(gap.median())
+
+
+def test_one_worker_has_no_synchronisation():
+    """With one worker nobody waits for a slower peer: sync is 0 in the trace and in the
+    summary's split, for distributed's records (mapreduce) and the residents' (direct)."""
+    from distributed import Client, LocalCluster
+
+    from daskgd.observe.summary import split
+
+    X, y = make_classification(20_000, 10, chunks=5_000, random_state=1)
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None) as cluster,
+        Client(cluster, set_as_default=False) as client,
+    ):
+        for strategy in ("mapreduce", "direct"):
+            trace = _fit(client, X, y, max_iter=6, strategy=strategy).trace_
+            assert trace.sizes["worker"] == 1, strategy
+            np.testing.assert_allclose(trace.sync_seconds, 0.0, err_msg=strategy)
+            np.testing.assert_allclose(trace.overhead_seconds, trace.wait_seconds)
+            parts = split(trace)
+            assert float(parts.run_share.sel(part="sync")) < 0.01, strategy
+            np.testing.assert_allclose(float(parts.run_share.sum()), 1.0)
 
 
 def test_random_delays_slow_every_worker(cluster_client):

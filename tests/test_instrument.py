@@ -17,6 +17,7 @@ from daskgd.estimators.linear import LogisticRegression
 from daskgd.models.losses import Logistic
 from daskgd.models.penalties import make_penalty
 from daskgd.observe.instrument import Instrumentation, straggler_flags
+from daskgd.observe.stragglers import sync_and_overhead
 from daskgd.observe.trace import load_trace, save_trace
 from daskgd.optim import get_optimizer
 from daskgd.strategies import FitProblem, MapReduce
@@ -28,6 +29,8 @@ WORKER_VARIABLES = (
     "compute_seconds",
     "communication_seconds",
     "wait_seconds",
+    "sync_seconds",
+    "overhead_seconds",
     "bytes_sent",
     "bytes_received",
     "n_tasks",
@@ -128,6 +131,13 @@ def test_slow_worker_is_the_straggler_and_the_other_waits(cluster_client, data):
     assert compute_growth > 0.8 * SLEEP_SECONDS
     wait_growth = median(slowed, "wait_seconds", fast) - median(normal, "wait_seconds", fast)
     assert wait_growth > 0.5 * SLEEP_SECONDS
+    # that wait is synchronisation: the slow worker's compute minus the fast one's
+    sync_growth = median(slowed, "sync_seconds", fast) - median(normal, "sync_seconds", fast)
+    assert sync_growth > 0.5 * SLEEP_SECONDS
+    np.testing.assert_allclose(slowed["sync_seconds"].sel(worker=slow), 0.0, atol=1e-9)
+    np.testing.assert_allclose(
+        slowed["sync_seconds"] + slowed["overhead_seconds"], slowed["wait_seconds"]
+    )
 
 
 def median(workers: xr.Dataset, name: str, worker: str) -> float:
@@ -145,6 +155,13 @@ def test_estimator_trace_has_workers_and_round_trips(cluster_client, problem, tm
         assert name in trace.data_vars, name
         assert trace[name].attrs["units"]
     assert trace["straggler"].dtype == bool
+    # the workers' memory is in the trace, so a report shows it instead of "unknown"
+    assert (trace["memory_bytes"] > 1e6).all() and (trace["memory_limit_bytes"] > 0).all()
+    from daskgd.observe.summary import split
+    from daskgd.viz.columns import worker_columns
+
+    memory = worker_columns(trace, split(trace))["memory"]
+    assert all("unknown" not in text and " / " in text for text in memory), memory
 
     loaded = load_trace(save_trace(trace, tmp_path / f"trace{suffix}"))
     xr.testing.assert_identical(loaded, trace)
@@ -220,19 +237,34 @@ def test_snapshot_while_the_fit_runs(cluster_client, data):
     assert not [name for name in plugins if name.startswith("daskgd-instrument")]
 
 
-def test_straggler_rule():
-    active = np.ones((3, 2), dtype=bool)
-    two = np.array([[1.0, 1.1], [1.0, 2.0], [3.0, 1.0]])
-    flags = straggler_flags(two, k=3.0, ratio=1.25, active=active)
-    assert flags.tolist() == [[False, False], [False, True], [True, False]]
+def test_straggler_rule_flags_a_persistently_slow_worker_not_a_burst():
+    rng = np.random.default_rng(0)
+    n = 60
+    compute = 0.020 * (1 + 0.1 * rng.random((n, 3)))
+    compute[:, 2] *= 3.0  # worker 2: three times slower throughout
+    compute[20, 0] *= 8.0  # worker 0: one preempted iteration
+    compute[40:43, 1] *= 4.0  # worker 1: a burst of three
+    flags = straggler_flags(compute, np.ones((n, 3), dtype=bool))
+    assert flags[:, 2].all()
+    assert not flags[:, :2].any()
 
-    five = np.array([[1.0, 1.02, 0.98, 1.01, 1.5], [1.0, 1.3, 0.7, 1.2, 1.5]])
-    flags = straggler_flags(five, k=3.0, ratio=1.25, active=np.ones((2, 5), dtype=bool))
-    # a clear outlier is flagged; in a noisy iteration the same time is not
-    assert flags.tolist() == [[False] * 4 + [True], [False] * 5]
 
-    idle = np.array([[True, False]])
-    assert not straggler_flags(np.array([[5.0, 0.0]]), 3.0, 1.25, idle).any()
+def test_straggler_rule_compares_compute_per_byte():
+    """A worker that read twice the data took twice as long: not a straggler."""
+    n = 20
+    compute = np.tile([0.02, 0.04], (n, 1))
+    active = np.ones((n, 2), dtype=bool)
+    assert straggler_flags(compute, active).all(axis=0).tolist() == [False, True]
+    pace = compute / np.array([1e6, 2e6])  # seconds per data byte: equal
+    assert not straggler_flags(compute, active, pace=pace).any()
+
+
+def test_straggler_rule_ignores_an_excess_below_the_floor():
+    n = 20
+    compute = np.tile([0.0005, 0.0015], (n, 1))  # 3x, but 1 ms: preemption-sized
+    active = np.ones((n, 2), dtype=bool)
+    assert not straggler_flags(compute, active, min_excess_seconds=0.002).any()
+    assert straggler_flags(compute, active, min_excess_seconds=0.0)[:, 1].all()
 
 
 def test_straggler_rule_warns_about_nothing_when_only_one_worker_ran(monkeypatch):
@@ -251,13 +283,29 @@ def test_straggler_rule_warns_about_nothing_when_only_one_worker_ran(monkeypatch
     compute = np.array([[9.0, 0.0, 0.0], [1.0, 1.0, 5.0]])
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        flags = straggler_flags(compute, 3.0, 1.25, active)
+        flags = straggler_flags(compute, active)
     assert flags.tolist() == [[False, False, False], [False, False, True]]
+
+
+def test_sync_is_the_slowest_compute_minus_this_one_within_the_wait():
+    compute = np.array([[1.0, 3.0, 2.0], [1.0, 1.0, np.nan]])
+    wait = np.array([[2.5, 0.2, 0.5], [0.3, 0.3, np.nan]])
+    active = np.array([[True, True, True], [True, True, False]])
+    sync, overhead = sync_and_overhead(compute, wait, active)
+    np.testing.assert_allclose(sync[0], [2.0, 0.0, 0.5])
+    np.testing.assert_allclose(overhead[0], [0.5, 0.2, 0.0])
+    np.testing.assert_allclose(sync[1, :2], 0.0)
+    assert np.isnan(sync[1, 2]) and np.isnan(overhead[1, 2])
+    np.testing.assert_allclose(np.nan_to_num(sync + overhead), np.nan_to_num(wait))
 
 
 def test_rejects_bad_parameters(cluster_client):
     with pytest.raises(ValueError, match="straggler_ratio"):
         Instrumentation(cluster_client, straggler_ratio=0.5)
+    with pytest.raises(ValueError, match="straggler_window"):
+        Instrumentation(cluster_client, straggler_window=0)
+    with pytest.raises(ValueError, match="straggler_min_excess_seconds"):
+        Instrumentation(cluster_client, straggler_min_excess_seconds=-1.0)
     with pytest.raises(ValueError, match="poll_interval_seconds"):
         Instrumentation(cluster_client, poll_interval_seconds=0)
 

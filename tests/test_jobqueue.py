@@ -256,8 +256,8 @@ class EndJobAt(Callback):
 @pytest.mark.slow
 def test_fit_goes_on_when_a_job_ends(fake_slurm):
     """A job ending mid-fit takes its worker and chunks along; the fit goes on with the other
-    job's worker, the lost chunks recomputed from their lineage, and ends where an
-    undisturbed run ends."""
+    job's worker (and the replacement job's, once it joins), the lost chunks recomputed
+    from their lineage, and ends where an undisturbed run ends."""
     from daskgd.data.synthetic import make_classification
     from daskgd.estimators.linear import LogisticRegression
 
@@ -271,7 +271,8 @@ def test_fit_goes_on_when_a_job_ends(fake_slurm):
         model = LogisticRegression(**options, client=client, verbose=False)
         model.fit(X, y, callbacks=[ender])
         remaining = len(client.scheduler_info(n_workers=-1)["workers"])
-    assert ender.ended and remaining == 1
+    # the cluster keeps `jobs` jobs: a replacement is submitted, and may have joined
+    assert ender.ended and remaining in (1, 2)
     assert int(model.trace_.iteration[-1]) == options["max_iter"]
     np.testing.assert_allclose(model.coef_, undisturbed.coef_, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(model.intercept_, undisturbed.intercept_, rtol=1e-9, atol=1e-12)
@@ -342,3 +343,44 @@ def test_ctrl_c_cancels_the_jobs(fake_slurm, tmp_path):
     assert "daskgd: interrupted" in process.stdout.read()
     assert sorted(_job_ids(fake_slurm, "cancelled")) == sorted(jobs)
     assert _wait_gone(jobs) == []
+
+
+class EndEveryJobAt(Callback):
+    """Ends every batch job at once after an iteration, as a common walltime would."""
+
+    def __init__(self, spool: Path, iteration: int):
+        self.spool, self.iteration, self.ended = spool, iteration, []
+
+    def on_iteration_end(self, record):
+        if record.iteration == self.iteration:
+            self.ended = _job_ids(self.spool, "submitted")
+            subprocess.run(["scancel", *map(str, self.ended)], check=True, timeout=30)
+            assert _wait_gone(self.ended) == []
+
+
+@pytest.mark.slow
+def test_fit_waits_for_new_jobs_when_every_job_ends(fake_slurm):
+    """Every job ends at once (their walltime): the cluster (adaptive, jobs..jobs) submits
+    new jobs, the fit waits for their workers (bounded by its timeout), recomputes the data
+    from its lineage on them and ends where an undisturbed run ends. Before, the lost
+    chunks stayed in the scheduler's no-worker state and the fit waited for ever."""
+    from daskgd.data.synthetic import make_classification
+    from daskgd.estimators.linear import LogisticRegression
+
+    X, y = make_classification(20_000, 5, chunks=2_500, random_state=11)
+    options = {"solver": "gd", "tol": 0.0, "max_iter": 20, "learning_rate": 0.5}
+    with pytest.warns(ConvergenceWarning):
+        undisturbed = LogisticRegression(**options).fit(X, y)
+    with jobqueue_client(_small_jobs()) as client, pytest.warns(ConvergenceWarning):
+        first = set(client.scheduler_info(n_workers=-1)["workers"])
+        ender = EndEveryJobAt(fake_slurm, iteration=8)
+        model = LogisticRegression(**options, client=client, verbose=False)
+        model.fit(X, y, callbacks=[ender])
+        last = set(client.scheduler_info(n_workers=-1)["workers"])
+    assert len(ender.ended) == 2
+    assert len(_job_ids(fake_slurm, "submitted")) >= 4  # new jobs replaced them
+    assert last and not last & first  # the fit ended on the new jobs' workers
+    assert int(model.trace_.iteration[-1]) == options["max_iter"]
+    np.testing.assert_allclose(model.coef_, undisturbed.coef_, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(model.intercept_, undisturbed.intercept_, rtol=1e-9, atol=1e-12)
+    assert _wait_gone(_job_ids(fake_slurm, "submitted")) == []  # and were cancelled

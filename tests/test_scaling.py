@@ -36,7 +36,9 @@ def measured() -> xr.Dataset:
 
 def test_scaling_has_documented_variables(measured):
     assert list(measured["workers"].values) == [1, 2]
-    assert list(measured["part"].values) == ["compute", "communication", "wait"]
+    assert list(measured["part"].values) == ["compute", "communication", "sync", "overhead"]
+    # one worker waits for no slower peer
+    assert float(measured.seconds.sel(workers=1, part="sync")) == pytest.approx(0.0, abs=1e-9)
     for name in DOCUMENTED:
         assert name in measured, name
         assert measured[name].dims[0] == "workers"
@@ -58,6 +60,9 @@ def test_scaling_has_documented_variables(measured):
 def test_scaling_report_and_table(measured, tmp_path):
     page = write_scaling_report(measured, tmp_path / "scaling.html").read_text()
     assert "daskgd-speedup" in page and "daskgd-split" in page
+    # the problem is in the title: n x d, chunk rows, model and solver
+    title = page.split("<title>", 1)[1].split("</title>", 1)[0]
+    assert "n=4,000 x d=5" in title and "rows" in title and "gd" in title, title
     assert "https://cdn.bokeh.org" not in page  # resources inlined
     assert "speedup" in format_scaling(measured)
 

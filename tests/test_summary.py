@@ -40,10 +40,40 @@ def test_compute_and_communication_are_means_over_workers():
     )
 
 
-def test_a_straggler_shows_as_wait():
+def test_a_straggler_shows_as_sync():
     steady = split(make_trace(straggler=None))
     slowed = split(make_trace(straggler=2))
-    assert float(slowed["run_share"].sel(part="wait")) > float(steady["run_share"].sel(part="wait"))
+    assert float(slowed["run_share"].sel(part="sync")) > 2 * float(
+        steady["run_share"].sel(part="sync")
+    )
+    # the client's overhead per iteration (8-9 ms in make_trace) does not depend on it
+    overhead = [float(p["seconds"].sel(part="overhead").mean()) for p in (steady, slowed)]
+    assert overhead[0] == pytest.approx(overhead[1], rel=0.2)
+
+
+def test_sync_is_the_mean_over_workers_of_sync_seconds_and_overhead_the_rest():
+    trace = make_trace()
+    parts = split(trace)
+    np.testing.assert_allclose(
+        parts["seconds"].sel(part="sync"), trace["sync_seconds"].mean("worker")
+    )
+    rest = trace["wall_seconds"] - trace[
+        ["compute_seconds", "communication_seconds", "sync_seconds"]
+    ].to_array().sum("variable").mean("worker")
+    np.testing.assert_allclose(parts["seconds"].sel(part="overhead"), rest)
+
+
+def test_sync_is_derived_for_a_trace_without_it():
+    trace = make_trace()
+    older = trace.drop_vars(["sync_seconds", "overhead_seconds"])
+    np.testing.assert_allclose(split(older)["seconds"], split(trace)["seconds"])
+
+
+def test_one_worker_has_no_sync():
+    trace = make_trace(workers=WORKERS[:1], straggler=None)
+    parts = split(trace)
+    np.testing.assert_allclose(parts["seconds"].sel(part="sync"), 0.0)
+    assert float(parts["run_share"].sel(part="overhead")) > 0.1
 
 
 def test_the_straggler_is_counted():
@@ -61,7 +91,7 @@ def test_busy_time_longer_than_the_iteration_is_scaled_to_fit():
     trace["compute_seconds"] = trace["compute_seconds"] * 10
     parts = split(trace)
     np.testing.assert_allclose(parts["share"].sum("part"), 1.0)
-    np.testing.assert_allclose(parts["seconds"].sel(part="wait"), 0.0, atol=1e-12)
+    np.testing.assert_allclose(parts["seconds"].sel(part="overhead"), 0.0, atol=1e-12)
     np.testing.assert_allclose(parts["seconds"].sum("part"), trace["wall_seconds"])
 
 
@@ -81,6 +111,7 @@ def test_one_unmeasured_worker_does_not_hide_the_others():
     trace = make_trace(n_iterations=4)
     trace["compute_seconds"][:, 0] = np.nan
     trace["communication_seconds"][:, 0] = np.nan
+    trace["sync_seconds"][:, 0] = np.nan
     parts = split(trace)
     np.testing.assert_allclose(
         parts["seconds"].sel(part="compute"),

@@ -80,13 +80,14 @@ def _features(data: Path, names: list[str] | None) -> Any:
             if not names or missing:
                 raise ValueError(
                     f"give the feature variables of {str(data)!r} with --features "
-                    f"(missing: {missing or 'no names'}; it has {sorted(dataset.data_vars)})"
+                    f"(missing: {missing or 'no names'}; "
+                    f"it has {sorted(map(str, dataset.data_vars))})"
                 )
             columns = [np.asarray(dataset[n].values, dtype=np.float64) for n in names]
         return np.column_stack(columns)
     import zarr
 
-    group = zarr.open_group(str(data), mode="r")
+    group: Any = zarr.open_group(str(data), mode="r")
     name = (names or ["X"])[0] if not names or len(names) == 1 else None
     if name is None or name not in group:
         raise ValueError("a zarr store needs one 2-D features array: pass one --features NAME")

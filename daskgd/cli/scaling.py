@@ -21,8 +21,8 @@ def add_scaling_command(commands: Any) -> None:
         help="measure speedup and the time split on 1, 2, 4, ... worker processes",
         description="Run the same generated logistic fit on a LocalCluster of each number of "
         "worker processes (or on the first M workers of --scheduler); save T(m), speedup, "
-        "efficiency and the compute / communication / wait split per m, and write an HTML "
-        "report next to it.",
+        "efficiency and the compute / communication / sync / overhead split per m, and write "
+        "an HTML report next to it.",
     )
     scaling.add_argument("--workers", type=positive_int, nargs="+", default=[1, 2], metavar="M")
     scaling.add_argument(
@@ -80,6 +80,7 @@ def _scaling(args: argparse.Namespace) -> int:
             "strategy": args.strategy,
         },
     }
+    result: Any  # a Dataset: return_traces is not asked for
     if args.jobqueue is not None:
         from daskgd.cli.cluster_options import jobqueue_client
 

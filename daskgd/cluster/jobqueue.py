@@ -216,18 +216,20 @@ def jobqueue_client(options: JobqueueOptions) -> Iterator[Any]:
     """A Client on a dask-jobqueue cluster of ``options.jobs`` jobs, workers waited for.
 
     The jobs are cancelled and the scheduler closed when the block ends, also on an error
-    or Ctrl-C. With ``lifetime``, the cluster adapts between ``jobs`` and ``jobs`` jobs, so
-    a job that ends is replaced; the fit recomputes the lost chunks from their lineage.
+    or Ctrl-C. The cluster adapts between ``jobs`` and ``jobs`` jobs, so a job that ends
+    (its walltime, ``lifetime``, a node lost) is replaced by a new one; the fit recomputes
+    the lost chunks from their lineage, on the new workers when every job ended at once
+    (:mod:`daskgd.cluster.replacements`), waiting for them as long as its ``timeout``.
     """
     from distributed import Client
 
+    from daskgd.cluster.replacements import register_stale_restrictions
+
     cluster = make_jobqueue_cluster(options)
     try:
-        if options.lifetime is None:
-            cluster.scale(jobs=options.jobs)
-        else:
-            cluster.adapt(minimum_jobs=options.jobs, maximum_jobs=options.jobs)
+        cluster.adapt(minimum_jobs=options.jobs, maximum_jobs=options.jobs)
         with Client(cluster) as client:
+            register_stale_restrictions(client)
             wait_for_workers(client, options.jobs * workers_per_job(cluster), options)
             yield client
     finally:
@@ -235,7 +237,11 @@ def jobqueue_client(options: JobqueueOptions) -> Iterator[Any]:
 
 
 def _shut_down(cluster: Any) -> None:
-    # A stopped fit must not leave jobs burning an allocation: cancel them first.
+    # A stopped fit must not leave jobs burning an allocation: cancel them first, after
+    # stopping the adaptivity that would submit new ones.
+    with contextlib.suppress(Exception):
+        if getattr(cluster, "_adaptive", None) is not None:
+            cluster._adaptive.stop()
     with contextlib.suppress(Exception):
         cluster.scale(0)
     with contextlib.suppress(Exception):

@@ -232,6 +232,8 @@ class DistributedData:
 
     def top_gram_eigenvalue(self, fit_intercept: bool) -> float:
         """Largest eigenvalue of ``[X, 1]^T [X, 1] / n`` (``X^T X / n`` without intercept)."""
+        if self.gram_sketch is None:
+            raise ValueError("this placement has no Gram sketch: place the data with distribute()")
         return self.gram_sketch.top_eigenvalue(fit_intercept)
 
     X: da.Array

@@ -43,7 +43,7 @@ class FailureInjector(Callback):
                     victims.append(_address(failure.worker, workers))
                 except ValueError:
                     continue  # a named worker that is gone (restarted under a new address)
-            elif isinstance(failure, KillRandomly):
+            elif isinstance(failure, KillRandomly) and rng is not None:
                 draws = rng.random(len(workers))
                 victims += [
                     w for w, u in zip(workers, draws, strict=True) if u < failure.probability

@@ -97,6 +97,10 @@ class LogisticRegression(ClassifierMixin, GradientDescentEstimator):
         Per-iteration loss, grad_norm, step_size, wall_seconds, ...
     """
 
+    # Fitted attributes, declared for type checkers (set by fit).
+    classes_: np.ndarray
+    n_iter_: Any
+
     _parameter_constraints: dict = {
         **COMMON_CONSTRAINTS,
         "penalty": [StrOptions({"l2", "l1", "elasticnet"}), None],
@@ -240,7 +244,8 @@ class LogisticRegression(ClassifierMixin, GradientDescentEstimator):
         scores = self.decision_function(X)
         index = (scores > 0).astype(np.int64) if scores.ndim == 1 else scores.argmax(axis=1)
         if isinstance(index, da.Array):
-            return index.map_blocks(lambda i, c=self.classes_: c[i], dtype=self.classes_.dtype)
+            blocks: Any = index  # dask's map_blocks decorator confuses mypy
+            return blocks.map_blocks(lambda i, c=self.classes_: c[i], dtype=self.classes_.dtype)
         return self.classes_[index]
 
     def score(self, X: Any, y: Any, sample_weight: Any = None) -> float:

@@ -55,7 +55,7 @@ async def _time_fetches(
 
     async def fetch(key: str) -> float:
         start = time.perf_counter()
-        response = await asyncio.wait_for(
+        response: Any = await asyncio.wait_for(
             get_data_from_worker(dask_worker.rpc, [key], source, who=dask_worker.address),
             FETCH_TIMEOUT_SECONDS,
         )
@@ -69,7 +69,7 @@ async def _time_fetches(
 
 
 def _check_sizes(sizes: Sequence[int]) -> list[int]:
-    checked = []
+    checked: list[int] = []
     for size in sizes:
         if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 8:
             raise ValueError(f"message sizes must be integers >= 8 (bytes), got {size!r}")

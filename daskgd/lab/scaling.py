@@ -14,7 +14,9 @@ workers (same seed, same chunks), runs the same fit, and records
   worker count measured (1 normally; with m0 > 1 perfect scaling up to m0 is assumed
   and ``attrs["baseline_workers"]`` says so);
 - ``seconds`` (workers, part): the median per-iteration split into compute,
-  communication and wait (:func:`daskgd.observe.summary.split`), and ``share`` of each;
+  communication, sync (waiting for the slowest worker) and overhead (the scheduler's
+  and the client's orchestration) (:func:`daskgd.observe.summary.split`), and
+  ``share`` of each;
 - the figures the cost model (:mod:`daskgd.lab.costmodel`) is fitted to: rows on the
   busiest worker, bytes per iteration, bytes of one partial gradient, and the mean and
   spread (slowest minus mean) of the workers' compute time per iteration.
@@ -25,6 +27,7 @@ iterations, and one descheduled process should not decide T(m).
 
 from __future__ import annotations
 
+import html
 import math
 import numbers
 import warnings
@@ -321,7 +324,43 @@ def scaling(
 # Plots and the HTML report
 # ----------------------------------------------------------------------------------
 
-_PART_COLORS = {"compute": "#1f77b4", "communication": "#ff7f0e", "wait": "#7f7f7f"}
+_PART_COLORS = {
+    "compute": "#1f77b4",
+    "communication": "#ff7f0e",
+    "sync": "#8c564b",
+    "overhead": "#7f7f7f",
+}
+
+
+def problem_title(result: xr.Dataset) -> str:
+    """The problem a scaling result measured: n x d, rows per chunk, model and solver."""
+    attrs = result.attrs
+    bits = []
+    if "n_samples" in attrs and "n_features" in attrs:
+        bits.append(f"n={int(attrs['n_samples']):,} x d={int(attrs['n_features'])}")
+    if "chunk_rows" in attrs:
+        bits.append(f"chunks of {int(attrs['chunk_rows']):,} rows")
+    what = " ".join(str(attrs[k]) for k in ("model", "solver") if k in attrs)
+    if what:
+        bits.append(what)
+    if "strategy" in attrs:
+        bits.append(f"strategy {attrs['strategy']}")
+    return ", ".join(bits)
+
+
+def _worker_axis(fig: Any, counts: Any) -> None:
+    """Ticks at the measured worker counts only: there is no 1.5 workers."""
+    from bokeh.models import FixedTicker
+
+    fig.xaxis.ticker = FixedTicker(ticks=[int(m) for m in counts])
+
+
+def _legend_outside(fig: Any) -> None:
+    """The legend to the right of the plot, where it covers no line or bar."""
+    legend = fig.legend[0]
+    fig.center = [item for item in fig.center if item is not legend]
+    legend.label_text_font_size = "11px"
+    fig.add_layout(legend, "right")
 
 
 def speedup_figure(result: xr.Dataset, predicted: xr.Dataset | None = None) -> Any:
@@ -333,7 +372,7 @@ def speedup_figure(result: xr.Dataset, predicted: xr.Dataset | None = None) -> A
         title="Speedup T(1)/T(m)",
         x_axis_label="workers m",
         y_axis_label="speedup",
-        width=480,
+        width=560,
         height=320,
         name="daskgd-speedup",
     )
@@ -347,24 +386,26 @@ def speedup_figure(result: xr.Dataset, predicted: xr.Dataset | None = None) -> A
             fig.line(
                 sel["workers"].values[keep], sel.values[keep], legend_label=f"model {topology}"
             )
-    fig.legend.location = "top_left"
+    _worker_axis(fig, m)
+    _legend_outside(fig)
     return fig
 
 
 def split_figure(result: xr.Dataset) -> Any:
-    """Stacked per-iteration compute / communication / wait (median) against m."""
+    """Stacked per-iteration compute / communication / sync / overhead (median) against m."""
+    from bokeh.models import FactorRange
     from bokeh.plotting import figure
 
     labels = [str(m) for m in result["workers"].values]
     columns: dict[str, Any] = {"workers": labels}
     for part in PARTS:
         columns[part] = result["seconds"].sel(part=part).values * 1e3
-    fig = figure(
-        x_range=labels,
+    fig: Any = figure(
+        x_range=FactorRange(factors=labels),
         title="Where one iteration's time goes",
         x_axis_label="workers m",
         y_axis_label="ms per iteration (median)",
-        width=480,
+        width=560,
         height=320,
         name="daskgd-split",
     )
@@ -376,7 +417,8 @@ def split_figure(result: xr.Dataset) -> Any:
         color=[_PART_COLORS[p] for p in PARTS],
         legend_label=list(PARTS),
     )
-    fig.legend.location = "top_left"
+    fig.y_range.start = 0
+    _legend_outside(fig)
     return fig
 
 
@@ -408,9 +450,12 @@ def _table_html(result: xr.Dataset) -> str:
 def scaling_document(result: xr.Dataset, predicted: xr.Dataset | None = None) -> Any:
     """Bokeh layout: speedup and split side by side above a table of the figures."""
     from bokeh.layouts import column, row
-    from bokeh.models import Div
+    from bokeh.models.widgets import Div
 
+    title = html.escape(problem_title(result))
+    heading = f"<h2 style='font-family:sans-serif'>daskgd scaling: {title}</h2>"
     return column(
+        Div(text=heading, name="daskgd-scaling-title"),
         row(speedup_figure(result, predicted), split_figure(result)),
         Div(text=_table_html(result), name="daskgd-scaling-table"),
     )
@@ -424,7 +469,8 @@ def write_scaling_report(result: xr.Dataset, path: Any, predicted: xr.Dataset | 
     from bokeh.resources import INLINE
 
     path = Path(path)
-    page = file_html(scaling_document(result, predicted), INLINE, "daskgd scaling")
+    title = f"daskgd scaling: {problem_title(result)}"
+    page = file_html(scaling_document(result, predicted), INLINE, title)
     path.write_text(page, encoding="utf-8")
     return path
 

@@ -8,7 +8,9 @@ path of ``losses.py`` runs instead).
 """
 
 import warnings
+from typing import Any
 
+numba: Any
 try:
     import numba
 except ImportError:
@@ -57,7 +59,7 @@ def _compile(**flags):
 
 
 #: Every compiled function, so that :func:`disable_caches` reaches them all.
-DISPATCHERS = []
+DISPATCHERS: list[Any] = []
 
 
 strict = _compile(fastmath=False)

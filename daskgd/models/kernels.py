@@ -30,6 +30,7 @@ import os
 import threading
 import time
 import warnings
+from typing import Any
 
 import numpy as np
 
@@ -436,7 +437,7 @@ def _signature(kernel, dtype):
     return (array(dtype, 2), labels, weights, array(np.float64, 1), types.intp)
 
 
-_COMPILED = set()
+_COMPILED: set[Any] = set()
 _COMPILE_LOCK = threading.Lock()
 
 

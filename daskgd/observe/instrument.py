@@ -36,8 +36,14 @@ communication_seconds
 wait_seconds
     The evaluation's window on the cluster, first to last activity recorded for it
     (a task, a transfer of one of its keys), minus the worker's compute and
-    communication, at least 0: idle while the others finish (this includes the gap
-    between w's broadcast and the first task, when the client submits the graph).
+    communication, at least 0: idle. The sum of
+sync_seconds
+    the slowest worker's compute in the iteration minus this worker's (at most the
+    wait): waiting for a slower peer, the lecture's synchronisation; and
+overhead_seconds
+    the rest of the wait: the scheduler's and the client's orchestration (the gap
+    between w's broadcast and the first task while the client submits the graph, the
+    scheduler's dispatch between a task and its dependents).
 bytes_sent, bytes_received
     The transfer logs' ``total`` (the keys' ``sizeof``, not compressed wire bytes),
     each transfer once. w put on a worker by an ``update_data`` RPC (the strategy's
@@ -46,10 +52,10 @@ bytes_sent, bytes_received
     holder of w that no logged transfer delivered it to; its time is not measured (it
     is before the window; the client sees it in ``evaluation_seconds``).
 n_tasks, straggler
-    Tasks of the evaluation the worker ran. Straggler: compute above both
-    ``median + k * MAD`` and ``ratio * median`` of the *other* workers that ran tasks in
-    the iteration (with two workers, a median over both lies halfway and no worker
-    could ever exceed it by more than one MAD).
+    Tasks of the evaluation the worker ran. Straggler: persistently slower than the
+    other workers, compared per byte of data the tasks read (the scheduler plugin
+    records the bytes of each task's data chunks); the rule and why it takes medians
+    over a window of iterations are in :mod:`daskgd.observe.stragglers`.
 
 Per iteration: ``bytes_broadcast`` (w to the workers), ``bytes_reduce`` (partial sums
 between workers and the total to the scheduler, which relays the same bytes to the
@@ -81,8 +87,15 @@ from distributed.protocol.pickle import dumps
 
 from daskgd.data import waits
 from daskgd.engine.driver import Callback
+from daskgd.observe.stragglers import (
+    STRAGGLER_MIN_EXCESS_SECONDS,
+    STRAGGLER_RATIO,
+    STRAGGLER_WINDOW,
+    check_rule,
+    straggler_flags,
+)
 from daskgd.observe.trace import build_trace
-from daskgd.observe.worker_measures import Collected, straggler_flags, worker_dataset
+from daskgd.observe.worker_measures import Collected, worker_dataset
 
 __all__ = ["EvaluationRecorder", "Instrumentation", "straggler_flags"]
 
@@ -159,7 +172,8 @@ class EvaluationRecorder(SchedulerPlugin):
         compute = tuple((s["start"], s["stop"]) for s in startstops if s["action"] == "compute")
         prefix = self._prefix_of.get(key)
         if prefix is not None:
-            self.tasks.append((prefix, key, kwargs.get("worker"), compute))
+            worker = kwargs.get("worker")
+            self.tasks.append((prefix, key, worker, compute, self._data_bytes(key)))
             return
         kind = "chunk_recomputed" if key in self._chunks else None
         if kind is None and self._chunks and self._rebuilds_a_chunk(key):
@@ -168,10 +182,20 @@ class EvaluationRecorder(SchedulerPlugin):
             seconds = sum(stop - begin for begin, stop in compute)
             self.failures.append((kind, self._current, str(key), seconds, cluster_time()))
 
+    def _data_bytes(self, key: Any) -> int:
+        """Bytes of the data chunks the task ``key`` read (0 for a reduction task): the
+        straggler rule compares compute per byte of data, so a worker that ran more
+        chunks than another in an iteration is not taken for a slow one."""
+        ts = self.scheduler.tasks.get(key) if self.scheduler is not None else None
+        if ts is None:
+            return 0
+        return sum(max(d.nbytes, 0) for d in ts.dependencies if d.key in self._chunks)
+
     def _rebuilds_a_chunk(self, key: Any) -> bool:
         """Whether the task ``key`` is in the lineage of a data chunk the fit reads."""
         ts = self.scheduler.tasks.get(key) if self.scheduler is not None else None
-        frontier, seen = list(ts.dependents) if ts is not None else [], set()
+        frontier = list(ts.dependents) if ts is not None else []
+        seen: set[Any] = set()
         while frontier and len(seen) < _LINEAGE_SEARCH_LIMIT:
             dependent = frontier.pop()
             if dependent.key in self._chunks:
@@ -187,11 +211,17 @@ class EvaluationRecorder(SchedulerPlugin):
         failures, self.failures = self.failures, []
         self._inputs_seen = {seen for seen in self._inputs_seen if seen[1] in self.scheduler.tasks}
         names = {address: str(ws.name) for address, ws in self.scheduler.workers.items()}
+        # The process memory the workers last reported in their heartbeats, and the limit.
+        memory = {
+            address: (int(ws.memory.process), int(ws.memory_limit or 0))
+            for address, ws in self.scheduler.workers.items()
+        }
         return {
             "tasks": tasks,
             "inputs": inputs,
             "failures": failures,
             "names": names,
+            "memory": memory,
             "time": cluster_time(),
         }
 
@@ -225,10 +255,14 @@ class Instrumentation(Callback):
     ----------
     client : distributed.Client
         The client the fit runs on.
-    straggler_mad_factor : float, default=3.0
-        k of the straggler rule: compute above the other workers' median + k * MAD.
-    straggler_ratio : float, default=1.25
-        ...and above ratio * that median (the MAD is 0 when the others agree).
+    straggler_window : int, default=11
+        Iterations over which the straggler rule takes its medians
+        (:mod:`daskgd.observe.stragglers`).
+    straggler_ratio : float, default=1.3
+        Median compute per byte of data over the other workers' above which a worker is
+        a straggler...
+    straggler_min_excess_seconds : float, default=0.002
+        ...when its median excess compute is above this, too.
     poll_interval_seconds : float or None, default=1.0
         Period of the background poll of the scheduler plugin and the transfer logs;
         None polls only at the end of the fit and when :meth:`snapshot` is called.
@@ -249,24 +283,24 @@ class Instrumentation(Callback):
         self,
         client: Any,
         *,
-        straggler_mad_factor: float = 3.0,
-        straggler_ratio: float = 1.25,
+        straggler_window: int = STRAGGLER_WINDOW,
+        straggler_ratio: float = STRAGGLER_RATIO,
+        straggler_min_excess_seconds: float = STRAGGLER_MIN_EXCESS_SECONDS,
         poll_interval_seconds: float | None = 1.0,
         timeout: float = waits.DEFAULT_TIMEOUT_SECONDS,
     ):
-        if straggler_mad_factor < 0 or straggler_ratio < 1:
-            raise ValueError(
-                "straggler_mad_factor must be >= 0 and straggler_ratio >= 1, got "
-                f"{straggler_mad_factor!r} and {straggler_ratio!r}"
-            )
+        check_rule(straggler_window, straggler_ratio, straggler_min_excess_seconds)
         if poll_interval_seconds is not None and not poll_interval_seconds > 0:
             raise ValueError(
                 f"poll_interval_seconds must be > 0 or None, got {poll_interval_seconds!r}"
             )
         self.timeout = waits.check_seconds("timeout", timeout)
         self.client = client
-        self.straggler_mad_factor = float(straggler_mad_factor)
-        self.straggler_ratio = float(straggler_ratio)
+        self.straggler_rule = {
+            "window": int(straggler_window),
+            "ratio": float(straggler_ratio),
+            "min_excess_seconds": float(straggler_min_excess_seconds),
+        }
         self.poll_interval_seconds = poll_interval_seconds
         self._lock = threading.Lock()  # guards the collected data and the records
         self._poll_lock = threading.Lock()  # one poll at a time
@@ -371,6 +405,8 @@ class Instrumentation(Callback):
     def _poll(self) -> None:
         """Take the plugin's rows and the new transfer log entries (one round trip each)."""
         with self._poll_lock:
+            if self._plugin_name is None:  # the fit ended between two polls
+                return
             drained = self._drain(self._plugin_name)
             # Entries may be appended slightly out of order: re-read an overlap, dedupe.
             since = {worker: t - _LOG_OVERLAP_SECONDS for worker, t in self._since.items()}
@@ -389,6 +425,7 @@ class Instrumentation(Callback):
                 self._raw.inputs.extend(drained["inputs"])
                 self._raw.failures.extend(drained["failures"])
                 self._raw.names.update(drained["names"])
+                self._raw.add_memory(drained.get("memory", {}))
                 for worker, result in logs.items():
                     self._add_log_entries(worker, result)
                 oldest = min(self._since.values(), default=self._start_time) - _LOG_OVERLAP_SECONDS
@@ -432,7 +469,7 @@ class Instrumentation(Callback):
         if not raw.tasks:
             iterations = np.array([record.iteration for record in records], dtype=np.int64)
             return xr.Dataset(coords={"iteration": iterations})
-        dataset = worker_dataset(records, raw, self.straggler_mad_factor, self.straggler_ratio)
+        dataset = worker_dataset(records, raw, **self.straggler_rule)
         with self._lock:
             self._cached = (key, dataset)
         return dataset.copy(deep=True)

@@ -18,10 +18,13 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from daskgd.observe.stragglers import straggler_flags, sync_and_overhead
 from daskgd.observe.worker_measures import (
+    DEFAULT_RULE,
     ITERATION_BYTE_VARIABLES,
     WORKER_VARIABLES,
-    straggler_flags,
+    memory_variables,
+    straggler_attrs,
 )
 
 _TIMED = (
@@ -47,18 +50,43 @@ def has_resident_measures(records: Sequence[Any]) -> bool:
     return any(getattr(record, "worker_measures", None) for record in records)
 
 
+def _wait_split_and_stragglers(data_vars: dict, active: np.ndarray, rule: dict) -> dict:
+    """``sync_seconds``, ``overhead_seconds`` and ``straggler`` from the residents' compute
+    and wait (:mod:`daskgd.observe.stragglers`). The residents time compute per
+    request, not per chunk: their compute seconds are compared (a resident's chunks do
+    not change during a fit)."""
+    cells = ("iteration", "worker")
+    compute, wait = data_vars["compute_seconds"][1], data_vars["wait_seconds"][1]
+    sync, overhead = sync_and_overhead(compute, wait, active)
+    out = {}
+    for name, values in (("sync_seconds", sync), ("overhead_seconds", overhead)):
+        description, units = WORKER_VARIABLES[name]
+        out[name] = (cells, values, {"long_name": description, "units": units})
+    flags = straggler_flags(np.nan_to_num(compute), active, **rule)
+    out["straggler"] = (cells, flags, straggler_attrs(rule))
+    return out
+
+
 def resident_worker_dataset(
-    records: Sequence[Any], *, k: float = 3.0, ratio: float = 1.25, client: Any = None
+    records: Sequence[Any], *, client: Any = None, **rule: Any
 ) -> xr.Dataset:
     """Dims (iteration, worker) and the iteration byte totals, as for ``mapreduce``.
 
-    ``client`` (optional) gives the workers' names for the ``worker_name`` coordinate.
+    ``client`` (optional) gives the workers' names for the ``worker_name`` coordinate;
+    ``rule``: the straggler rule's settings (``window``, ``ratio``,
+    ``min_excess_seconds``; :mod:`daskgd.observe.stragglers`).
     """
+    rule = {**DEFAULT_RULE, **rule}
     records = list(records)
     names: dict = {}
+    memory: dict = {}
     if client is not None:
         workers_info = client.scheduler_info()["workers"]
         names = {address: str(info.get("name", "")) for address, info in workers_info.items()}
+        memory = {
+            address: (info.get("metrics", {}).get("memory", np.nan), info.get("memory_limit", 0))
+            for address, info in workers_info.items()
+        }
     workers = sorted({w for record in records for w in (record.worker_measures or {})})
     cells = ("iteration", "worker")
     data_vars: dict[str, Any] = {}
@@ -75,12 +103,8 @@ def resident_worker_dataset(
     active = ~np.isnan(compute)
     data_vars["n_tasks"] = (cells, active.astype(np.int64), {"long_name": "requests served",
                                                              "units": "1"})  # fmt: skip
-    data_vars["straggler"] = (
-        cells,
-        straggler_flags(np.nan_to_num(compute), k, ratio, active),
-        {"long_name": "compute above median + k * MAD and ratio * median of the others",
-         "units": "1", "straggler_k": k, "straggler_ratio": ratio},
-    )  # fmt: skip
+    data_vars.update(_wait_split_and_stragglers(data_vars, active, rule))
+    data_vars.update(memory_variables(workers, memory))
     from_client = np.nansum(_table(records, workers, "bytes_from_client"), axis=1)
     to_client = np.nansum(_table(records, workers, "bytes_to_client"), axis=1)
     sent = np.nansum(data_vars["bytes_sent"][1], axis=1)
@@ -99,5 +123,6 @@ def resident_worker_dataset(
         "worker_name": ("worker", np.array([names.get(w, "") for w in workers], object)),
     }
     dataset = xr.Dataset(data_vars, coords=coords)
-    dataset.attrs.update(straggler_k=k, straggler_ratio=ratio, measured_by="residents")
+    dataset.attrs.update({f"straggler_{name}": value for name, value in rule.items()})
+    dataset.attrs["measured_by"] = "residents"
     return dataset

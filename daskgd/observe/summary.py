@@ -1,24 +1,29 @@
-"""Where the time went: compute, communication and wait, from a trace.
+"""Where the time went: compute, communication, synchronisation and overhead, from a trace.
 
 The lecture's model of one synchronous iteration is
 
     time = computation on the workers + communication + synchronisation
 
-and :func:`split` measures those three parts from a trace (see ``docs/trace.md``).
-Per iteration, seen from the **average worker**:
+and :func:`split` measures those parts from a trace (see ``docs/trace.md``), plus a
+fourth the model leaves out: the orchestration around the workers' work. Per
+iteration, seen from the **average worker**:
 
 - compute: the mean over workers of ``compute_seconds``;
 - communication: the mean over workers of ``communication_seconds``;
-- wait: the rest of the iteration's wall time on the client, ``wall_seconds``, when the
-  average worker was neither computing nor communicating: waiting for the slowest
-  worker (synchronisation), for the scheduler and for the client's update.
+- sync: the mean over workers of ``sync_seconds``, waiting for the slowest worker
+  (its compute minus this worker's); 0 with one worker;
+- overhead: the rest of the iteration's wall time on the client, ``wall_seconds``:
+  the worker idle for other reasons than a slower peer, the scheduler's dispatch, the
+  client's graph submission and update.
 
-The three parts add up to ``wall_seconds``, so their shares add up to 1 and the run's
+The four parts add up to ``wall_seconds``, so their shares add up to 1 and the run's
 totals add up to the fit's wall time. Averaging over workers, rather than following
-the slowest worker (the critical path), is what makes a straggler visible as wait:
+the slowest worker (the critical path), is what makes a straggler visible as sync:
 the slowest worker never waits, everyone else waits for it. When a worker reports
 more busy time than the iteration lasted (clocks of different processes, overlapping
-measurements), compute and communication are scaled down to fit and wait is 0.
+measurements), compute, communication and sync are scaled down to fit and overhead is
+0. A trace without ``sync_seconds`` (older traces) gets it from ``compute_seconds``
+and ``wait_seconds`` by the same rule (:func:`daskgd.observe.stragglers.sync_and_overhead`).
 
 :func:`format_summary` turns the same figures into the plain-text table printed at
 the end of ``daskgd demo`` and ``daskgd run``. Both work on traces without a
@@ -35,9 +40,17 @@ import numpy as np
 import xarray as xr
 
 from daskgd.observe.recovery import recovery_lines
+from daskgd.observe.stragglers import sync_and_overhead
 
-#: The three parts of an iteration, in the order they are stacked and printed.
-PARTS = ("compute", "communication", "wait")
+#: The parts of an iteration, in the order they are stacked and printed.
+PARTS = ("compute", "communication", "sync", "overhead")
+#: What each part means, for legends and tooltips.
+PART_LABELS = {
+    "compute": "compute",
+    "communication": "communication",
+    "sync": "sync (waiting for the slowest worker)",
+    "overhead": "overhead (scheduler, client)",
+}
 
 _BYTES = ("bytes_broadcast", "bytes_reduce", "bytes_total")
 
@@ -64,6 +77,19 @@ def _worker_mean(trace: xr.Dataset, name: str) -> xr.DataArray:
     return values.sum("worker", skipna=True).where(count > 0) / count.where(count > 0)
 
 
+def _sync_mean(trace: xr.Dataset) -> xr.DataArray:
+    """Mean over workers of ``sync_seconds``, derived for traces that lack it."""
+    if "sync_seconds" in trace.data_vars or not has_workers(trace):
+        return _worker_mean(trace, "sync_seconds")
+    compute, wait = _variable(trace, "compute_seconds"), _variable(trace, "wait_seconds")
+    if compute is None or wait is None:
+        return _nan(trace)
+    active = trace["n_tasks"] > 0 if "n_tasks" in trace.data_vars else compute.notnull()
+    sync, _ = sync_and_overhead(compute.values, wait.values, active.values)
+    derived = trace.assign(sync_seconds=(compute.dims, sync))
+    return _worker_mean(derived, "sync_seconds")
+
+
 def _split_seconds(trace: xr.Dataset) -> xr.DataArray:
     """(iteration, part) seconds; NaN for iterations without worker measurements."""
     wall = _variable(trace, "wall_seconds")
@@ -71,11 +97,12 @@ def _split_seconds(trace: xr.Dataset) -> xr.DataArray:
         wall = _nan(trace)
     compute = _worker_mean(trace, "compute_seconds")
     communication = _worker_mean(trace, "communication_seconds")
-    busy = compute + communication
+    sync = _sync_mean(trace).fillna(0.0)
+    busy = compute + communication + sync
     scale = xr.where(busy > wall, wall / busy.where(busy > 0), 1.0)
-    compute, communication = compute * scale, communication * scale
-    wait = wall - compute - communication
-    seconds = xr.concat([compute, communication, wait], dim="part")
+    compute, communication, sync = compute * scale, communication * scale, sync * scale
+    overhead = wall - compute - communication - sync
+    seconds = xr.concat([compute, communication, sync, overhead], dim="part")
     seconds = seconds.assign_coords(part=list(PARTS)).transpose("iteration", "part")
     measured = wall.notnull() & compute.notnull() & communication.notnull()
     return seconds.where(measured)
@@ -96,7 +123,7 @@ def _worker_variables(trace: xr.Dataset) -> dict[str, xr.DataArray]:
     if not has_workers(trace):
         return {}
     out = {}
-    for part in PARTS:
+    for part in (*PARTS, "wait"):
         values = _variable(trace, f"{part}_seconds")
         if values is not None:
             out[f"worker_{part}_seconds"] = values.sum("iteration", skipna=True, min_count=1)
@@ -113,7 +140,7 @@ def _worker_variables(trace: xr.Dataset) -> dict[str, xr.DataArray]:
 
 
 def split(trace: xr.Dataset) -> xr.Dataset:
-    """Split a trace's time into compute / communication / wait, and count stragglers.
+    """Split a trace's time into compute / communication / sync / overhead; count stragglers.
 
     Parameters
     ----------
@@ -123,7 +150,8 @@ def split(trace: xr.Dataset) -> xr.Dataset:
     Returns
     -------
     xarray.Dataset
-        With a ``part`` dimension (``compute``, ``communication``, ``wait``):
+        With a ``part`` dimension (``compute``, ``communication``, ``sync``,
+        ``overhead``):
 
         - ``seconds`` (iteration, part) and ``share`` (iteration, part): each
           iteration's split; shares add up to 1. NaN where no worker measured.
@@ -133,7 +161,8 @@ def split(trace: xr.Dataset) -> xr.Dataset:
           ``bytes_total``, ``bytes_cumulative`` (iteration) when the trace has them.
         - per worker, when the trace has a ``worker`` dimension:
           ``worker_compute_seconds``, ``worker_communication_seconds``,
-          ``worker_wait_seconds`` (totals over the run), ``straggler_count``
+          ``worker_sync_seconds``, ``worker_overhead_seconds``, ``worker_wait_seconds``
+          (totals over the run, as far as the trace has them), ``straggler_count``
           (iterations flagged as straggler) and ``slowest_count`` (iterations in which
           the worker computed longest).
 
@@ -165,7 +194,7 @@ def split(trace: xr.Dataset) -> xr.Dataset:
     result.attrs.update(
         measured_iterations=int(measured.sum()),
         run_wall_seconds=float(wall_seconds.sum()) if wall_seconds is not None else np.nan,
-        method="mean over workers; wait = wall_seconds - compute - communication",
+        method="mean over workers; overhead = wall_seconds - compute - communication - sync",
     )
     return result
 
@@ -244,7 +273,9 @@ def _split_lines(parts: xr.Dataset) -> list[str]:
     for part in PARTS:
         seconds = float(parts.run_seconds.sel(part=part))
         share = float(parts.run_share.sel(part=part))
-        rows.append([part, f"{seconds:.3f}", f"{share:.1%}", f"{seconds / n * 1e3:.2f}"])
+        rows.append(
+            [PART_LABELS[part], f"{seconds:.3f}", f"{share:.1%}", f"{seconds / n * 1e3:.2f}"]
+        )
     total = float(parts.run_seconds.sum())
     rows.append(["total", f"{total:.3f}", "100.0%", f"{total / n * 1e3:.2f}"])
     heading = f"where the time went ({n} measured iterations, mean over workers)"
@@ -270,7 +301,7 @@ def _bytes_lines(parts: xr.Dataset) -> list[str]:
 
 
 def worker_rows(trace: xr.Dataset, parts: xr.Dataset | None = None) -> list[dict[str, Any]]:
-    """One dict per worker: address, name, chunks, rows, compute, stragglers, slowest.
+    """One dict per worker: address, name, chunks, rows, compute, sync, stragglers, slowest.
 
     Workers come from the trace's ``worker`` dimension, then from ``chunk_workers``.
     Missing figures are None.
@@ -291,7 +322,12 @@ def worker_rows(trace: xr.Dataset, parts: xr.Dataset | None = None) -> list[dict
             "chunks": holdings.get(address, (None, None))[0],
             "rows": holdings.get(address, (None, None))[1],
         }
-        for key in ("worker_compute_seconds", "straggler_count", "slowest_count"):
+        for key in (
+            "worker_compute_seconds",
+            "worker_sync_seconds",
+            "straggler_count",
+            "slowest_count",
+        ):
             value = parts[key].values[index] if measured and key in parts else None
             row[key] = None if value is None or not np.isfinite(value) else value.item()
         rows.append(row)
@@ -313,12 +349,13 @@ def _worker_lines(trace: xr.Dataset, parts: xr.Dataset) -> list[str]:
             cell(row["chunks"]),
             cell(row["rows"], ","),
             cell(row["worker_compute_seconds"], ".3f"),
+            cell(row["worker_sync_seconds"], ".3f"),
             cell(row["straggler_count"]),
             cell(row["slowest_count"]),
         ]
         for row in rows
     ]
-    headers = ["worker", "name", "chunks", "rows", "compute s", "straggler", "slowest"]
+    headers = ["worker", "name", "chunks", "rows", "compute s", "sync s", "straggler", "slowest"]
     return _table(headers, table, left=2)
 
 

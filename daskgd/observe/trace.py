@@ -71,7 +71,7 @@ def iteration_variables(records: Sequence[Any], variables: dict) -> xr.Dataset:
 
 def _clean_attrs(attrs: dict) -> dict:
     """netCDF attributes must be str, numbers or 1-D arrays: encode the rest as JSON."""
-    clean = {}
+    clean: dict[str, Any] = {}
     for key, value in attrs.items():
         if isinstance(value, bool):
             clean[key] = int(value)

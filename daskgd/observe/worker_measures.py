@@ -16,16 +16,35 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from daskgd.observe.stragglers import (
+    STRAGGLER_MIN_EXCESS_SECONDS,
+    STRAGGLER_RATIO,
+    STRAGGLER_WINDOW,
+    straggler_flags,
+    sync_and_overhead,
+)
+
+__all__ = ["Collected", "straggler_flags", "sync_and_overhead", "worker_dataset"]
+
 #: Receiver of transfers that leave the workers for the scheduler (gathers).
 SCHEDULER = "scheduler"
 
 WORKER_VARIABLES = {
     "compute_seconds": ("time running chunk-gradient and reduction tasks", "s"),
     "communication_seconds": ("receiving w, moving partial sums, (de)serialisation", "s"),
-    "wait_seconds": ("idle in the iteration's cluster window: synchronisation", "s"),
+    "wait_seconds": ("idle in the iteration's cluster window: sync + overhead", "s"),
+    "sync_seconds": ("waiting for the slowest worker: its compute minus this one's", "s"),
+    "overhead_seconds": ("the rest of the wait: orchestration around the tasks", "s"),
     "bytes_sent": ("bytes this worker sent for the iteration", "bytes"),
     "bytes_received": ("bytes this worker received for the iteration", "bytes"),
     "n_tasks": ("tasks the worker ran for the iteration", "1"),
+}
+
+#: The straggler rule's settings by default (daskgd.observe.stragglers).
+DEFAULT_RULE = {
+    "window": STRAGGLER_WINDOW,
+    "ratio": STRAGGLER_RATIO,
+    "min_excess_seconds": STRAGGLER_MIN_EXCESS_SECONDS,
 }
 
 ITERATION_BYTE_VARIABLES = {
@@ -53,11 +72,13 @@ class _Transfer:
 class Collected:
     """Everything collected from the cluster during a fit.
 
-    tasks : (prefix, key, worker, ((start, stop), ...)) of the 'compute' startstops
+    tasks : (prefix, key, worker, ((start, stop), ...), data bytes): the 'compute'
+        startstops and the bytes of the data chunks the task read
     inputs : (prefix, key, scattered, nbytes, holders, submitted) per evaluation input
     incoming, outgoing : (worker, (peer or None, {key: nbytes}, start, stop, total))
     names : {address: worker name}
     failures : (kind, prefix, detail, seconds, time): workers lost, chunks recomputed
+    memory : {address: (peak process bytes seen, memory limit bytes or 0)}
     """
 
     tasks: list = field(default_factory=list)
@@ -66,17 +87,31 @@ class Collected:
     outgoing: list = field(default_factory=list)
     names: dict = field(default_factory=dict)
     failures: list = field(default_factory=list)
+    memory: dict = field(default_factory=dict)
 
     def copy(self) -> Collected:
-        parts = (self.tasks, self.inputs, self.incoming, self.outgoing)
-        return Collected(*(list(part) for part in parts), dict(self.names), list(self.failures))
+        return Collected(
+            tasks=list(self.tasks),
+            inputs=list(self.inputs),
+            incoming=list(self.incoming),
+            outgoing=list(self.outgoing),
+            names=dict(self.names),
+            failures=list(self.failures),
+            memory=dict(self.memory),
+        )
+
+    def add_memory(self, memory: dict) -> None:
+        """Keep each worker's peak process memory over the polls, and its limit."""
+        for address, (used, limit) in memory.items():
+            peak = self.memory.get(address, (0, 0))[0]
+            self.memory[address] = (max(peak, used), limit)
 
 
 class _KeyIndex:
     """Which evaluation (prefix) a key belongs to, and as what."""
 
     def __init__(self, raw: Collected):
-        self.outputs = {key: prefix for prefix, key, _, _ in raw.tasks}
+        self.outputs = {key: prefix for prefix, key, *_ in raw.tasks}
         self.scattered = {row[1]: row[0] for row in raw.inputs if row[2]}
         self.data_uses: dict[Any, list[tuple[float, str]]] = defaultdict(list)
         for prefix, key, scattered, _, _, submitted in raw.inputs:
@@ -160,6 +195,15 @@ class _Measures:
         self.bytes = {kind: np.zeros(n_iterations) for kind in ("broadcast", "reduce", "data")}
         self.windows: dict[str, list[float]] = {}
         self.measured = np.zeros(n_iterations, dtype=bool)
+        #: Seconds per data byte of each chunk task, per (iteration, worker).
+        self.paces: dict[tuple[int, int], list[float]] = defaultdict(list)
+
+    def pace(self) -> np.ndarray:
+        """Median seconds per data byte over each cell's chunk tasks (NaN: none ran)."""
+        pace = np.full(self.compute.shape, np.nan)
+        for cell, values in self.paces.items():
+            pace[cell] = np.median(values)
+        return pace
 
     def widen(self, prefix: str, start: float | None, stop: float | None) -> None:
         if start is None or stop is None:
@@ -169,7 +213,7 @@ class _Measures:
 
 
 def _workers(raw: Collected, transfers: list[_Transfer]) -> list[str]:
-    seen = {worker for _, _, worker, _ in raw.tasks}
+    seen = {task[2] for task in raw.tasks}
     for t in transfers:
         seen.update((t.sender, t.receiver))
     seen.discard(SCHEDULER)
@@ -182,14 +226,17 @@ def _measure(
     transfers = _transfers(raw, _KeyIndex(raw))
     workers = _workers(raw, transfers)
     m = _Measures(n_iterations, workers)
-    for prefix, _, worker, compute in raw.tasks:
+    for prefix, _, worker, compute, data_bytes in raw.tasks:
         i = row_of.get(prefix)
         if i is None:
             continue
         j = m.column[worker]
         m.measured[i] = True
         m.n_tasks[i, j] += 1
-        m.compute[i, j] += sum(stop - start for start, stop in compute)
+        seconds = sum(stop - start for start, stop in compute)
+        m.compute[i, j] += seconds
+        if data_bytes > 0:
+            m.paces[i, j].append(seconds / data_bytes)
         for start, stop in compute:
             m.widen(prefix, start, stop)
     for t in transfers:
@@ -205,29 +252,6 @@ def _measure(
             m.received[i, m.column[t.receiver]] += t.nbytes
             m.communication[i, m.column[t.receiver]] += t.receive_seconds
     return workers, m
-
-
-def straggler_flags(compute: np.ndarray, k: float, ratio: float, active: np.ndarray) -> np.ndarray:
-    """Flag (iteration, worker) cells whose compute is far above the other workers'.
-
-    A cell of an active worker is flagged when its compute exceeds ``median + k * MAD``
-    and ``ratio * median`` of the other active workers of the same iteration.
-    """
-    values = np.where(active, compute, np.nan)
-    flags = np.zeros(compute.shape, dtype=bool)
-    for j in range(compute.shape[1]):
-        others = np.delete(values, j, axis=1)
-        # Iterations where no other worker was active have no median (NaN: no flag).
-        # Skipped rather than silenced: warnings.catch_warnings is not thread-safe, and a
-        # live view computes this in its own thread while the fit does in another.
-        rows = np.isfinite(others).any(axis=1)
-        median, mad = np.full(len(others), np.nan), np.full(len(others), np.nan)
-        if rows.any():
-            median[rows] = np.nanmedian(others[rows], axis=1)
-            mad[rows] = np.nanmedian(np.abs(others[rows] - median[rows, None]), axis=1)
-        above = (compute[:, j] > median + k * mad) & (compute[:, j] > ratio * median)
-        flags[:, j] = active[:, j] & above
-    return flags
 
 
 def _windows(records: Sequence[Any], m: _Measures) -> np.ndarray:
@@ -246,15 +270,19 @@ def _variable(dims: tuple, values: np.ndarray, table: dict, name: str, **attrs: 
 
 
 def _dataset(
-    records: Sequence[Any], workers: list[str], names: dict, m: _Measures, k: float, ratio: float
+    records: Sequence[Any], workers: list[str], raw: Collected, m: _Measures, rule: dict
 ) -> xr.Dataset:
+    names, m_memory = raw.names, raw.memory
     cells = ("iteration", "worker")
     missing = ~m.measured[:, None]
     wait = np.maximum(_windows(records, m)[:, None] - m.compute - m.communication, 0.0)
+    sync, overhead = sync_and_overhead(m.compute, wait, m.n_tasks > 0)
     timed = {
         "compute_seconds": m.compute,
         "communication_seconds": m.communication,
         "wait_seconds": wait,
+        "sync_seconds": sync,
+        "overhead_seconds": overhead,
         "bytes_sent": m.sent,
         "bytes_received": m.received,
     }
@@ -263,16 +291,8 @@ def _dataset(
         for name, values in timed.items()
     }
     data_vars["n_tasks"] = _variable(cells, m.n_tasks, WORKER_VARIABLES, "n_tasks")
-    data_vars["straggler"] = (
-        cells,
-        straggler_flags(m.compute, k, ratio, m.n_tasks > 0),
-        {
-            "long_name": "compute above median + k * MAD and ratio * median of the others",
-            "units": "1",
-            "straggler_k": k,
-            "straggler_ratio": ratio,
-        },
-    )
+    flags = straggler_flags(m.compute, m.n_tasks > 0, pace=m.pace(), **rule)
+    data_vars["straggler"] = (cells, flags, straggler_attrs(rule))
     moved = {
         "bytes_broadcast": m.bytes["broadcast"],
         "bytes_reduce": m.bytes["reduce"],
@@ -282,6 +302,7 @@ def _dataset(
         data_vars[name] = _variable(
             ("iteration",), np.where(m.measured, values, np.nan), ITERATION_BYTE_VARIABLES, name
         )
+    data_vars.update(memory_variables(workers, m_memory))
     coords = {
         "iteration": np.array([record.iteration for record in records], dtype=np.int64),
         # Variable-length strings: zarr v3 has a specification for those, not for "<U21".
@@ -289,12 +310,41 @@ def _dataset(
         "worker_name": ("worker", np.array([names.get(w, "") for w in workers], dtype=object)),
     }
     dataset = xr.Dataset(data_vars, coords=coords)
-    dataset.attrs.update(straggler_k=k, straggler_ratio=ratio)
+    dataset.attrs.update({f"straggler_{name}": value for name, value in rule.items()})
     return dataset
 
 
-def worker_dataset(records: Sequence[Any], raw: Collected, k: float, ratio: float) -> xr.Dataset:
-    """Per-worker measurements of ``records`` from the ``raw`` rows (see Instrumentation)."""
+MEMORY_NAME = "worker process memory: the peak the scheduler heard of (residents: at the end)"
+
+
+def memory_variables(workers: list[str], memory: dict) -> dict:
+    """``memory_bytes`` (peak process memory the scheduler heard of during the fit) and
+    ``memory_limit_bytes`` per worker; NaN where unknown (a limit of 0: none set)."""
+    used = np.array([memory.get(w, (np.nan, 0))[0] for w in workers], dtype=np.float64)
+    limit = np.array([memory.get(w, (0, 0))[1] or np.nan for w in workers], dtype=np.float64)
+    return {
+        "memory_bytes": (("worker",), used, {"long_name": MEMORY_NAME, "units": "bytes"}),
+        "memory_limit_bytes": (("worker",), limit, {"long_name": "memory limit", "units": "bytes"}),
+    }
+
+
+def straggler_attrs(rule: dict) -> dict:
+    """The ``straggler`` variable's attrs: what it means and the rule's settings."""
+    return {
+        "long_name": "persistently slower than the others (median over a window of "
+        "iterations; see daskgd.observe.stragglers)",
+        "units": "1",
+        **{f"straggler_{name}": value for name, value in rule.items()},
+    }
+
+
+def worker_dataset(records: Sequence[Any], raw: Collected, **rule: Any) -> xr.Dataset:
+    """Per-worker measurements of ``records`` from the ``raw`` rows (see Instrumentation).
+
+    ``rule``: ``window``, ``ratio``, ``min_excess_seconds`` of
+    :func:`daskgd.observe.stragglers.straggler_flags` (its defaults when not given).
+    """
+    rule = {**DEFAULT_RULE, **rule}
     row_of = {prefix: i for i, record in enumerate(records) for prefix in record.key_prefixes}
     workers, measures = _measure(raw, row_of, len(records))
-    return _dataset(records, workers, raw.names, measures, k, ratio)
+    return _dataset(records, workers, raw, measures, rule)

@@ -383,7 +383,7 @@ class _WorkerState:
 
     def extra_seconds(self, compute_seconds: float) -> float:
         extra = (self.factor - 1.0) * compute_seconds
-        if self.delay is not None:
+        if self.delay is not None and self.rng is not None:
             extra += self.delay.draw(self.rng)
         return extra
 

@@ -318,8 +318,10 @@ class Runtime:
         if reply.get("status") != "OK":
             from distributed.core import clean_exception
 
-            _, error, traceback = clean_exception(**reply)
-            raise _RemoteError(address, error.with_traceback(traceback))
+            _, remote, traceback = clean_exception(**reply)
+            if remote is None:  # an error reply without the exception: say what came back
+                remote = RuntimeError(f"{address} answered {reply.get('status')!r}")
+            raise _RemoteError(address, remote.with_traceback(traceback))
         return reply, round_trip
 
     async def _answer(self, address: str, request: Any, timeout: float) -> Any:
@@ -369,8 +371,10 @@ class Runtime:
             await self._abort(call, waiting, f"call {call} aborted: {failed}")
         if pending:
             await asyncio.wait(pending)
-        errors = {address: task.exception() for address, task in tasks.items()
-                  if task.exception() is not None}  # fmt: skip
+        errors: dict[str, BaseException] = {
+            address: error for address, task in tasks.items()
+            if (error := task.exception()) is not None
+        }  # fmt: skip
         if errors:
             raise await self._classify(errors)
         return {address: task.result() for address, task in tasks.items()}

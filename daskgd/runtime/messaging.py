@@ -85,6 +85,16 @@ class Meter:
     """What a resident did for one request; reset at the start of every request."""
 
     __slots__ = MEASURES
+    # Declared for type checkers (reset() sets every one of MEASURES).
+    compute_seconds: float
+    communication_seconds: float
+    wait_seconds: float
+    bytes_sent: int
+    bytes_received: int
+    messages_sent: int
+    messages_received: int
+    bytes_from_client: int
+    bytes_to_client: int
 
     def __init__(self) -> None:
         self.reset()

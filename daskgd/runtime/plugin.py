@@ -106,7 +106,7 @@ class RuntimePlugin(WorkerPlugin):
         try:
             chunks, fetched = await self._chunks(spec)
         except ChunkMissingError as error:
-            return error_message(error)
+            return dict(error_message(error))
         worker = self.worker
         resident = Resident(
             spec, chunks, address=worker.address, loop=worker.loop.asyncio_loop, rpc=worker.rpc
@@ -145,7 +145,7 @@ class RuntimePlugin(WorkerPlugin):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                response = await asyncio.wait_for(
+                response: Any = await asyncio.wait_for(
                     get_data_from_worker(self.worker.rpc, [key], holder, who=self.worker.address),
                     max(deadline - time.monotonic(), 0.001),
                 )
@@ -169,7 +169,7 @@ class RuntimePlugin(WorkerPlugin):
             partial, measures = await self._in_thread(resident.serve_evaluate, w, blocks)
             delayed += await self._emulate(resident, partial.nbytes)  # the partial's trip back
         except Exception as error:  # noqa: BLE001 - re-raised on the client
-            return error_message(error)
+            return dict(error_message(error))
         measures["communication_seconds"] += delayed
         measures["handler_seconds"] = time.perf_counter() - start
         return {"status": "OK", "partial": to_wire(partial), "measures": measures}
@@ -189,7 +189,7 @@ class RuntimePlugin(WorkerPlugin):
             )
             result = pickle.dumps(result)
         except Exception as error:  # noqa: BLE001 - re-raised on the client
-            return error_message(error)
+            return dict(error_message(error))
         measures["handler_seconds"] = time.perf_counter() - start
         return {"status": "OK", "result": result, "measures": measures}
 

@@ -380,7 +380,7 @@ class Resident:
         others = [peer for peer in self.peers if peer != self.address]
         sends = [self._send_soon(peer, (tag, "exchange"), payload, vector.size, exact)
                  for peer in others]  # fmt: skip
-        parts: list[np.ndarray | None] = [None] * len(self.peers)
+        parts: list[Any] = [None] * len(self.peers)  # every slot filled below
         parts[self.rank] = self._decode(Message(payload, vector.size, exact, "", 0.0, 0.0))
         for _ in others:
             message = await self._arrival((tag, "exchange"))

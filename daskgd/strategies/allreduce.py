@@ -102,6 +102,7 @@ class AllReduce(ResidentStrategy):
 
 class RingSession(ResidentSession):
     topology = "ring"
+    strategy: AllReduce
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "topology": self.strategy.algorithm}

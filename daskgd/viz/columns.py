@@ -22,7 +22,12 @@ import xarray as xr
 from daskgd.observe.summary import PARTS, format_bytes, has_workers, worker_rows
 
 #: One colour per part of an iteration, used by every plot and the header.
-PART_COLORS = {"compute": "#4c72b0", "communication": "#dd8452", "wait": "#b8b8b8"}
+PART_COLORS = {
+    "compute": "#4c72b0",
+    "communication": "#dd8452",
+    "sync": "#937860",
+    "overhead": "#b8b8b8",
+}
 
 #: Memory of a worker: address -> (bytes in use, limit in bytes); either may be None.
 Memory = dict[str, tuple[Any, Any]]
@@ -40,7 +45,7 @@ def measured_mask(trace: xr.Dataset) -> np.ndarray:
     if not has_workers(trace) or "compute_seconds" not in trace.data_vars:
         return np.zeros(n, dtype=bool)
     compute = trace["compute_seconds"].transpose("iteration", "worker").values
-    return np.isfinite(compute.astype(np.float64)).any(axis=1)
+    return np.asarray(np.isfinite(compute.astype(np.float64)).any(axis=1))
 
 
 def pending_span(trace: xr.Dataset | None) -> tuple[int, int] | None:
@@ -71,13 +76,30 @@ def loss_columns(trace: xr.Dataset) -> dict[str, np.ndarray]:
         "iteration": trace["iteration"].values.astype(np.int64),
         "elapsed": _values(trace, "elapsed_seconds"),
         "loss": np.where(loss > 0, loss, np.nan),
-        "grad_norm": _values(trace, "grad_norm"),
+        "grad_norm": _positive(_values(trace, "grad_norm")),
+        # what tol is compared with; traces of version 1 have the gradient norm only
+        "optimality": _positive(
+            _values(trace, "optimality" if "optimality" in trace else "grad_norm")
+        ),
     }
+
+
+def _positive(values: np.ndarray) -> np.ndarray:
+    return np.where(values > 0, values, np.nan)
+
+
+def tolerance(trace: xr.Dataset) -> float | None:
+    """The fit's ``tol`` from the trace's attrs, when it is a positive number."""
+    try:
+        tol = float(trace.attrs.get("tol", "nan"))
+    except (TypeError, ValueError):
+        return None
+    return tol if np.isfinite(tol) and tol > 0 else None
 
 
 def split_columns(parts: xr.Dataset) -> dict[str, np.ndarray]:
     """Milliseconds per part and iteration (from :func:`daskgd.observe.summary.split`)."""
-    columns = {"iteration": parts["iteration"].values.astype(np.int64)}
+    columns: dict[str, np.ndarray] = {"iteration": parts["iteration"].values.astype(np.int64)}
     for part in PARTS:
         columns[part] = parts["seconds"].sel(part=part).values * 1e3
     return columns
@@ -192,6 +214,8 @@ def trace_memory(trace: xr.Dataset) -> Memory:
                 used = float(values.isel(worker=index))
             if "memory_limit_bytes" in trace.data_vars:
                 limit = float(trace["memory_limit_bytes"].isel(worker=index))
+            used = used if used is not None and np.isfinite(used) else None
+            limit = limit if limit is not None and np.isfinite(limit) else None
             if used is not None or limit is not None:
                 memory[address] = (used, limit)
     attr = trace.attrs.get("worker_memory")

@@ -25,6 +25,7 @@ DASK_PAGES = {
     "/individual-daskgd-dashboard": None,
     "/individual-daskgd-loss": "loss",
     "/individual-daskgd-loss-time": "loss_time",
+    "/individual-daskgd-gradient": "gradient",
     "/individual-daskgd-time-split": "split",
     "/individual-daskgd-stragglers": "stragglers",
     "/individual-daskgd-bytes": "bytes",

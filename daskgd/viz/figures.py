@@ -15,25 +15,17 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
-from bokeh.models import (
-    BoxAnnotation,
-    ColorBar,
-    ColumnDataSource,
-    DataTable,
-    Div,
-    FactorRange,
-    HoverTool,
-    Label,
-    LogColorMapper,
-    NumberFormatter,
-    Range1d,
-    TableColumn,
-)
+
+# Annotations and widgets from their own modules: bokeh.models re-exports them with a
+# star import that mypy does not follow.
+from bokeh.models import ColumnDataSource, FactorRange, HoverTool, LogColorMapper, Range1d
+from bokeh.models.annotations import BoxAnnotation, ColorBar, Label, Span
+from bokeh.models.widgets import DataTable, Div, NumberFormatter, TableColumn
 from bokeh.palettes import Viridis256
 from bokeh.plotting import figure
 
-from daskgd.observe.summary import PARTS, has_workers
-from daskgd.viz.columns import PART_COLORS, Memory, header_html, worker_labels
+from daskgd.observe.summary import PART_LABELS, PARTS, has_workers
+from daskgd.viz.columns import PART_COLORS, Memory, header_html, tolerance, worker_labels
 
 BYTES_COLORS = {
     "broadcast": "#55a868",
@@ -77,7 +69,8 @@ def make_figure(name: str, title: str, size: dict, **options: Any) -> Any:
     fig = figure(name=f"daskgd-{name}-plot", title=title, tools=TOOLS, **size, **options)
     fig.toolbar.logo = None
     if name != "loss-elapsed":
-        fig.xaxis.ticker.min_interval = 1  # iterations are whole numbers
+        ticker: Any = fig.xaxis.ticker
+        ticker.min_interval = 1  # iterations are whole numbers
     return fig
 
 
@@ -126,7 +119,7 @@ class LossFigure:
         fig.line(x, "loss", source=source, line_width=2, color="#1f77b4")
         fig.scatter(x, "loss", source=source, size=3, color="#1f77b4")
         fig.xaxis.axis_label = "iteration" if x == "iteration" else "elapsed (s)"
-        fig.yaxis.axis_label = "loss F(w)"
+        fig.yaxis.axis_label = "loss F(w) (log scale)"
         fig.add_tools(
             HoverTool(
                 tooltips=[
@@ -144,8 +137,38 @@ class LossFigure:
         """Nothing beyond the shared source."""
 
 
+class GradientFigure:
+    """What ``tol`` stops on (the gradient's inf-norm; sgd: the relative change of w)
+    against the iteration, log scale, with ``tol`` as a dashed line."""
+
+    def __init__(self, source: ColumnDataSource, size: dict, iteration_range: Any) -> None:
+        self.title = "gradient norm: what tol stops on"
+        fig = make_figure("gradient", self.title, size, y_axis_type="log", x_range=iteration_range)
+        fig.line("iteration", "optimality", source=source, line_width=2, color="#8172b3",
+                 legend_label="optimality (|grad|_inf; sgd: change of w)")  # fmt: skip
+        fig.scatter("iteration", "optimality", source=source, size=3, color="#8172b3")
+        self.tol = Span(dimension="width", location=1.0, line_dash="dashed", line_color="#333333",
+                        visible=False, name="daskgd-gradient-tol")  # fmt: skip
+        fig.add_layout(self.tol)
+        fig.xaxis.axis_label = "iteration"
+        fig.yaxis.axis_label = "optimality (log scale)"
+        _legend_above(fig)
+        fig.add_tools(HoverTool(tooltips=[("iteration", "@iteration"),
+                      ("optimality", "@optimality{0.00e0}"), ("|grad|_inf", "@grad_norm{0.00e0}")],
+                      mode="vline"))  # fmt: skip
+        self.root = fig
+
+    def update(self, frame: Frame) -> None:
+        tol = tolerance(frame.trace)
+        self.tol.visible = tol is not None
+        if tol is not None:
+            self.tol.location = tol
+        suffix = f" (dashed: tol = {tol:g})" if tol is not None else " (tol = 0: never stops)"
+        self.root.title.text = self.title + (suffix if "tol" in frame.trace.attrs else "")
+
+
 class SplitFigure:
-    """Compute / communication / wait per iteration (mean over workers), stacked."""
+    """Compute / communication / sync / overhead per iteration (mean over workers), stacked."""
 
     def __init__(self, source: ColumnDataSource, size: dict, iteration_range: Any,
                  short: bool = False) -> None:  # fmt: skip
@@ -161,7 +184,8 @@ class SplitFigure:
         fig.xaxis.axis_label = "iteration"
         fig.yaxis.axis_label = "ms"
         _legend_above(fig, short)
-        tooltips = [("iteration", "@iteration")] + [(p, f"@{p}{{0.00}} ms") for p in PARTS]
+        tooltips = [("iteration", "@iteration")]
+        tooltips += [(PART_LABELS[p], f"@{p}{{0.00}} ms") for p in PARTS]
         fig.add_tools(HoverTool(tooltips=tooltips, mode="vline"))
         self.pending = PendingMark(fig, "split")
         self.root = fig
@@ -193,7 +217,9 @@ class StragglerFigure:
             "iteration", "worker", source=marks, marker="circle", size=9, fill_color=None,
             line_color=STRAGGLER_COLOR, line_width=2, legend_label="straggler",
         )  # fmt: skip
-        colour_bar = ColorBar(color_mapper=self.color_mapper, title="compute ms", width=10)
+        colour_bar = ColorBar(
+            color_mapper=self.color_mapper, title="compute ms (log colours)", width=10
+        )
         fig.add_layout(colour_bar, "right")
         fig.xaxis.axis_label = "iteration"
         _legend_above(fig, short)
@@ -233,7 +259,11 @@ class BytesFigure:
 
     def __init__(self, source: ColumnDataSource, size: dict, iteration_range: Any) -> None:
         fig = make_figure(
-            "bytes", "bytes per iteration", size, x_range=iteration_range, y_range=Range1d(0, 1)
+            "bytes",
+            "bytes per iteration",
+            size,
+            x_range=iteration_range,
+            y_range=Range1d(start=0, end=1),
         )
         names = ["broadcast", "reduce", "other"]
         fig.vbar_stack(
@@ -251,6 +281,7 @@ class BytesFigure:
 
     def update(self, frame: Frame) -> None:
         """Fit the typical iterations; a rare large one (chunks moved) is cut off."""
+        assert frame.columns is not None, "TraceDashboard fills the columns before update"
         columns, unit = frame.columns["bytes"], frame.columns["bytes_unit"]
         self.root.yaxis.axis_label = unit
         total = columns["total"][np.isfinite(columns["total"])]
@@ -290,6 +321,7 @@ class CumulativeBytesFigure:
         self.root = fig
 
     def update(self, frame: Frame) -> None:
+        assert frame.columns is not None, "TraceDashboard fills the columns before update"
         unit = frame.columns["bytes_cumulative_unit"]
         self.root.yaxis.axis_label = f"{unit} (log scale)"
         measured = "bytes_total" in frame.parts or frame.pending is not None

@@ -26,7 +26,7 @@ __all__ = ["NotebookView", "bokehjs_components", "notebook_view", "publish_bokeh
 
 def bokehjs_components(model: Any) -> list[str]:
     """The BokehJS bundles that ``model`` and the models it references need."""
-    from bokeh.models import TableWidget, Widget
+    from bokeh.models.widgets import TableWidget, Widget
 
     models = model.references()
     components = ["bokeh"]
@@ -45,7 +45,8 @@ def publish_bokehjs(model: Any) -> bool:
     from bokeh.io.notebook import load_notebook
     from bokeh.resources import Resources
 
-    load_notebook(Resources(mode="inline", components=bokehjs_components(model)), hide_banner=True)
+    components: Any = bokehjs_components(model)  # names Resources checks itself
+    load_notebook(Resources(mode="inline", components=components), hide_banner=True)
     return True
 
 

@@ -5,14 +5,16 @@
 sources from a trace (``docs/trace.md``). Its figures (:mod:`daskgd.viz.figures`) are
 
 - the loss against the iteration and against elapsed time (log scale);
-- compute / communication / wait per iteration, stacked (see :mod:`daskgd.observe.summary`);
+- the gradient norm, what ``tol`` stops on, with ``tol`` dashed (log scale);
+- compute / communication / sync / overhead per iteration, stacked
+  (see :mod:`daskgd.observe.summary`);
 - a worker x iteration heatmap of compute time with the stragglers circled;
 - bytes per iteration (broadcast and reduce, stacked) and their running total;
 - a table of the workers: address, chunks and rows held, compute, stragglers, memory;
 - when the fit records them (:mod:`daskgd.viz.strategy_figures`): the histogram of the
   staleness of the applied gradients and the consensus distance, hidden otherwise.
 
-Two layouts: ``"full"`` (all of them, about 1100 px tall) and ``"compact"`` (the loss,
+Two layouts: ``"full"`` (all of them, about 1400 px tall) and ``"compact"`` (the loss,
 the split and the stragglers in one row, about 320 px: a notebook's default, so that
 the cell's progress bar stays on screen). The trace -> columns functions are in
 :mod:`daskgd.viz.columns`.
@@ -45,6 +47,7 @@ from daskgd.viz.figures import (
     BytesFigure,
     CumulativeBytesFigure,
     Frame,
+    GradientFigure,
     Header,
     LossFigure,
     SplitFigure,
@@ -77,6 +80,7 @@ LAYOUTS = {
     "full": (
         "loss",
         "loss_time",
+        "gradient",
         "split",
         "stragglers",
         "bytes",
@@ -120,7 +124,7 @@ class TraceDashboard:
             sizing_mode = "stretch_width"
         width = width or (330 if compact else 560)
         height = height or (250 if compact else 260)
-        size = {"width": width, "height": height}
+        size: dict[str, Any] = {"width": width, "height": height}
         if sizing_mode:
             size = {"sizing_mode": sizing_mode}
             if sizing_mode == "stretch_width":
@@ -145,11 +149,12 @@ class TraceDashboard:
     def _make(self, names: tuple[str, ...], size: dict, heatmap_size: dict) -> dict[str, Any]:
         s, x = self.sources, self.iteration_range
         short = self.layout_name == "compact"
-        table = {"sizing_mode": "stretch_both"} if "sizing_mode" in size else {}
+        table: dict[str, Any] = {"sizing_mode": "stretch_both"} if "sizing_mode" in size else {}
         table = table or {"width": 2 * size["width"], "height": 160}
         makers = {
             "loss": lambda: LossFigure("iteration", s["loss"], size, x),
             "loss_time": lambda: LossFigure("elapsed", s["loss"], size, x),
+            "gradient": lambda: GradientFigure(s["loss"], size, x),
             "split": lambda: SplitFigure(s["split"], size, x, short),
             "stragglers": lambda: StragglerFigure(
                 s["heatmap"], s["stragglers"], heatmap_size, x, short
@@ -164,16 +169,18 @@ class TraceDashboard:
 
     def _arrange(self, compact: bool) -> Any:
         f = self.figures
-        stretch = (
+        stretch: dict[str, Any] = (
             {"sizing_mode": "stretch_width"} if compact and "sizing_mode" in self._size else {}
         )
+        rows: list[Any]
         if compact:
             rows = [row(f["loss"], f["split"], f["stragglers"], **stretch)]
         else:
             rows = [
                 row(f["loss"], f["loss_time"]),
-                row(f["split"], f["stragglers"]),
-                row(f["bytes"], f["bytes_cumulative"]),
+                row(f["gradient"], f["split"]),
+                row(f["stragglers"], f["bytes"]),
+                row(f["bytes_cumulative"]),
                 row(f["staleness"], f["consensus"]),  # hidden unless recorded
                 self.workers_table,
             ]

@@ -19,7 +19,7 @@ from daskgd.viz.plots import TraceDashboard
 def report_document(trace: xr.Dataset):
     """The Bokeh layout of the report: the dashboard above the text summary."""
     from bokeh.layouts import column
-    from bokeh.models import Div
+    from bokeh.models.widgets import Div
 
     dashboard = TraceDashboard()
     dashboard.update(trace)

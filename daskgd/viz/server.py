@@ -43,6 +43,45 @@ def connected(doc: Any) -> bool:
     return getattr(session, "connection_count", 1) > 0
 
 
+#: The page of a session: a static copy of its document, drawn as soon as BokehJS has
+#: loaded, gives way to the live one once the server's websocket delivered it. Without
+#: it, a page is blank until that round trip: ``chromium --headless --screenshot``
+#: captures at the load event, before it, and gave a blank image (a Playwright
+#: screenshot that waits for the plots drew). Bokeh puts ``{% extends base %}`` in front.
+PAGE_TEMPLATE = """{% block contents %}
+<div id="daskgd-static-view">{{ daskgd_static_div | safe }}</div>
+{{ daskgd_static_script | safe }}
+{{ super() }}
+<script>
+(function () {
+  const started = Date.now();
+  const timer = setInterval(function () {
+    const docs = (window.Bokeh && window.Bokeh.documents) || [];
+    // the static copy is the first document; the server's is the next one
+    if (docs.length > 1 || Date.now() - started > 600000) {
+      clearInterval(timer);
+      requestAnimationFrame(function () {
+        const stale = document.getElementById("daskgd-static-view");
+        if (stale) { stale.remove(); }
+        // the live document becomes Bokeh.documents[0], as on a page without a copy
+        if (docs.length > 1) { docs.splice(0, 1); }
+      });
+    }
+  }, 100);
+})();
+</script>
+{% endblock %}
+"""
+
+
+def _static_copy(doc: Any) -> tuple[str, str]:
+    """(script, div) of a standalone copy of ``doc``'s roots, as they are now."""
+    from bokeh.embed import components
+
+    script, divs = components(tuple(doc.roots))
+    return script, "".join(divs)
+
+
 def _document(source: Source, doc: Any, interval_ms: int, memory: Callable | None = None):
     dashboard = TraceDashboard()
     pull = Puller(source, dashboard, memory)
@@ -55,6 +94,9 @@ def _document(source: Source, doc: Any, interval_ms: int, memory: Callable | Non
     pull()
     doc.add_root(dashboard.layout)
     doc.title = "daskgd"
+    script, div = _static_copy(doc)
+    doc.template = PAGE_TEMPLATE
+    doc.template_variables.update(daskgd_static_script=script, daskgd_static_div=div)
     doc.add_periodic_callback(tick, interval_ms)
     return dashboard
 
