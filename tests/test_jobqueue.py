@@ -369,9 +369,8 @@ def test_fit_waits_for_new_jobs_when_every_job_ends(fake_slurm):
 
     X, y = make_classification(20_000, 5, chunks=2_500, random_state=11)
     options = {"solver": "gd", "tol": 0.0, "max_iter": 20, "learning_rate": 0.5}
-    with pytest.warns(ConvergenceWarning):
-        undisturbed = LogisticRegression(**options).fit(X, y)
-    with jobqueue_client(_small_jobs()) as client, pytest.warns(ConvergenceWarning):
+    undisturbed = LogisticRegression(**options).fit(X, y)
+    with jobqueue_client(_small_jobs()) as client:
         first = set(client.scheduler_info(n_workers=-1)["workers"])
         ender = EndEveryJobAt(fake_slurm, iteration=8)
         model = LogisticRegression(**options, client=client, verbose=False)

@@ -79,12 +79,12 @@ def mixing_matrix(topology: str, m: int) -> np.ndarray:
                 f"m = {m} has no such factors: use topology='ring' or another m"
             )
         rows, cols = shape
-        edges = set()
+        edges: set[tuple[int, int]] = set()
         for r in range(rows):
             for c in range(cols):
                 i = r * cols + c
                 for j in (((r + 1) % rows) * cols + c, r * cols + (c + 1) % cols):
-                    edges.add(tuple(sorted((i, j))))
+                    edges.add((min(i, j), max(i, j)))
     return _metropolis(m, {edge for edge in edges if edge[0] != edge[1]})
 
 

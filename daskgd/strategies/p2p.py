@@ -135,6 +135,15 @@ class PeerStrategy(Strategy):
 class PeerSession(ResidentSession):
     """The residents of one peer-to-peer fit."""
 
+    strategy: Any  # a PeerStrategy (it has the runtime options of a ResidentStrategy)
+
+    def __init__(self, strategy: Any, problem: FitProblem):
+        super().__init__(strategy, problem)
+
+    def __enter__(self) -> PeerSession:
+        super().__enter__()
+        return self
+
     def describe(self) -> dict[str, Any]:
         return {"topology": self.strategy.topology_name, "run_id": self.runtime.run_id}
 
@@ -192,7 +201,7 @@ def optimizer_step(state: dict, grad: np.ndarray, value: float, at: np.ndarray,
     return new
 
 
-def _p2p_start(resident: Any, setup: dict, w: np.ndarray, opt_state: Any) -> dict:
+def _p2p_start(resident: Any, setup: dict, w: np.ndarray, opt_state: Any) -> Any:
     """(Re)start this worker's model at ``w``; ``opt_state`` None: the optimizer's init."""
     loss_sum, grad_sum, n_local = unpack(resident.local_sums(w))
     state = {**setup, "w": np.array(w, dtype=np.float64), "n_local": int(n_local),
@@ -291,6 +300,7 @@ class PeerLoop:
 
     def _finish(self, result: FitResult) -> None:
         result.n_iter = self.records[-1].iteration
+        assert self._last_w is not None  # every batch read back sets it
         result.w, result.state = self._last_w, self._last_state
         result.optimality = self.records[-1].optimality
         result.converged = bool(result.optimality <= result.info["tol"])
@@ -311,6 +321,7 @@ class PeerLoop:
         try:
             results = self.runtime.call_with(_p2p_batch, (first, count), timeout=bound)
         except ReplicaLostError as error:  # rebuilt: everyone restarts at the last average
+            assert self._last_w is not None  # set by the start, before any batch
             self._start(self._last_w, self._last_state)
             results = self.runtime.call_with(_p2p_batch, (first, count), timeout=bound)
             attempts += 1

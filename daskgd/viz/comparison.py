@@ -24,13 +24,13 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
+from bokeh.models.annotations import Span
+from bokeh.models.widgets import Div
 from bokeh.models import (
     ColumnDataSource,
-    Div,
     HoverTool,
     NumeralTickFormatter,
     SingleIntervalTicker,
-    Span,
 )
 from bokeh.palettes import Category10_10
 
