@@ -69,8 +69,9 @@ def mixing_matrix(topology: str, m: int) -> np.ndarray:
         return np.ones((1, 1))
     if topology == "complete":
         return np.full((m, m), 1.0 / m)
+    edges: set[tuple[int, int]] = set()
     if topology == "ring":
-        edges = {tuple(sorted((i, (i + 1) % m))) for i in range(m)}
+        edges = {(min(i, (i + 1) % m), max(i, (i + 1) % m)) for i in range(m)}
     else:
         shape = _torus_shape(m)
         if shape is None:
@@ -79,7 +80,6 @@ def mixing_matrix(topology: str, m: int) -> np.ndarray:
                 f"m = {m} has no such factors: use topology='ring' or another m"
             )
         rows, cols = shape
-        edges: set[tuple[int, int]] = set()
         for r in range(rows):
             for c in range(cols):
                 i = r * cols + c

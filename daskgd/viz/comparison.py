@@ -24,14 +24,14 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
-from bokeh.models.annotations import Span
-from bokeh.models.widgets import Div
 from bokeh.models import (
     ColumnDataSource,
     HoverTool,
     NumeralTickFormatter,
     SingleIntervalTicker,
 )
+from bokeh.models.annotations import Span
+from bokeh.models.widgets import Div
 from bokeh.palettes import Category10_10
 
 from daskgd.viz.compare_columns import (
