@@ -19,6 +19,7 @@ import distributed
 import numpy as np
 
 from daskgd.data import waits
+from daskgd.data.sparse import is_sparse, own_csr
 from daskgd.data.sources import (
     LABEL_KINDS,
     NUMERIC_KINDS,
@@ -228,6 +229,8 @@ class DistributedData:
         (:mod:`daskgd.data.waits`).
     gram_sketch : daskgd.data.statistics.GramSketch
         The curvature of X, from every row (step sizes of gd, nesterov and sgd).
+    chunk_nnz : tuple of int (n_chunks,) or None
+        Stored entries of each chunk when X is sparse (CSR chunks), else None.
     """
 
     def top_gram_eigenvalue(self, fit_intercept: bool) -> float:
@@ -246,6 +249,12 @@ class DistributedData:
     futures: tuple[Any, ...] = field(default=(), repr=False)
     timeout: float = waits.DEFAULT_TIMEOUT_SECONDS
     gram_sketch: GramSketch | None = field(default=None, repr=False)
+    chunk_nnz: tuple[int, ...] | None = None
+
+    @property
+    def sparse(self) -> bool:
+        """Whether the chunks of X are scipy.sparse CSR matrices."""
+        return self.chunk_nnz is not None
 
     @property
     def n_chunks(self) -> int:
@@ -351,7 +360,7 @@ def distribute(
         placement, futures = None, ()
     else:
         X_data, y_data, placement, futures = _place(client, X, y, threads, timeout)
-    squared_norm, max_row_squared_norm, sketch = _check_values(
+    squared_norm, max_row_squared_norm, sketch, nnz = _check_values(
         X_data, y_data, client, futures, timeout
     )
     return DistributedData(
@@ -367,6 +376,7 @@ def distribute(
         futures=futures,
         timeout=timeout,
         gram_sketch=sketch,
+        chunk_nnz=nnz,
     )
 
 
@@ -443,6 +453,8 @@ def _owned_blocks(X, y, assignment):
 
 
 def _own_block(block, dtype):
+    if is_sparse(block):
+        return own_csr(block, dtype)
     return np.require(block, dtype=dtype, requirements=["C", "O"])
 
 
@@ -520,7 +532,8 @@ def _rebuild(array, futures):
 
 def _check_values(X, y, client, futures, timeout):
     """One pass over the chunks (:mod:`daskgd.data.statistics`): NaN, infinity and
-    overflow in X and y, squared norms of X and its Gram sketch; raise on bad values."""
+    overflow in X and y, squared norms of X and its Gram sketch (and the stored entries
+    of sparse chunks); raise on bad values."""
     merged, sketch = summarize(X, y, client, timeout)
     statistics = merged["statistics"]
     problem = _first_problem(statistics, X.chunks[0])
@@ -528,10 +541,12 @@ def _check_values(X, y, client, futures, timeout):
         for future in futures:
             future.release()  # free the placed data now, not when the traceback goes
         raise ValueError(problem or _OVERFLOW.format(name="X", where="in its sum of squares"))
+    nnz = merged.get("nnz")
     return (
         float(statistics[:, SQUARED_NORM].sum()),
         float(statistics[:, MAX_ROW_SQUARED_NORM].max()),
         sketch,
+        None if nnz is None else tuple(int(count) for count in nnz),
     )
 
 
