@@ -19,7 +19,6 @@ import distributed
 import numpy as np
 
 from daskgd.data import waits
-from daskgd.data.sparse import is_sparse, own_csr
 from daskgd.data.sources import (
     LABEL_KINDS,
     NUMERIC_KINDS,
@@ -29,6 +28,7 @@ from daskgd.data.sources import (
     open_sources,
     row_chunks_for,
 )
+from daskgd.data.sparse import is_sparse, own_csr
 from daskgd.data.statistics import (
     BAD_X,
     BAD_Y,

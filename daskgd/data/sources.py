@@ -18,8 +18,8 @@ import xarray as xr
 import zarr
 from dask.array.core import normalize_chunks
 from dask.base import tokenize
-from dask.utils import parse_bytes
 from dask.highlevelgraph import HighLevelGraph
+from dask.utils import parse_bytes
 
 from daskgd.data.sparse import LIBSVM_SUFFIXES, as_dask_sparse, is_sparse, load_libsvm
 
