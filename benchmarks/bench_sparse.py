@@ -97,7 +97,7 @@ def reference_minimum(objective, d):
     return float(result.fun)
 
 
-class _Reached(Exception):
+class _ReachedError(Exception):
     pass
 
 
@@ -113,7 +113,7 @@ class StopAtGap:
     def on_iteration_end(self, record):
         self.records.append(record)
         if record.loss <= self.threshold or record.elapsed_seconds > self.budget:
-            raise _Reached
+            raise _ReachedError
 
     def on_fit_end(self, result):
         pass
@@ -123,7 +123,7 @@ def daskgd_time_to_gap(client, X, y, C, threshold, budget):
     stopper = StopAtGap(threshold, budget)
     model = daskgd.LogisticRegression(C=C, solver="lbfgs", tol=0, max_iter=100_000, client=client)
     start = time.perf_counter()
-    with contextlib.suppress(_Reached), warnings.catch_warnings():
+    with contextlib.suppress(_ReachedError), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model.fit(X, y, callbacks=[stopper])
     whole = time.perf_counter() - start
