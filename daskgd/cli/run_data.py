@@ -23,7 +23,7 @@ def add_data_options(run: argparse.ArgumentParser) -> None:
         "--target",
         default=None,
         help="y: a .npy path, or the name of the target array/variable/column in DATA "
-        "(required, except for a LIBSVM file, whose labels are the target)",
+        "(default: none, and required, except for a LIBSVM file: its labels are the target)",
     )
     run.add_argument(
         "--features",
