@@ -284,3 +284,18 @@ def test_cli_help_shows_the_model_defaults(capsys):
     assert "scikit-learn's alpha (default: 1)" in text
     assert "default: 0.5, as scikit-learn's ElasticNet" in text
     assert "nesterov for --model lasso and elasticnet" in text
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_wide_sparse_data_gets_its_sketch_when_a_fit_needs_it(cluster_client):
+    """Placement skips the sketch of a sparse X wider than 256 columns (lbfgs never
+    reads it); gd asks for it and gets the dense copy's curvature: the same iterates."""
+    wide = random_csr(400, 300, density=0.05, random_state=5)
+    y = wide @ RNG.normal(size=300)
+    with cluster_client.as_current():
+        assert distribute(wide, y).gram_sketch is None
+        fits = [
+            daskgd.Ridge(alpha=0.1, solver="gd", max_iter=40).fit(data, y)
+            for data in (wide, wide.toarray())
+        ]
+    np.testing.assert_allclose(fits[0].coef_, fits[1].coef_, atol=1e-8)

@@ -113,8 +113,10 @@ def sparse_chunk_statistics(X_block, y_block, omega):
             statistics[column] = overflowing[0] if len(overflowing) else -1
         statistics[SQUARED_NORM] = row_squared_norms.sum()
         statistics[MAX_ROW_SQUARED_NORM] = row_squared_norms.max() if n_rows else 0.0
-        width = n_features if omega is None else omega.shape[1]
-        if statistics[[BAD_X, OVERFLOW_X]].max() >= 0:  # reported as such; no sketch of it
+        width = n_features if omega is None or isinstance(omega, str) else omega.shape[1]
+        if isinstance(omega, str):  # statistics.NO_SKETCH: the sketch comes later if needed
+            product = np.zeros((0, 0))
+        elif statistics[[BAD_X, OVERFLOW_X]].max() >= 0:  # reported as such; no sketch of it
             product = np.zeros((n_features, width))
         elif omega is None:
             product = (X.T @ X).toarray()

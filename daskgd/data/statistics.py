@@ -46,6 +46,8 @@ __all__ = [
 
 #: Width of the sketch beyond EXACT_FEATURES features.
 SKETCH_COLUMNS = 128
+#: The ``omega`` of a pass that skips the sketch (a string: it pickles by value).
+NO_SKETCH = "no-sketch"
 #: Most entries of a sparse chunk's sketch product (16 MiB of float64): the Nystrom
 #: estimate is a lower bound whichever the width, and gd backtracks from a step too long.
 SPARSE_SKETCH_ENTRIES = 2**21
@@ -114,15 +116,20 @@ MERGE_FAN_IN = 8
 
 
 def summarize(
-    X: Any, y: Any, client: Any = None, timeout: float = waits.DEFAULT_TIMEOUT_SECONDS
-) -> tuple[dict, GramSketch]:
+    X: Any,
+    y: Any,
+    client: Any = None,
+    timeout: float = waits.DEFAULT_TIMEOUT_SECONDS,
+    sketch: bool = True,
+) -> tuple[dict, GramSketch | None]:
     """One pass over the chunks of X (n, d) and y (n, 1): the merged statistics (a
-    dict, see :func:`merge_statistics`) and the Gram sketch of X."""
+    dict, see :func:`merge_statistics`) and the Gram sketch of X (None without
+    ``sketch``: only gd, nesterov and sgd need it, and they ask for it later)."""
     sparse = is_sparse(getattr(X, "_meta", None))
-    omega = sketch_matrix(X.shape[1], sparse=sparse)
+    omega = sketch_matrix(X.shape[1], sparse=sparse) if sketch else None
     # One key holding Omega, so it travels once to each worker rather than in every
     # chunk's task (a 100,000 x 20 sketch of a sparse X is 16 MB).
-    omega_key = omega if omega is None else dask.delayed(omega)
+    omega_key = NO_SKETCH if not sketch else omega if omega is None else dask.delayed(omega)
     pairs = zip(X.to_delayed().ravel(), y.to_delayed().ravel(), strict=True)
     parts = [dask.delayed(chunk_statistics, pure=True)(x, y, omega_key) for x, y in pairs]
     while len(parts) > 1:  # a tree: the client receives one small result
@@ -133,6 +140,8 @@ def summarize(
     else:
         what = "checking the data for NaN, infinity and overflow"
         merged = waits.result(client, client.compute(parts[0]), what=what, timeout=timeout)
+    if not sketch:
+        return merged, None
     return merged, GramSketch(omega, merged["product"], merged["sums"], merged["rows"])
 
 
@@ -168,7 +177,9 @@ def chunk_statistics(X_block: np.ndarray, y_block: np.ndarray, omega: np.ndarray
             statistics[column] = overflowing[0] if len(overflowing) else -1
         statistics[SQUARED_NORM] = row_squared_norms.sum()
         statistics[MAX_ROW_SQUARED_NORM] = row_squared_norms.max() if len(X64) else 0.0
-        if statistics[[BAD_X, OVERFLOW_X]].max() >= 0:  # reported as such; no sketch of it
+        if isinstance(omega, str):  # NO_SKETCH
+            product = np.zeros((0, 0))
+        elif statistics[[BAD_X, OVERFLOW_X]].max() >= 0:  # reported as such; no sketch of it
             product = np.zeros((X64.shape[1], X64.shape[1] if omega is None else omega.shape[1]))
         else:
             product = X64.T @ X64 if omega is None else X64.T @ (X64 @ omega)
