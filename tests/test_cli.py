@@ -137,12 +137,15 @@ def test_defaults_are_the_python_apis():
     import inspect
 
     from daskgd.cli.app import build_parser
+    from daskgd.cli.options import model_from
     from daskgd.estimators.linear import LogisticRegression
 
     run = build_parser().parse_args(["run", "X.npy", "--target", "y.npy"])
     api = inspect.signature(LogisticRegression).parameters
-    assert run.solver == api["solver"].default
-    assert run.l1_ratio == api["l1_ratio"].default and run.C == api["C"].default
+    # --solver and --l1-ratio are left unset (None): the model given by --model decides
+    model = model_from(run, {"solver": run.solver})
+    assert model.solver == api["solver"].default
+    assert model.l1_ratio == api["l1_ratio"].default and model.C == api["C"].default
     assert run.tol is None and run.max_iter is None  # left to the model's own defaults
 
 

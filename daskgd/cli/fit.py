@@ -17,7 +17,8 @@ from daskgd.cli.options import (
     add_cluster_options,
     add_emulation_options,
     add_fit_options,
-    number,
+    add_model_choice,
+    model_from,
     positive_int,
 )
 from daskgd.cli.results import (
@@ -27,7 +28,7 @@ from daskgd.cli.results import (
     result_table,
     save_fitted_model,
 )
-from daskgd.cli.run_data import data_paths, load_run_data
+from daskgd.cli.run_data import add_data_options, data_paths, load_run_data
 from daskgd.cli.strategy_options import strategy_parameters
 
 #: Problem of ``daskgd demo``: about half a minute of gd on a 2-core laptop.
@@ -67,52 +68,19 @@ def add_run_command(commands: Any) -> None:
     run = commands.add_parser(
         "run",
         help="fit a model on your data",
-        description="Fit a model on data from .npy files, a zarr store or a netCDF file.",
+        description="Fit a model on data from .npy files, a zarr store, a netCDF file, a CSV "
+        "or Parquet table, or a LIBSVM file (sparse).",
     )
-    run.add_argument(
-        "data",
-        type=Path,
-        help="X as .npy, or a zarr store / netCDF file holding features and target",
-    )
-    run.add_argument(
-        "--target",
-        required=True,
-        help="y: a .npy path, or the name of the target array/variable in DATA",
-    )
-    run.add_argument(
-        "--features",
-        nargs="+",
-        metavar="NAME",
-        help="names of the feature arrays/variables/columns (default: all but the target)",
-    )
-    run.add_argument("--model", default="logistic", choices=["logistic", "linear", "ridge"])
-    run.add_argument("--penalty", default="l2", choices=["l2", "l1", "elasticnet", "none"])
-    run.add_argument(
-        "--C",
-        type=number,
-        default=1.0,
-        dest="C",
-        help="inverse regularisation strength of --model logistic (default: 1)",
-    )
-    run.add_argument(
-        "--alpha",
-        type=number,
-        default=1.0,
-        help="regularisation strength of --model ridge (default: 1)",
-    )
-    run.add_argument(
-        "--l1-ratio",
-        type=number,
-        default=0.0,
-        help="elastic-net mixing with --penalty elasticnet (default: 0, as the Python API)",
-    )
+    add_data_options(run)
+    add_model_choice(run)
     run.add_argument("--no-intercept", action="store_true", help="fit without an intercept")
     add_model_options(run)
     add_fit_options(
         run,
-        solver="lbfgs",
-        max_iter="the Python API's: 100 for logistic, 1000 for linear and ridge",
-        tol="the Python API's: 1e-4 for logistic, 1e-6 for linear and ridge",
+        solver="lbfgs; nesterov for --model lasso and elasticnet (their L1 term needs a "
+        "proximal solver)",
+        max_iter="the Python API's: 100 for logistic, 1000 for the others",
+        tol="the Python API's: 1e-4 for logistic, 1e-6 for the others",
     )
     add_cluster_options(run)
     add_hpc_options(run)
@@ -233,7 +201,6 @@ def _report_fit(
 
 def _run(args: argparse.Namespace) -> int:
     from daskgd.data import as_dask_arrays, frames
-    from daskgd.estimators.linear import LinearRegression, LogisticRegression, Ridge
 
     model_out = check_model_out(args.model_out)
     X, y = load_run_data(args)
@@ -253,13 +220,7 @@ def _run(args: argparse.Namespace) -> int:
     common.update(
         {k: v for k, v in (("tol", args.tol), ("max_iter", args.max_iter)) if v is not None}
     )
-    if args.model == "logistic":
-        penalty = None if args.penalty == "none" else args.penalty
-        model = LogisticRegression(penalty, C=args.C, l1_ratio=args.l1_ratio, **common)
-    elif args.model == "ridge":
-        model = Ridge(args.alpha, **common)
-    else:
-        model = LinearRegression(**common)
+    model = model_from(args, common)
     model.check_options()  # before a cluster starts
     with client_for(args) as client:
         check_visible_to_workers(client, data_paths(args))

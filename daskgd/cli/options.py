@@ -98,7 +98,7 @@ def add_fit_options(
     group = parser.add_argument_group("fit")
     group.add_argument(
         "--solver",
-        default=solver,
+        default=solver if solver in OPTIMIZERS else None,  # text: the model decides
         choices=sorted(OPTIMIZERS),
         help=f"optimizer (default: {solver})",
     )
@@ -157,15 +157,83 @@ def add_fit_options(
     )
 
 
+#: ``daskgd run --model`` -> the estimator's class name in daskgd.estimators.linear.
+MODELS = {
+    "logistic": "LogisticRegression",
+    "linear": "LinearRegression",
+    "ridge": "Ridge",
+    "lasso": "Lasso",
+    "elasticnet": "ElasticNet",
+}
+#: Models whose L1 term needs a proximal solver: their --solver default.
+PROXIMAL_DEFAULT = {"lasso": "nesterov", "elasticnet": "nesterov"}
+
+
+def add_model_choice(run: argparse.ArgumentParser) -> None:
+    """--model and its parameters, named as scikit-learn's (--C, --alpha, --l1-ratio)."""
+    run.add_argument(
+        "--model",
+        default="logistic",
+        choices=list(MODELS),
+        help="the model to fit: " + ", ".join(f"{k} ({v})" for k, v in MODELS.items()),
+    )
+    run.add_argument("--penalty", default="l2", choices=["l2", "l1", "elasticnet", "none"])
+    run.add_argument(
+        "--C",
+        type=number,
+        default=1.0,
+        dest="C",
+        help="inverse regularisation strength of --model logistic (default: 1)",
+    )
+    run.add_argument(
+        "--alpha",
+        type=nonnegative_number,
+        default=1.0,
+        help="regularisation strength of --model ridge, lasso and elasticnet, as "
+        "scikit-learn's alpha (default: 1)",
+    )
+    run.add_argument(
+        "--l1-ratio",
+        type=number,
+        default=None,
+        help="L1 share of the penalty: of --model elasticnet (default: 0.5, as "
+        "scikit-learn's ElasticNet) and of logistic with --penalty elasticnet (default: 0, "
+        "as the Python API)",
+    )
+
+
+def model_from(args: argparse.Namespace, common: dict) -> Any:
+    """The estimator ``--model`` names, with its parameters and the fit options ``common``."""
+    from daskgd.estimators import linear
+
+    options = dict(common)
+    if options.get("solver") is None:
+        options["solver"] = PROXIMAL_DEFAULT.get(args.model, "lbfgs")
+    estimator = getattr(linear, MODELS[args.model])
+    if args.model == "logistic":
+        penalty = None if args.penalty == "none" else args.penalty
+        l1_ratio = 0.0 if args.l1_ratio is None else args.l1_ratio
+        return estimator(penalty, C=args.C, l1_ratio=l1_ratio, **options)
+    if args.model in ("ridge", "lasso"):
+        return estimator(args.alpha, **options)
+    if args.model == "elasticnet":
+        l1_ratio = 0.5 if args.l1_ratio is None else args.l1_ratio
+        return estimator(args.alpha, l1_ratio=l1_ratio, **options)
+    return estimator(**options)
+
+
 # The emulation flags live in daskgd/cli/emulation_options.py (quantities need units).
 from daskgd.cli.emulation_options import add_emulation_options, emulation_from  # noqa: E402
 
 __all__ = [
+    "MODELS",
     "add_cluster_options",
     "add_emulation_options",
     "add_fit_options",
+    "add_model_choice",
     "emulation_from",
     "learning_rate_value",
+    "model_from",
     "nonnegative_number",
     "number",
     "positive_int",

@@ -11,6 +11,7 @@ import json
 import os
 from dataclasses import dataclass
 
+import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
@@ -18,6 +19,9 @@ import zarr
 from dask.array.core import normalize_chunks
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
+from dask.utils import parse_bytes
+
+from daskgd.data.sparse import LIBSVM_SUFFIXES, as_dask_sparse, is_sparse, load_libsvm
 
 PATH_TYPES = (str, os.PathLike)
 NUMERIC_KINDS = "biuf"
@@ -39,6 +43,11 @@ def open_sources(X, y, target, features):
     """Resolve Datasets and paths into arrays (numpy, dask or `NpyFile`)."""
     if isinstance(X, xr.Dataset):
         return _open_dataset(X, y, target, features)
+    if isinstance(X, PATH_TYPES) and is_libsvm_path(X):
+        if target is not None or features is not None:
+            raise ValueError("target= and features= do not apply to a LIBSVM file (labels are y)")
+        X, labels = load_libsvm(X, "X")
+        return X, labels if y is None else open_array(y, "y")
     if isinstance(X, PATH_TYPES):
         X = _open_path(X, "X")
         if isinstance(X, zarr.Group):
@@ -46,6 +55,11 @@ def open_sources(X, y, target, features):
     if target is not None or features is not None:
         raise ValueError("target= and features= only apply to an xarray.Dataset or a zarr group")
     return open_array(X, "X"), None if y is None else open_array(y, "y")
+
+
+def is_libsvm_path(path):
+    """Whether ``path`` names a LIBSVM / svmlight file by its suffix."""
+    return isinstance(path, PATH_TYPES) and os.fspath(path).lower().endswith(LIBSVM_SUFFIXES)
 
 
 def open_array(source, name):
@@ -61,7 +75,7 @@ def open_array(source, name):
         if isinstance(source, zarr.Group):
             default = "X" if name == "X" else "y"
             return _zarr_component(source, default, name)
-    if isinstance(source, (da.Array, NpyFile)):
+    if isinstance(source, (da.Array, NpyFile)) or is_sparse(source):
         return source
     return np.asarray(source)
 
@@ -257,9 +271,19 @@ def check_dtype(array, name, *, kinds=NUMERIC_KINDS):
 
 
 def row_chunks_for(source, rows_per_chunk):
-    """Rows per chunk: as requested, else a dask source's own, else dask's "auto" size."""
+    """Rows per chunk: as requested, else a dask source's own, else dask's "auto" size.
+
+    dask's "auto" size counts a dense row's bytes; a scipy matrix's rows are sized by
+    their stored entries instead (12 bytes each: a float64 value and an int32 index),
+    else a 100,000-column matrix would get chunks of 167 rows.
+    """
     if rows_per_chunk is None and isinstance(source, da.Array):
         return source.chunks[0]
+    if rows_per_chunk is None and is_sparse(source):
+        n_rows = source.shape[0]
+        row_bytes = 12.0 * max(source.nnz, 1) / max(n_rows, 1) + 8  # + the row pointer
+        limit = parse_bytes(dask.config.get("array.chunk-size"))
+        rows_per_chunk = max(1, min(n_rows, int(limit // row_bytes)))
     # dtype float64 only sizes "auto" chunks; object and str labels have no item size.
     requested = (rows_per_chunk or "auto",) + (-1,) * (len(source.shape) - 1)
     return normalize_chunks(requested, source.shape, dtype=np.float64)[0]
@@ -269,6 +293,8 @@ def as_dask(source, rows):
     """Return a dask array for a numpy, dask or `NpyFile` source, chunked by ``rows``."""
     if isinstance(source, da.Array):
         return source
+    if is_sparse(source):
+        return as_dask_sparse(source, rows)
     chunks = (tuple(rows),) + tuple((size,) for size in source.shape[1:])
     meta = np.empty((0,) * source.ndim, dtype=source.dtype)
     if isinstance(source, NpyFile):

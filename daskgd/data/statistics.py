@@ -33,6 +33,7 @@ import dask
 import numpy as np
 
 from daskgd.data import waits
+from daskgd.data.sparse import is_sparse, sparse_chunk_statistics
 
 __all__ = [
     "SKETCH_COLUMNS",
@@ -45,6 +46,11 @@ __all__ = [
 
 #: Width of the sketch beyond EXACT_FEATURES features.
 SKETCH_COLUMNS = 128
+#: The ``omega`` of a pass that skips the sketch (a string: it pickles by value).
+NO_SKETCH = "no-sketch"
+#: Most entries of a sparse chunk's sketch product (16 MiB of float64): the Nystrom
+#: estimate is a lower bound whichever the width, and gd backtracks from a step too long.
+SPARSE_SKETCH_ENTRIES = 2**21
 #: Up to this many features the sketch is the exact Gram matrix: n d^2 flops, no more
 #: than the sketch's two products (2 n d 128) up to d = 256.
 EXACT_FEATURES = 2 * SKETCH_COLUMNS
@@ -110,13 +116,22 @@ MERGE_FAN_IN = 8
 
 
 def summarize(
-    X: Any, y: Any, client: Any = None, timeout: float = waits.DEFAULT_TIMEOUT_SECONDS
-) -> tuple[dict, GramSketch]:
+    X: Any,
+    y: Any,
+    client: Any = None,
+    timeout: float = waits.DEFAULT_TIMEOUT_SECONDS,
+    sketch: bool = True,
+) -> tuple[dict, GramSketch | None]:
     """One pass over the chunks of X (n, d) and y (n, 1): the merged statistics (a
-    dict, see :func:`merge_statistics`) and the Gram sketch of X."""
-    omega = sketch_matrix(X.shape[1])
+    dict, see :func:`merge_statistics`) and the Gram sketch of X (None without
+    ``sketch``: only gd, nesterov and sgd need it, and they ask for it later)."""
+    sparse = is_sparse(getattr(X, "_meta", None))
+    omega = sketch_matrix(X.shape[1], sparse=sparse) if sketch else None
+    # One key holding Omega, so it travels once to each worker rather than in every
+    # chunk's task (a 100,000 x 20 sketch of a sparse X is 16 MB).
+    omega_key = NO_SKETCH if not sketch else omega if omega is None else dask.delayed(omega)
     pairs = zip(X.to_delayed().ravel(), y.to_delayed().ravel(), strict=True)
-    parts = [dask.delayed(chunk_statistics, pure=True)(x, y, omega) for x, y in pairs]
+    parts = [dask.delayed(chunk_statistics, pure=True)(x, y, omega_key) for x, y in pairs]
     while len(parts) > 1:  # a tree: the client receives one small result
         groups = [parts[i : i + MERGE_FAN_IN] for i in range(0, len(parts), MERGE_FAN_IN)]
         parts = [dask.delayed(merge_statistics, pure=True)(*group) for group in groups]
@@ -125,18 +140,30 @@ def summarize(
     else:
         what = "checking the data for NaN, infinity and overflow"
         merged = waits.result(client, client.compute(parts[0]), what=what, timeout=timeout)
+    if not sketch:
+        return merged, None
     return merged, GramSketch(omega, merged["product"], merged["sums"], merged["rows"])
 
 
-def sketch_matrix(n_features: int) -> np.ndarray | None:
-    """The sketching matrix for ``n_features`` columns: None (identity) or d x 128 Gaussian."""
+def sketch_matrix(n_features: int, sparse: bool = False) -> np.ndarray | None:
+    """The sketching matrix for ``n_features`` columns: None (identity) or d x 128 Gaussian.
+
+    A sparse X may have far more columns than a dense one (100,000 in the sparse
+    benchmark): its sketch keeps each chunk's ``X^T X Omega`` within
+    :data:`SPARSE_SKETCH_ENTRIES` entries (at least 8 columns).
+    """
     if n_features <= EXACT_FEATURES:
         return None
-    return np.random.default_rng(0).standard_normal((n_features, SKETCH_COLUMNS))
+    columns = SKETCH_COLUMNS
+    if sparse:
+        columns = int(min(SKETCH_COLUMNS, max(8, SPARSE_SKETCH_ENTRIES // n_features)))
+    return np.random.default_rng(0).standard_normal((n_features, columns))
 
 
 def chunk_statistics(X_block: np.ndarray, y_block: np.ndarray, omega: np.ndarray | None):
     """One chunk's row of statistics (see the module docstring) and its part of the sketch."""
+    if is_sparse(X_block):
+        return sparse_chunk_statistics(X_block, y_block, omega)
     statistics = np.full(6, -1.0)
     for column, block in ((BAD_X, X_block), (BAD_Y, y_block)):
         bad_rows = np.flatnonzero(~np.isfinite(block).all(axis=1))
@@ -150,7 +177,9 @@ def chunk_statistics(X_block: np.ndarray, y_block: np.ndarray, omega: np.ndarray
             statistics[column] = overflowing[0] if len(overflowing) else -1
         statistics[SQUARED_NORM] = row_squared_norms.sum()
         statistics[MAX_ROW_SQUARED_NORM] = row_squared_norms.max() if len(X64) else 0.0
-        if statistics[[BAD_X, OVERFLOW_X]].max() >= 0:  # reported as such; no sketch of it
+        if isinstance(omega, str):  # NO_SKETCH
+            product = np.zeros((0, 0))
+        elif statistics[[BAD_X, OVERFLOW_X]].max() >= 0:  # reported as such; no sketch of it
             product = np.zeros((X64.shape[1], X64.shape[1] if omega is None else omega.shape[1]))
         else:
             product = X64.T @ X64 if omega is None else X64.T @ (X64 @ omega)
@@ -161,9 +190,12 @@ def chunk_statistics(X_block: np.ndarray, y_block: np.ndarray, omega: np.ndarray
 def merge_statistics(*parts: dict) -> dict:
     """The statistics of consecutive chunks, merged (rows stacked, sketches summed)."""
     with np.errstate(over="ignore", invalid="ignore"):
-        return {
+        merged = {
             "statistics": np.concatenate([part["statistics"] for part in parts]),
             "product": sum(part["product"] for part in parts),
             "sums": sum(part["sums"] for part in parts),
             "rows": sum(part["rows"] for part in parts),
         }
+    if all("nnz" in part for part in parts):  # sparse chunks: stored entries per chunk
+        merged["nnz"] = np.concatenate([part["nnz"] for part in parts])
+    return merged

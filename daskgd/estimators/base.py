@@ -80,9 +80,8 @@ class GradientDescentEstimator(BaseEstimator):
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        # Sparse chunks are not supported yet: scikit-learn's checks then expect a
-        # clear TypeError naming sparse input, which validate_data gives.
-        tags.input_tags.sparse = False
+        # scipy.sparse input is fitted as CSR chunks (daskgd.models.sparse).
+        tags.input_tags.sparse = True
         tags.input_tags.allow_nan = False
         return tags
 

@@ -1,6 +1,6 @@
 """What the estimators accept: numpy, pandas and dask DataFrames, dask arrays, xarray.
 
-In-memory input (numpy, lists, pandas) goes through scikit-learn's ``validate_data``:
+In-memory input (numpy, lists, pandas, scipy.sparse) goes through scikit-learn's ``validate_data``:
 its checks and messages, ``n_features_in_`` and ``feature_names_in_``. Lazy input (dask
 arrays and DataFrames, xarray Datasets, paths) is never computed here: shapes, dtypes
 and column names are checked from metadata, and NaN is found when the data is placed.
@@ -21,6 +21,10 @@ from sklearn.utils.validation import _check_sample_weight, validate_data
 from daskgd import data as data_module
 from daskgd.data import frames
 from daskgd.data.sources import PATH_TYPES
+
+#: scipy.sparse input is converted to CSR (scikit-learn's validate_data does it, and
+#: checks its stored values for NaN): the format of daskgd's sparse chunks.
+SPARSE_FORMAT = "csr"
 
 #: Most classes LogisticRegression accepts: w has n_classes * (n_features + 1) entries
 #: sent to every worker each iteration, and a target with more distinct values is far
@@ -65,7 +69,7 @@ def fit_inputs(estimator, X, y, *, features=None, target=None, classifier=False)
         estimator,
         X,
         y,
-        accept_sparse=False,
+        accept_sparse=SPARSE_FORMAT,
         dtype=[np.float64, np.float32],
         y_numeric=not classifier,
     )
@@ -140,7 +144,7 @@ def prediction_features(estimator, X):
     if frames.is_frame(X):
         frames.check_columns(X)
     return validate_data(
-        estimator, X, reset=False, accept_sparse=False, dtype=[np.float64, np.float32]
+        estimator, X, reset=False, accept_sparse=SPARSE_FORMAT, dtype=[np.float64, np.float32]
     )
 
 

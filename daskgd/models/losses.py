@@ -17,6 +17,9 @@ can be shipped to every task of a dask graph.
 
 import numpy as np
 
+from daskgd.data.sparse import is_sparse, is_sparse_array
+from daskgd.models.sparse import sparse_decision, sparse_loss_grad
+
 __all__ = [
     "BLOCK_ROWS",
     "MODELS",
@@ -163,9 +166,10 @@ class Model:
         ----------
         w : ndarray of shape (n_params,)
             Parameter vector (see the module docstring for its layout).
-        X : ndarray of shape (n_rows, n_features)
+        X : ndarray or scipy.sparse matrix of shape (n_rows, n_features)
             float32 or float64, any memory layout. float32 is read as it is and every
-            product and sum is formed in float64.
+            product and sum is formed in float64. A sparse chunk goes to
+            :func:`daskgd.models.sparse.sparse_loss_grad` (never densified).
         y : ndarray of shape (n_rows,) or (n_rows, 1)
             Targets as float.
         fit_intercept : bool
@@ -180,7 +184,9 @@ class Model:
         n_rows : int
             Number of rows of the chunk.
         """
-        X = np.asarray(X)
+        sparse = is_sparse(X)
+        if not sparse:
+            X = np.asarray(X)
         n_rows, n_features = X.shape
         if n_rows == 0:
             # Empty chunks (and dask's zero-size meta probes) contribute nothing.
@@ -188,14 +194,22 @@ class Model:
         coef, intercept = self._split(w, n_features, fit_intercept)
         y, weights = _weight_column(y)
         y = self._targets(y, n_rows)
+        if sparse:  # its own chunk function: scipy's products on the stored entries
+            sums = sparse_loss_grad(self, X, y, coef, intercept, weights)
+        else:
+            sums = self._dense_sums(X, y, coef, intercept, weights)
+        loss_sum, grad_coef, grad_intercept = sums
+        return float(loss_sum), self._join(grad_coef, grad_intercept, fit_intercept), n_rows
+
+    def _dense_sums(self, X, y, coef, intercept, weights):
+        """``(loss_sum, grad_coef, grad_intercept)`` of a dense chunk: kernel or numpy."""
         kernels = _kernels_for(X)
         sums = None
         if kernels is not None and weights is None:  # the kernels take no sample weights
             sums = self._kernel(kernels, X, y, coef, intercept)
         if sums is None:
             sums = self._blocked_loss_grad(X, y, coef, intercept, weights)
-        loss_sum, grad_coef, grad_intercept = sums
-        return float(loss_sum), self._join(grad_coef, grad_intercept, fit_intercept), n_rows
+        return sums
 
     def _kernel(self, kernels, X, y, coef, intercept):
         """``(loss_sum, grad_coef, grad_intercept)`` by a compiled kernel, or None if the
@@ -257,7 +271,23 @@ class Model:
             Same array type as ``X``.
         """
         coef, intercept = self._split(w, X.shape[1], fit_intercept)
+        if is_sparse_array(X):  # dask's matmul cannot take sparse blocks: one per block
+            coef = np.ascontiguousarray(coef)
+            if coef.ndim == 1:
+                shape = {"chunks": (X.chunks[0],), "drop_axis": 1}
+            else:
+                shape = {"chunks": (X.chunks[0], (coef.shape[1],))}
+            return X.map_blocks(
+                sparse_decision,
+                coef,
+                intercept,
+                dtype=np.float64,
+                meta=np.empty((0,) * (coef.ndim), np.float64),
+                **shape,
+            )
         z = X @ coef
+        if is_sparse(X):
+            z = np.asarray(z)
         return z if intercept is None else z + intercept
 
     def __repr__(self):

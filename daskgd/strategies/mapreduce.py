@@ -371,6 +371,7 @@ def top_gram_eigenvalue(data: Any, fit_intercept: bool, client: Any, timeout: fl
     sketch = getattr(data, "gram_sketch", None)
     if sketch is None:
         _, sketch = summarize(data.X, data.y, client, timeout)
+    assert sketch is not None  # summarize sketches by default
     return sketch.top_eigenvalue(fit_intercept)
 
 
