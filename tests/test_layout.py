@@ -93,3 +93,28 @@ def test_modules_stay_readable():
         if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES
     ]
     assert long == []
+
+
+#: Lines of a function's body, its docstring not counted.
+MAX_FUNCTION_LINES = 50
+
+
+def _body_lines(node) -> int:
+    body = node.body
+    first = body[0]
+    documented = isinstance(first, ast.Expr) and isinstance(
+        getattr(first, "value", None), ast.Constant
+    )
+    start = body[1].lineno if documented and len(body) > 1 else first.lineno
+    return node.end_lineno - start + 1
+
+
+def test_functions_stay_short():
+    long = [
+        f"{p.relative_to(PACKAGE)}:{node.lineno} {node.name}: {n} lines"
+        for p in _modules()
+        for node in ast.walk(ast.parse(p.read_text()))
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+        and (n := _body_lines(node)) > MAX_FUNCTION_LINES
+    ]
+    assert long == []

@@ -69,6 +69,11 @@ def add_hpc_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--account", metavar="NAME", help="account / project charged (default: config)"
     )
+    _add_job_lifecycle_options(group)
+
+
+def _add_job_lifecycle_options(group: Any) -> None:
+    """Where the jobs' workers listen, how long they live, log and are waited for."""
     group.add_argument(
         "--interface",
         metavar="NAME",

@@ -132,6 +132,12 @@ def add_fit_options(
         default="auto",
         help="step size of gd/nesterov/sgd, or 'auto' (default)",
     )
+    add_output_options(parser)
+
+
+def add_output_options(parser: argparse.ArgumentParser) -> None:
+    """Where the fit's trace goes, its progress bar and its live dashboard."""
+    group = parser.add_argument_group("output")
     group.add_argument(
         "--trace-out",
         type=Path,
@@ -230,6 +236,7 @@ __all__ = [
     "add_cluster_options",
     "add_emulation_options",
     "add_fit_options",
+    "add_output_options",
     "add_model_choice",
     "emulation_from",
     "learning_rate_value",

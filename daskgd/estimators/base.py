@@ -205,7 +205,6 @@ class GradientDescentEstimator(BaseEstimator):
         # (none in daskgd) get the check here.
         client = self._checked_client() if client is None else client
         strategy, optimizer = self._strategy(), self._optimizer()
-        emulation = strategy.emulation
         placed = data_module.distribute(
             X,
             y,
@@ -218,20 +217,7 @@ class GradientDescentEstimator(BaseEstimator):
         w0 = self._start(model, placed.n_features)
         problem = FitProblem(placed, model, self.fit_intercept, penalty, w0)
         info = self._run_info(placed, model, penalty, optimizer, strategy)
-        if self.verbose:
-            callbacks = [ProgressBar(f"daskgd {optimizer.name}"), *callbacks]
-        if emulation is not None and emulation.failures:
-            callbacks = [
-                *callbacks,
-                FailureInjector(placed.client, emulation, timeout=self.timeout),
-            ]
-        instrumentation = None
-        if self.instrument and placed.client is not None and not strategy.self_measured:
-            instrumentation = Instrumentation(placed.client, timeout=self.timeout)
-            callbacks = [*callbacks, instrumentation]
-            for callback in callbacks:  # a LiveTrace shows the same measurements
-                if hasattr(callback, "use_instrumentation"):
-                    callback.use_instrumentation(instrumentation)
+        callbacks, instrumentation = self._callbacks(callbacks, placed.client, strategy, optimizer)
         result = strategy.run(
             problem,
             optimizer,
@@ -245,6 +231,29 @@ class GradientDescentEstimator(BaseEstimator):
         self.converged_ = result.converged
         self.trace_ = self._trace(result, strategy, instrumentation, placed.client)
         self._warn_resets()
+        self._warn_convergence(result, optimizer)
+
+    def _callbacks(
+        self, callbacks: list, client: Any, strategy: Strategy, optimizer: Any
+    ) -> tuple[list, Any]:
+        """The user's callbacks with the fit's own: progress, failure injection, and the
+        instrumentation (None for strategies whose workers time themselves)."""
+        if self.verbose:
+            callbacks = [ProgressBar(f"daskgd {optimizer.name}"), *callbacks]
+        emulation = strategy.emulation
+        if emulation is not None and emulation.failures:
+            callbacks = [*callbacks, FailureInjector(client, emulation, timeout=self.timeout)]
+        instrumentation = None
+        if self.instrument and client is not None and not strategy.self_measured:
+            instrumentation = Instrumentation(client, timeout=self.timeout)
+            callbacks = [*callbacks, instrumentation]
+            for callback in callbacks:  # a LiveTrace shows the same measurements
+                if hasattr(callback, "use_instrumentation"):
+                    callback.use_instrumentation(instrumentation)
+        return callbacks, instrumentation
+
+    def _warn_convergence(self, result: Any, optimizer: Any) -> None:
+        """scikit-learn's ConvergenceWarning, unless ``tol=0`` asked for max_iter steps."""
         if self.tol == 0:
             # tol=0 asks for max_iter iterations on purpose (benchmarks, notebooks): stopping
             # there, or earlier at the precision floor, is what was asked, not a failure
@@ -256,14 +265,14 @@ class GradientDescentEstimator(BaseEstimator):
                 f"inf-norm {result.optimality:.3g} > tol={self.tol}); the loss is at "
                 "the limit of floating-point precision: use a larger tol or scale X",
                 ConvergenceWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
         elif not result.converged:
             warnings.warn(
                 f"{type(self).__name__} with solver {optimizer.name!r} stopped at "
                 f"max_iter={self.max_iter} before reaching tol={self.tol}; increase max_iter",
                 ConvergenceWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
 
     def _trace(self, result: Any, strategy: Strategy, instrumentation: Any, client: Any) -> Any:

@@ -322,30 +322,11 @@ def fit_cost_model(
     )
     spread = _fit_spread(runs, compute)
     sync = spread * compute * expected_max_normal(counts)
-    message_count, volume = np.array([]), np.array([])
-    fan_ins = _run_split_every(runs, split_every)
-    for m, p, s in zip(counts, runs["partial_bytes"].values, fan_ins, strict=True):
-        one_messages, one_volume = critical_path(m, topology, message_bytes=p, split_every=s)
-        message_count, volume = (
-            np.append(message_count, one_messages),
-            np.append(volume, one_volume),
-        )
+    message_count, volume = _critical_paths(runs, counts, topology, split_every)
     rest = runs["iteration_seconds"].values - compute - sync
-    ones = np.ones_like(rest)
-    identified = True
-    if messages is not None:
-        alpha, beta = _message_figures(messages)
-        (overhead,) = _lstsq_nonnegative([ones], rest - alpha * message_count - beta * volume)
-        notes.append("alpha and beta from separate message measurements")
-    elif np.linalg.matrix_rank(np.column_stack([ones, message_count, volume]), tol=1e-9) >= 3:
-        overhead, alpha, beta = _lstsq_nonnegative([ones, message_count, volume], rest)
-    else:
-        overhead, alpha = _lstsq_nonnegative([ones, message_count], rest)
-        beta, identified = 0.0, False
-        notes.append(
-            "beta not identified: every run sent messages of one size; the bytes' cost is in "
-            "alpha (vary n_features or pass messages=fit_messages(measure_messages(...)))"
-        )
+    overhead, alpha, beta, identified = _fit_messages_and_overhead(
+        rest, message_count, volume, messages, notes
+    )
     fitted = replace(
         model,
         alpha_seconds=float(alpha),
@@ -355,6 +336,47 @@ def fit_cost_model(
         beta_identified=identified,
         notes=tuple(notes),
     )
+    return _with_quality(fitted, counts, runs)
+
+
+def _critical_paths(runs: Any, counts: np.ndarray, topology: str, split_every: int) -> tuple:
+    """(messages, bytes) on each run's critical path, with the fan-in each run used."""
+    message_count, volume = [], []
+    fan_ins = _run_split_every(runs, split_every)
+    for m, p, s in zip(counts, runs["partial_bytes"].values, fan_ins, strict=True):
+        one_messages, one_volume = critical_path(m, topology, message_bytes=p, split_every=s)
+        message_count.append(one_messages)
+        volume.append(one_volume)
+
+    def flat(parts: list) -> np.ndarray:
+        return np.concatenate([np.atleast_1d(np.asarray(x, dtype=float)) for x in parts])
+
+    return flat(message_count), flat(volume)
+
+
+def _fit_messages_and_overhead(
+    rest: np.ndarray, message_count: np.ndarray, volume: np.ndarray, messages: Any, notes: list
+) -> tuple[float, float, float, bool]:
+    """(overhead, alpha, beta, beta identified) fitted to the time beyond compute and sync."""
+    ones = np.ones_like(rest)
+    if messages is not None:
+        alpha, beta = _message_figures(messages)
+        (overhead,) = _lstsq_nonnegative([ones], rest - alpha * message_count - beta * volume)
+        notes.append("alpha and beta from separate message measurements")
+        return overhead, alpha, beta, True
+    if np.linalg.matrix_rank(np.column_stack([ones, message_count, volume]), tol=1e-9) >= 3:
+        overhead, alpha, beta = _lstsq_nonnegative([ones, message_count, volume], rest)
+        return overhead, alpha, beta, True
+    overhead, alpha = _lstsq_nonnegative([ones, message_count], rest)
+    notes.append(
+        "beta not identified: every run sent messages of one size; the bytes' cost is in "
+        "alpha (vary n_features or pass messages=fit_messages(measure_messages(...)))"
+    )
+    return overhead, alpha, 0.0, False
+
+
+def _with_quality(fitted: CostModel, counts: np.ndarray, runs: Any) -> CostModel:
+    """The fitted model with its R^2 and relative errors on the runs it was fitted to."""
     predicted = _predict_runs(fitted, counts, runs)
     observed = runs["iteration_seconds"].values
     residual = np.sum((observed - predicted) ** 2)
