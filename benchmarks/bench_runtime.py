@@ -45,10 +45,12 @@ from daskgd.cluster.local import make_local_cluster
 from daskgd.data import distribute
 from daskgd.data.synthetic import make_classification
 from daskgd.models.losses import Logistic
+from daskgd.models.penalties import NoPenalty
 from daskgd.runtime.handle import Runtime
 from daskgd.runtime.measures import per_worker
 from daskgd.runtime.messaging import Meter
 from daskgd.runtime.tuning import tune_for_iterations
+from daskgd.strategies.base import FitProblem
 from daskgd.strategies.mapreduce import MapReduce
 
 TARGETS_MS = {"direct evaluate": 3.0, "allreduce iteration (client-driven)": 4.0}
@@ -185,7 +187,7 @@ def measure(client, data, args):
 
     with (
         Runtime(client, data, Logistic(), True) as runtime,
-        MapReduce().session(data, Logistic(), True) as session,
+        MapReduce().session(FitProblem(data, Logistic(), True, NoPenalty())) as session,
     ):
         for function, arguments in ((runtime.evaluate, (w,)), (session.evaluate, (w,))):
             for _ in range(5):  # warm the connections and the graph template

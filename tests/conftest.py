@@ -106,11 +106,16 @@ class _SessionCluster:
         self.client = self.cluster = None
 
     def n_workers(self) -> int | None:
-        """Workers the scheduler knows, or None when the client or cluster is unusable."""
+        """Workers the scheduler knows and that are running (a nanny's restarted worker
+        is known before it runs: a fit then would place its data on the other one), or
+        None when the client or cluster is unusable."""
         if self.client is None or self.client.status != "running":
             return None
         try:
-            return len(self.client.ncores())
+            n = len(self.client.ncores())
+            if n == N_WORKERS:
+                self.client.wait_for_workers(N_WORKERS, timeout=STARTUP_TIMEOUT)
+            return n
         except Exception:  # noqa: BLE001 - any failure means: rebuild
             return None
 
