@@ -190,13 +190,13 @@ def test_a_killed_worker_finishes_with_the_others(client, staleness):
     assert disturbed.trace_.attrs["server"] != killed["address"]
     if staleness == 0:  # the same rounds at the same w: the same answer
         np.testing.assert_allclose(disturbed.coef_, undisturbed.coef_, rtol=1e-8)
-    else:  # asynchronous: the runs' timing differs, so only progress can be compared
-        loss = disturbed.trace_.loss.dropna("iteration")
-        # it went on after the kill (at ~20 updates), and ends near the undisturbed run
-        # (the lost in-flight gradients and the survivors' different pace cost a little:
-        # 0.481 against 0.469 after 80 updates in one run)
-        assert float(loss[-1]) < float(loss.sel(iteration=slice(None, 20))[-1])
-        assert float(loss[-1]) <= 1.05 * float(undisturbed.trace_.loss.dropna("iteration")[-1])
+    else:  # asynchronous: the runs' timing differs; the ends are compared, loosely
+        # Even undisturbed, this run's loss is not monotone: the server's own worker pushes
+        # ~10x as often as the other (whose messages carry the emulated latency), so the
+        # other's sum ages and the steps shrink as 2 / (1 + age) (loss 0.4689 at 15 updates,
+        # 0.4763 at 80 in one run); the lost in-flight gradients cost a little more.
+        final = float(disturbed.trace_.loss.dropna("iteration")[-1])
+        assert final <= 1.05 * float(undisturbed.trace_.loss.dropna("iteration")[-1])
     assert disturbed.n_iter_[0] == 80
 
 
