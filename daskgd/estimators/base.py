@@ -174,7 +174,6 @@ class GradientDescentEstimator(BaseEstimator):
         """
         client = data_module.current_client(self.client)
         strategy = self._strategy()
-        strategy.check(self._optimizer())
         if client is None:
             if strategy.emulation is not None:
                 raise ValueError("emulation needs a distributed client (a cluster to slow down)")
@@ -201,9 +200,11 @@ class GradientDescentEstimator(BaseEstimator):
         sample_weight=None,
         client: Any = None,
     ) -> None:
-        # ``fit`` checked the client before its first computation; callers that did not
-        # (none in daskgd) get the check here.
-        client = self._checked_client() if client is None else client
+        # ``fit`` checked the options and the client before its first computation;
+        # callers that did not (none in daskgd) get the checks here.
+        if client is None:
+            self.check_options()
+            client = self._checked_client()
         strategy, optimizer = self._strategy(), self._optimizer()
         placed = data_module.distribute(
             X,

@@ -135,8 +135,7 @@ class LinearRegression(RegressorMixin, GradientDescentEstimator):
         callbacks : list of daskgd.engine.callbacks.Callback, optional
         features, target : column / variable names of a DataFrame or Dataset X
         """
-        self._validate_common()
-        self._check_solver()
+        self.check_options()
         client = self._checked_client()  # workers there before any computation
         X, y = inputs.fit_inputs(self, X, y, features=features, target=target)
         if isinstance(y, da.Array):

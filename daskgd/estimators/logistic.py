@@ -197,8 +197,7 @@ class LogisticRegression(ClassifierMixin, GradientDescentEstimator):
         callbacks : list of daskgd.engine.callbacks.Callback, optional
         features, target : column / variable names of a DataFrame or Dataset X
         """
-        self._validate_common()
-        self._check_solver()
+        self.check_options()
         client = self._checked_client()  # workers there before any computation (label encoding)
         X, y = inputs.fit_inputs(self, X, y, features=features, target=target, classifier=True)
         classes, y_encoded = inputs.classes_and_indices(y)
