@@ -38,3 +38,24 @@ def test_undo_restores_the_intervals_the_cluster_had(client):
     finally:
         client.run(_set_worker_interval, interval=0.002)
         client.scheduler_comm.interval = 0.01
+
+
+def test_undo_after_a_worker_died_does_not_wait_for_it(client):
+    """The undo skips a worker that left during the fit: a broadcast to its address
+    would wait for distributed's connect timeout (30 s) before failing. (It did: every
+    fit that lost a worker ended 30 s late.)"""
+    import os
+    import signal
+    import time
+
+    first, _ = sorted(client.nthreads())
+    undo = tune_for_iterations(client)
+    pid = client.run(os.getpid, workers=[first])[first]
+    os.kill(pid, signal.SIGKILL)  # its nanny restarts it under another address
+    deadline = time.monotonic() + 30
+    while first in client.scheduler_info()["workers"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert first not in client.scheduler_info()["workers"]
+    start = time.monotonic()
+    undo()
+    assert time.monotonic() - start < 10  # the connect timeout is 30 s

@@ -53,6 +53,10 @@ def _set_worker_interval(dask_worker: Any = None, interval: float = 0.0) -> floa
     return old
 
 
+def _live_workers(dask_scheduler: Any = None) -> list:
+    return list(dask_scheduler.workers)
+
+
 def _pause_stealing(dask_scheduler: Any = None, pause: bool = True) -> bool:
     # WorkStealing keeps its periodic callback in the scheduler's ``periodic_callbacks``
     # under "stealing"; stopping that callback (not removing the plugin) stops new
@@ -112,8 +116,15 @@ def tune_for_iterations(
         client_stream.interval = old_client_interval
         with contextlib.suppress(Exception):
             on_scheduler(_restore_scheduler_intervals, old=old_scheduler)
+        # Only the workers still there: a broadcast to one that died during the fit
+        # would wait for distributed's connect timeout (30 s) before failing.
+        live: set = set()
+        with contextlib.suppress(Exception):
+            live = set(on_scheduler(_live_workers))
         for old in set(old_workers.values()):
-            workers = [address for address, value in old_workers.items() if value == old]
+            workers = [a for a, value in old_workers.items() if value == old and a in live]
+            if not workers:
+                continue
             with contextlib.suppress(Exception):
                 on_workers(interval=old, workers=workers)
         if stealing_was_running:
