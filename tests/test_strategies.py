@@ -204,3 +204,25 @@ def test_peer_to_peer_fit_finishes_after_a_killed_worker(client, name):
     # restarted at the average of the last batch read back: near, not equal
     gap = abs(float(disturbed.trace_.loss[-1]) - float(undisturbed.trace_.loss[-1]))
     assert gap < 1e-3, gap
+
+
+@pytest.mark.parametrize("n_chunks", [1, 5, 70])  # 70 > 32 chunks: two levels of sums
+def test_without_a_client_evaluations_equal_the_graphs(local_scheduler, n_chunks):
+    """Without a client, mapreduce evaluates the persisted chunks in-process; the
+    totals are those of the map_blocks / da.sum graph bit for bit (same rounding)."""
+    import dask.array as da
+
+    from daskgd.data.placement import distribute
+    from daskgd.models.losses import get_model
+    from daskgd.strategies.base import FitProblem
+
+    rng = np.random.default_rng(n_chunks)
+    X = rng.normal(size=(700, 4))
+    y = (rng.random(700) < 0.4).astype(float)
+    data = distribute(da.from_array(X, chunks=700 // n_chunks), y)
+    problem = FitProblem(data, get_model("logistic"), True, None, None)
+    with get_strategy("mapreduce").session(problem) as session:
+        for w in (np.zeros(5), rng.normal(size=5)):
+            for blocks in (None, [0] if n_chunks == 1 else [1, 0, n_chunks - 1]):
+                graph = session._graph(w, blocks, "check").compute(scheduler="threads")
+                np.testing.assert_array_equal(session._in_process(w, blocks), graph)
