@@ -245,11 +245,10 @@ class Session:
         """
         if self._chunks is None:
             X, y = self.data.X.to_delayed().ravel(), self.data.y.to_delayed().ravel()
-            self._chunks = list(zip(*dask.compute(list(X), list(y), scheduler="sync")))
+            self._chunks = list(zip(*dask.compute(list(X), list(y), scheduler="sync"), strict=True))
         index = range(self.n_blocks) if blocks is None else blocks
-        partials = [
-            packed_loss_grad(*self._chunks[i], w, self.model, self.fit_intercept) for i in index
-        ]
+        chunks = [self._chunks[i] for i in index]
+        partials = [packed_loss_grad(X, y, w, self.model, self.fit_intercept) for X, y in chunks]
         return tree_sum(partials, self.split_every)
 
     def _pinned_graph(self, weights: Any, blocks: Sequence[int] | None, prefix: str) -> Any:
