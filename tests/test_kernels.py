@@ -304,6 +304,27 @@ def test_environment_variable_selects_the_path(monkeypatch):
         model.loss_grad(w, X, y, True)
 
 
+@pytest.mark.parametrize(
+    ("name", "kernel"),
+    [("least_squares", "binary"), ("logistic", "binary"), ("multinomial", "multinomial")],
+)
+def test_every_model_with_a_kernel_runs_it_by_default(monkeypatch, name, kernel):
+    """(The multinomial kernel had ended up outside its class, after a return: every
+    multinomial fit ran the numpy loop, and the agreement tests above compared numpy
+    with itself.)"""
+    calls = []
+    real = getattr(kernels, kernel)
+
+    def counting(*arguments):
+        calls.append(arguments[0].shape)
+        return real(*arguments)
+
+    monkeypatch.setattr(kernels, kernel, counting)
+    model, w, X, y = make_problem(name, 30, 3, True, seed=12)
+    model.loss_grad(w, X, y, True)
+    assert calls == [(30, 3)]
+
+
 def test_without_numba_the_numpy_path_runs(monkeypatch):
     model, w, X, y = make_problem("multinomial", 40, 3, True, seed=11)
     expected = numpy_path(model, w, X, y, True)

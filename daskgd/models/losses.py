@@ -377,6 +377,16 @@ class Multinomial(Model):
             raise ValueError(f"multinomial targets must be class indices 0..{self.n_classes - 1}")
         return labels
 
+    def _kernel(self, kernels, X, y, coef, intercept):
+        n_features = X.shape[1]
+        # coef arrives as the (d, K) transpose of W's block; the kernel reads W's rows.
+        weights = np.ascontiguousarray(coef.T)
+        intercepts = np.zeros(self.n_classes) if intercept is None else intercept
+        labels = np.ascontiguousarray(y, dtype=np.intp)
+        intercepts = np.ascontiguousarray(intercepts)
+        loss_sum, grad = kernels.multinomial(X, labels, weights, intercepts)
+        return loss_sum, grad[:, :n_features].T, grad[:, n_features]
+
     def _link(self, z, y, weights=None):
         rows = np.arange(z.shape[0])
         shifted = z - z.max(axis=1, keepdims=True)
@@ -396,16 +406,6 @@ def _weight_column(y):
     if y.ndim == 2 and y.shape[1] == 2:
         return y[:, 0], np.asarray(y[:, 1], dtype=np.float64)
     return y, None
-
-    def _kernel(self, kernels, X, y, coef, intercept):
-        n_features = X.shape[1]
-        # coef arrives as the (d, K) transpose of W's block; the kernel reads W's rows.
-        weights = np.ascontiguousarray(coef.T)
-        intercepts = np.zeros(self.n_classes) if intercept is None else intercept
-        labels = np.ascontiguousarray(y, dtype=np.intp)
-        intercepts = np.ascontiguousarray(intercepts)
-        loss_sum, grad = kernels.multinomial(X, labels, weights, intercepts)
-        return loss_sum, grad[:, :n_features].T, grad[:, n_features]
 
 
 def _kernels_for(X):
