@@ -50,3 +50,64 @@ def test_fit_survives_a_killed_worker(client):
     # The kill happened during the fit: the worker's address is gone from the cluster
     # (its nanny restarted it under a new one), so the equality above is a recovery.
     assert killer.killed not in client.scheduler_info()["workers"]
+
+
+class KillEveryWorkerAt(Callback):
+    """Kills every worker process at once after an iteration (their nannies restart
+    them under new addresses): no worker holding a chunk is left."""
+
+    def __init__(self, client, iteration):
+        self.client, self.iteration, self.killed = client, iteration, []
+
+    def on_iteration_end(self, record):
+        if record.iteration == self.iteration:
+            pids = self.client.run(os.getpid)
+            self.killed = sorted(pids)
+            for pid in pids.values():
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_fit_survives_losing_every_worker_at_once(client):
+    """The replacements (a nanny's restarted workers, new batch jobs) join under new
+    addresses; the chunks' loose restrictions name only the lost ones, and the scheduler
+    offers a joining worker only the no-worker tasks whose restrictions name it: without
+    daskgd's StaleRestrictions plugin (registered by every fit, not only by
+    jobqueue_client) the chunks were never recomputed and the fit waited until its
+    timeout."""
+    X, y = make_classification(20_000, 5, chunks=2_500, random_state=5)
+    options = {"solver": "gd", "learning_rate": 1.0, "max_iter": 10, "tol": 0.0}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", daskgd.ConvergenceWarning)
+        undisturbed = daskgd.LogisticRegression(**options).fit(X, y)
+        killer = KillEveryWorkerAt(client, 3)
+        disturbed = daskgd.LogisticRegression(**options, timeout=60).fit(X, y, callbacks=[killer])
+    assert len(killer.killed) == 2
+    assert not set(killer.killed) & set(client.scheduler_info()["workers"])
+    np.testing.assert_allclose(disturbed.coef_, undisturbed.coef_, rtol=1e-9)
+    np.testing.assert_allclose(disturbed.trace_.loss, undisturbed.trace_.loss, rtol=1e-9)
+
+
+@pytest.mark.slow
+def test_tasks_no_worker_may_run_end_the_wait(client, monkeypatch):
+    """The bound behind the plugin: without it (as on a scheduler where registering
+    failed), chunks restricted to workers that all left wait in the scheduler's
+    no-worker state for ever; the fit stops after its timeout with an error naming them
+    instead of waiting for ever."""
+    from daskgd.data import restrictions, waits
+
+    client.run_on_scheduler(_remove_stale_restrictions)
+    restrictions._REGISTERED.pop(client, None)  # the next fit registers it again
+    monkeypatch.setattr(restrictions, "ensure_registered", lambda client, timeout: None)
+    X, y = make_classification(20_000, 5, chunks=2_500, random_state=6)
+    killer = KillEveryWorkerAt(client, 2)
+    model = daskgd.LogisticRegression(solver="gd", max_iter=10, tol=0.0, timeout=5)
+    with pytest.raises(waits.ClusterTimeoutError, match="could run on none of the running"):
+        model.fit(X, y, callbacks=[killer])
+    assert killer.killed
+
+
+def _remove_stale_restrictions(dask_scheduler=None):
+    from daskgd.data.restrictions import PLUGIN_NAME
+
+    dask_scheduler.plugins.pop(PLUGIN_NAME, None)

@@ -219,11 +219,11 @@ def jobqueue_client(options: JobqueueOptions) -> Iterator[Any]:
     or Ctrl-C. The cluster adapts between ``jobs`` and ``jobs`` jobs, so a job that ends
     (its walltime, ``lifetime``, a node lost) is replaced by a new one; the fit recomputes
     the lost chunks from their lineage, on the new workers when every job ended at once
-    (:mod:`daskgd.cluster.replacements`), waiting for them as long as its ``timeout``.
+    (:mod:`daskgd.data.restrictions`), waiting for them as long as its ``timeout``.
     """
     from distributed import Client
 
-    from daskgd.cluster.replacements import register_stale_restrictions
+    from daskgd.data.restrictions import register_stale_restrictions
 
     cluster = make_jobqueue_cluster(options)
     try:

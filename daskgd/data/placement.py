@@ -18,7 +18,7 @@ import dask.array as da
 import distributed
 import numpy as np
 
-from daskgd.data import reuse, waits
+from daskgd.data import restrictions, reuse, waits
 from daskgd.data.labels import current_client, encode_labels
 from daskgd.data.sources import (
     LABEL_KINDS,
@@ -433,6 +433,8 @@ def _place_beside(client, y_owned, placement, timeout):
 def _place(client, X, y, threads, timeout):
     """Compute chunk i of X and y on its assigned worker; return the persisted arrays."""
     assignment = _contiguous_assignment(X.numblocks[0], list(threads))
+    # Loose restrictions to workers that may all go at once (restrictions.py)
+    restrictions.ensure_registered(client, timeout)
     X_owned, y_owned = _owned_blocks(X, y, assignment)
     X_futures, y_futures = _compute_in_place(client, X_owned, y_owned, assignment, threads, timeout)
     placement = _actual_placement(client, X_futures, y_futures, assignment, timeout)

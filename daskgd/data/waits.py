@@ -10,8 +10,9 @@ fit goes through one of these:
   finished results), answered within ``timeout`` seconds or :class:`ClusterTimeoutError`;
 - :func:`result` / :func:`first_completed`: a computation, which may legitimately take
   long; it is waited for in slices and the scheduler is asked for its running workers
-  between slices, so only a scheduler that stops answering (:class:`ClusterTimeoutError`)
-  or a cluster left without workers for ``timeout`` seconds (:class:`NoWorkersError`)
+  between slices, so only a scheduler that stops answering, a worker that sends no
+  heartbeat, tasks that no running worker may run (:class:`ClusterTimeoutError`) or a
+  cluster left without workers (:class:`NoWorkersError`), each for ``timeout`` seconds,
   ends the wait;
 - :func:`running_workers`: the workers, waiting up to ``wait_for_workers`` seconds for a
   first one.
@@ -166,9 +167,11 @@ class _Liveness:
     with :class:`ClusterTimeoutError` naming the worker.
     """
 
-    def __init__(self, client: Any, what: str, timeout: float):
+    def __init__(self, client: Any, what: str, timeout: float, keys: Collection[Any] = ()):
         self.client, self.what, self.timeout = client, what, timeout
+        self.keys = list(keys)  # of the futures waited for
         self.without_workers_since: float | None = None
+        self.stuck_since: float | None = None
         self._heard: dict[str, tuple[float, float]] = {}  # address: (last_seen, noticed at)
 
     def check(self) -> None:
@@ -178,6 +181,7 @@ class _Liveness:
         if workers:
             self.without_workers_since = None
             self._check_heartbeats(set(workers))
+            self._check_runnable()
             return
         now = time.monotonic()
         self.without_workers_since = self.without_workers_since or now
@@ -206,6 +210,45 @@ class _Liveness:
                     "frozen or its host is overloaded; restart it, or raise timeout="
                 )
 
+    def _check_runnable(self) -> None:
+        """Tasks the wait depends on that no running worker may run (the scheduler's
+        ``no-worker`` state: restricted to workers that left) for ``timeout`` seconds end
+        the wait: they would wait for those workers for ever."""
+        if not self.keys:
+            return
+        stuck = call(
+            self.client, self.client.run_on_scheduler, _unrunnable_dependencies,
+            keys=self.keys, asynchronous=True, what=self.what, timeout=self.timeout,
+        )  # fmt: skip
+        now = time.monotonic()
+        if not stuck:
+            self.stuck_since = None
+            return
+        self.stuck_since = self.stuck_since or now
+        if now - self.stuck_since >= self.timeout:
+            raise ClusterTimeoutError(
+                f"{len(stuck)} task(s) ({self.what}) could run on none of the running workers "
+                f"of the Dask cluster at {scheduler_address(self.client)} for "
+                f"{now - self.stuck_since:.0f} s, e.g. {stuck[0]}: their worker restrictions "
+                "name workers that are gone"
+            )
+
+
+def _unrunnable_dependencies(dask_scheduler: Any = None, keys: Collection[Any] = ()) -> list:
+    """The tasks in the ``no-worker`` state that ``keys`` wait for (on the scheduler)."""
+    stack = [dask_scheduler.tasks.get(key) for key in keys]
+    seen, stuck = set(), []
+    while stack:
+        ts = stack.pop()
+        if ts is None or ts.key in seen:
+            continue
+        seen.add(ts.key)
+        if ts.state == "no-worker":
+            stuck.append(str(ts.key))
+        elif ts.state != "memory":
+            stack.extend(ts.dependencies)
+    return stuck
+
 
 def result(client: Any, future: Any, *, what: str, timeout: float) -> Any:
     """The result of ``future``, however long it computes, while the scheduler answers.
@@ -215,7 +258,7 @@ def result(client: Any, future: Any, *, what: str, timeout: float) -> Any:
     ClusterTimeoutError, NoWorkersError
         See the module docstring; the task's own exception when it failed.
     """
-    liveness = _Liveness(client, what, timeout)
+    liveness = _Liveness(client, what, timeout, keys=[future.key])
     piece = min(timeout, _SLICE_SECONDS)
     while True:
         try:
@@ -232,7 +275,7 @@ def first_completed(client: Any, futures: Collection[Any], *, what: str, timeout
     """The futures of ``futures`` that are done, waiting until at least one is."""
     from distributed import wait
 
-    liveness = _Liveness(client, what, timeout)
+    liveness = _Liveness(client, what, timeout, keys=[f.key for f in futures])
     piece = min(timeout, _SLICE_SECONDS)
     while True:
         try:

@@ -9,16 +9,20 @@ it (``Scheduler.bulk_schedule_unrunnable_after_adding_worker`` reads the restric
 not their looseness): they stayed there (seen with dask-jobqueue's replacement jobs, 8
 chunks stuck, the fit waiting for ever). :class:`StaleRestrictions` drops the
 restrictions of those loose tasks when a worker joins and none of the workers they name
-is left, so that the scheduler then runs them on the new worker.
+is left, so that the scheduler then runs them on the new worker. The same happens on any
+cluster: a LocalCluster whose workers are all killed at once comes back under new
+addresses (their nannies restart them). So :func:`ensure_registered` registers it, once
+per client, whenever data is placed.
 """
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 from distributed.diagnostics.plugin import SchedulerPlugin
 
-__all__ = ["StaleRestrictions", "register_stale_restrictions"]
+__all__ = ["StaleRestrictions", "ensure_registered", "register_stale_restrictions"]
 
 #: Name of the plugin on the scheduler (registering it again replaces it).
 PLUGIN_NAME = "daskgd-stale-restrictions"
@@ -45,3 +49,30 @@ class StaleRestrictions(SchedulerPlugin):
 def register_stale_restrictions(client: Any) -> None:
     """Register :class:`StaleRestrictions` on the scheduler of ``client`` (idempotent)."""
     client.register_plugin(StaleRestrictions(), name=PLUGIN_NAME)
+
+
+#: The clients whose scheduler has the plugin (registered by this process), with the
+#: scheduler's address then: a client reconnected to a new scheduler registers it again.
+_REGISTERED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def ensure_registered(client: Any, timeout: float) -> None:
+    """Register :class:`StaleRestrictions` on ``client``'s scheduler unless this process
+    already did; one request, bounded by ``timeout`` (:mod:`daskgd.data.waits`)."""
+    from daskgd.data import waits
+
+    address = waits.scheduler_address(client)
+    if _REGISTERED.get(client) == address:
+        return
+    from distributed.protocol.pickle import dumps
+
+    waits.call(
+        client,
+        client.scheduler.register_scheduler_plugin,
+        plugin=dumps(StaleRestrictions()),
+        name=PLUGIN_NAME,
+        idempotent=False,
+        what="registering the stale-restrictions plugin",
+        timeout=timeout,
+    )
+    _REGISTERED[client] = address
