@@ -15,6 +15,13 @@ Dask clusters
                                   ``dask scheduler`` with 2 ``dask worker`` processes
                                   (1 thread each), started as subprocesses from a scheduler file.
 
+Running alone
+    tests marked ``serial`` run while no other test runs: pytest-xdist runs the suite in
+    two processes (pyproject's addopts), and a test whose assertions compare timings (an
+    emulated straggler's share, a notebook's measured speedup) would measure the other
+    process's test too. An autouse fixture takes a lock shared by the processes:
+    exclusive for a ``serial`` test, shared for the others.
+
 Browser
     chromium_executable (session) path of a Chromium binary (``DASKGD_CHROMIUM``, then
                                   ``chromium``/``chromium-browser``/``google-chrome`` on PATH);
@@ -24,6 +31,7 @@ Browser
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -154,6 +162,47 @@ class _SessionCluster:
         # would then hold a closed client; tests that may break the cluster use `client`.
         self.close()
         self.start()
+
+
+# --------------------------------------------------------------------------------------
+# Tests that run alone (marker ``serial``)
+# --------------------------------------------------------------------------------------
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "serial: runs while no other test runs (its assertions compare timings)"
+    )
+
+
+@pytest.fixture(scope="session")
+def _lock_files(tmp_path_factory) -> Iterator[tuple]:
+    """Two lock files shared by the xdist processes (their basetemps' common parent):
+    the lock itself, and a turnstile that a waiting ``serial`` test holds so that the
+    other process's next tests queue behind it instead of starving it."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    with (
+        open(root / "daskgd-serial.lock", "a") as lock,
+        open(root / "daskgd-turn.lock", "a") as turn,
+    ):
+        yield lock, turn
+
+
+@pytest.fixture(autouse=True)
+def _serial_tests_run_alone(request, _lock_files) -> Iterator[None]:
+    lock, turn = _lock_files
+    alone = request.node.get_closest_marker("serial") is not None
+    fcntl.flock(turn, fcntl.LOCK_EX)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+    finally:
+        fcntl.flock(turn, fcntl.LOCK_UN)
+    try:
+        yield
+    finally:
+        fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @pytest.fixture(scope="session")

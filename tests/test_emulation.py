@@ -23,6 +23,9 @@ from daskgd.runtime.emulation import (
     parse_straggler,
 )
 
+#: For the tests whose assertions compare emulated delays with measured times.
+serial = pytest.mark.serial
+
 # -- parsers -------------------------------------------------------------------------------
 
 
@@ -125,6 +128,7 @@ def _median_iteration(model) -> float:
 CRITICAL_MESSAGES = 3
 
 
+@serial
 def test_latency_adds_about_one_latency_per_message_on_the_critical_path(cluster_client):
     X, y = make_classification(20_000, 10, chunks=2_500, random_state=1)
     latency = 0.04
@@ -137,6 +141,7 @@ def test_latency_adds_about_one_latency_per_message_on_the_critical_path(cluster
     assert '"latency_seconds": 0.04' in slow.trace_.attrs["emulation"]
 
 
+@serial
 def test_bandwidth_delays_bigger_transfers_more(cluster_client):
     X, y = make_classification(10_000, 400, chunks=2_500, random_state=1)
     # 401 float64 = 3.2 kB per message at 50 kB/s: 64 ms per message.
@@ -162,6 +167,7 @@ def _machine_is_calm() -> bool:
     return os.getloadavg()[0] <= (os.cpu_count() or 1)
 
 
+@serial
 def test_the_straggler_flag_is_trustworthy(cluster_client):
     """An emulated 3x straggler is flagged in >= 95% of its iterations, its peer (which
     waits) hardly ever; un-emulated, at most ~1% of the worker-iterations are flagged.
@@ -189,6 +195,7 @@ def test_the_straggler_flag_is_trustworthy(cluster_client):
         print(f"load {os.getloadavg()[0]:.1f}: un-emulated bound not asserted ({flagged} flagged)")
 
 
+@serial
 def test_the_peer_of_a_straggler_waits_in_sync(cluster_client):
     """Within one fit (so that both workers share the machine's load): worker 1 computes
     about 5x longer, worker 0 idles for that gap, and the trace counts it as sync."""
@@ -209,6 +216,7 @@ def test_the_peer_of_a_straggler_waits_in_sync(cluster_client):
     assert float(trace.sync_seconds.sel(worker=straggler).max()) < 0.1 * float(gap.median())
 
 
+@serial
 def test_one_worker_has_no_synchronisation():
     """With one worker nobody waits for a slower peer: sync is 0 in the trace and in the
     summary's split, for distributed's records (mapreduce) and the residents' (direct)."""
@@ -231,6 +239,7 @@ def test_one_worker_has_no_synchronisation():
             np.testing.assert_allclose(float(parts.run_share.sum()), 1.0)
 
 
+@serial
 def test_random_delays_slow_every_worker(cluster_client):
     X, y = make_classification(10_000, 10, chunks=2_500, random_state=1)
     base = _fit(cluster_client, X, y, max_iter=4)

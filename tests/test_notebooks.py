@@ -22,7 +22,16 @@ def test_there_are_notebooks():
     assert NOTEBOOKS, "no notebooks found in notebooks/"
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+#: Notebooks whose cells assert measured timings (speedups, shares, a straggler's
+#: staleness): they run while no other test runs.
+TIMED = {"01-speedup", "02-latency-and-bandwidth", "04-stragglers-and-failures", "05-architectures"}
+
+
+@pytest.mark.parametrize(
+    "path",
+    [pytest.param(p, marks=pytest.mark.serial) if p.stem in TIMED else p for p in NOTEBOOKS],
+    ids=[p.stem for p in NOTEBOOKS],
+)
 def test_notebook_runs(path: Path):
     notebook = nbformat.read(path, as_version=4)
     client = nbclient.NotebookClient(
