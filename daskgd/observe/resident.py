@@ -99,6 +99,12 @@ def resident_worker_dataset(
             "long_name": "updates (parameter server) or evaluations (backup workers) since "
             "the partial sum applied was computed; NaN where none of the worker's was",
             "units": "1"})  # fmt: skip
+    emulated = _table(records, workers, "emulated_seconds")
+    if np.nansum(emulated) > 0:  # only where emulation slept: other traces are unchanged
+        data_vars["emulated_seconds"] = (cells, emulated, {
+            "long_name": "part of compute_seconds slept by the emulation (straggler, "
+            "emulated compute); compute_seconds minus it is what the compute really cost",
+            "units": "s"})  # fmt: skip
     compute = data_vars["compute_seconds"][1]
     active = ~np.isnan(compute)
     data_vars["n_tasks"] = (cells, active.astype(np.int64), {"long_name": "requests served",

@@ -245,7 +245,7 @@ class Session:
         """
         if self._chunks is None:
             X, y = self.data.X.to_delayed().ravel(), self.data.y.to_delayed().ravel()
-            self._chunks = list(zip(*dask.compute(list(X), list(y), scheduler="sync")))
+            self._chunks = list(zip(*dask.compute(list(X), list(y), scheduler="sync"), strict=True))
         index = range(self.n_blocks) if blocks is None else blocks
         partials = [
             packed_loss_grad(*self._chunks[i], w, self.model, self.fit_intercept) for i in index
