@@ -63,7 +63,8 @@ from daskgd.models.losses import unpack
 from daskgd.models.objective import Objective
 from daskgd.runtime.messaging import RecvTimeoutError
 
-__all__ = ["PULL", "PUSH", "AsyncJob", "Progress", "ServerLostError", "run_async", "work"]
+__all__ = ["PULL", "PUSH", "STEP_RULES", "AsyncJob", "Progress", "ServerLostError",
+           "run_async", "stale_step", "work"]  # fmt: skip
 
 PULL = "ps-pull"
 PUSH = "ps-push"
@@ -71,7 +72,51 @@ STOP = np.zeros(0)
 #: resident.state key prefix of a parameter-server fit (one per fit token).
 STATE = "daskgd-ps"
 _TIMED = ("compute_seconds", "communication_seconds", "wait_seconds", "bytes_sent",
-          "bytes_received", "messages_sent", "messages_received")  # fmt: skip
+          "bytes_received", "messages_sent", "messages_received",
+          "emulated_seconds")  # fmt: skip
+
+
+#: The step rules of a stale server (``step_rule=``); those in NEEDS_LIPSCHITZ read L.
+STEP_RULES = ("descent", "mean-age", "max-age", "stable", "bounded", "constant")
+NEEDS_LIPSCHITZ = frozenset({"descent", "stable", "bounded"})
+DEFAULT_STEP_RULE = "descent"
+
+
+@dataclass(frozen=True)
+class Staleness:
+    """How old the aggregate of one update is (see :meth:`_Server.staleness`)."""
+
+    mean_age: float  # rows-weighted mean of the sums' ages, in updates
+    max_age: float
+    distance: float  # rows-weighted mean of ||w - the w each sum was computed at||_2
+    mapping_norm: float  # ||G_lr||_2, the gradient mapping at the learning rate
+
+
+def stale_step(rule: str, learning_rate: float, staleness: Staleness,
+               lipschitz: float | None = None) -> float:  # fmt: skip
+    """The step of one update with aggregated sums that old (the rules and the
+    measurements behind the default: the module docstring)."""
+    if rule == "mean-age":
+        return learning_rate / (1.0 + staleness.mean_age)
+    if rule == "max-age":
+        return learning_rate / (1.0 + staleness.max_age)
+    if rule == "constant":
+        return learning_rate
+    if rule not in STEP_RULES:
+        raise ValueError(f"unknown step_rule {rule!r}; choose one of {', '.join(STEP_RULES)}")
+    if lipschitz is None:
+        raise ValueError(f"step_rule={rule!r} needs the Lipschitz estimate of grad f")
+    if rule == "descent":
+        # G's error is at most L x distance: the step below keeps a descent guaranteed
+        if staleness.mapping_norm <= 0:
+            return 0.0
+        share = max(0.0, 1.0 - lipschitz * staleness.distance / staleness.mapping_norm)
+        return min(learning_rate, share / lipschitz)
+    age = staleness.mean_age
+    stable = 1.0 / (lipschitz * (1.0 + age))
+    if rule == "bounded":
+        return min(learning_rate, stable + (learning_rate - stable) / (1.0 + age))
+    return min(learning_rate, stable)
 
 
 class ServerLostError(RuntimeError):
@@ -92,6 +137,9 @@ class AsyncJob:
     tol: float
     loss_every: int
     timeout: float
+    step_rule: str = "descent"
+    #: L of grad f (the objective's estimate), for the rules that need it; else None
+    lipschitz: float | None = None
 
 
 @dataclass
@@ -160,7 +208,9 @@ class _Server:
         self.peers = resident.peers
         self.latest: dict[str, np.ndarray] = {}
         self.computed_at: dict[str, int] = {}  # the version each latest sum was computed at
+        self.computed_w: dict[str, np.ndarray] = {}  # and the w
         self.sent: dict[str, int] = {}
+        self.sent_w: dict[str, np.ndarray] = {}
         self.clocks = dict.fromkeys(self.peers, 0)
         self.held: set[str] = set()
         self.applied: list = []  # pushes since the last update
@@ -171,6 +221,7 @@ class _Server:
         nbytes = self.resident.post_soon(peer, PULL, payload, exact=True)
         self.bytes_out += 0 if peer == self.resident.address else nbytes
         self.sent[peer] = self.progress.version
+        self.sent_w[peer] = self.progress.w  # a step makes a new array: never changed
 
     def allowed(self, peer: str) -> bool:
         bound = self.job.staleness
@@ -188,16 +239,23 @@ class _Server:
     def receive(self, source: str, partial: np.ndarray, nbytes: int) -> None:
         self.latest[source] = partial
         self.computed_at[source] = self.sent[source]
+        self.computed_w[source] = self.sent_w[source]
         self.clocks[source] += 1
         staleness = self.progress.version - self.sent[source]
         self.applied.append((source, staleness, self.sent[source]))
         self.bytes_in += 0 if source == self.resident.address else nbytes
 
-    def age(self, n_rows: float) -> float:
-        """Staleness of the aggregate: the rows-weighted mean age (in updates) of its sums."""
-        version = self.progress.version
-        aged = sum(float(self.latest[p][-1]) * (version - self.computed_at[p]) for p in self.peers)
-        return aged / max(float(n_rows), 1.0)
+    def staleness(self, grad: np.ndarray, n_rows: float) -> Staleness:
+        """How old the aggregate is: its sums' ages and distances, rows-weighted."""
+        w, version, rows = self.progress.w, self.progress.version, max(float(n_rows), 1.0)
+        ages = {peer: version - self.computed_at[peer] for peer in self.peers}
+        weights = {peer: float(self.latest[peer][-1]) / rows for peer in self.peers}
+        distance = sum(weights[p] * float(np.linalg.norm(w - self.computed_w[p]))
+                       for p in self.peers)  # fmt: skip
+        lr = self.job.learning_rate
+        mapping = float(np.linalg.norm(w - self.job.objective.prox(w - lr * grad, lr))) / lr
+        return Staleness(sum(weights[p] * ages[p] for p in self.peers),
+                         float(max(ages.values())), distance, mapping)  # fmt: skip
 
     def step(self, started: float) -> bool:
         """One update with the latest sums (False: tol or max_iter reached, no update)."""
@@ -211,7 +269,8 @@ class _Server:
         if estimate <= job.tol:
             progress.stopped = "tol"
             return False
-        step = job.learning_rate / (1.0 + self.age(n_rows))
+        step = stale_step(job.step_rule, job.learning_rate, self.staleness(grad, n_rows),
+                          job.lipschitz)  # fmt: skip
         progress.w = job.objective.prox(progress.w - step * grad, step)
         progress.version += 1
         if progress.version % job.loss_every == 0:

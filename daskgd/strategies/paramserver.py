@@ -102,6 +102,10 @@ class ParameterServer(ResidentStrategy):
     loss_every : int, default=1
         With staleness != 0, the server keeps every loss_every-th w, whose full-data loss
         is evaluated after the run (the trace's ``loss``; NaN at the others).
+    step_rule : {"mean-age", "max-age", "bounded", "constant"}
+        With staleness != 0, how the step shrinks with the age of the aggregated sums
+        (:func:`daskgd.runtime.server.stale_step`; the default and the measurements
+        behind it in :mod:`daskgd.runtime.server`).
     timeout, transfer_dtype, emulation, tune_cluster
         As for ``direct`` (:class:`daskgd.strategies.direct.Direct`); every wait of a
         worker or of the server is bounded by ``timeout``.
@@ -110,10 +114,16 @@ class ParameterServer(ResidentStrategy):
     name = "parameter-server"
 
     def __init__(self, *, staleness: int | None = 0, loss_every: int = 1,
+                 step_rule: str = ps.DEFAULT_STEP_RULE,
                  timeout: float = DEFAULT_TIMEOUT_SECONDS,
                  transfer_dtype: str | Codec | None = None, emulation: Any = None,
                  tune_cluster: bool = True):  # fmt: skip
         self.staleness = _check_staleness(staleness)
+        if step_rule not in ps.STEP_RULES:
+            raise ValueError(
+                f"unknown step_rule {step_rule!r}; choose one of {', '.join(ps.STEP_RULES)}"
+            )
+        self.step_rule = step_rule
         if isinstance(loss_every, bool) or not isinstance(loss_every, int) or loss_every < 1:
             raise ValueError(f"loss_every must be an integer >= 1, got {loss_every!r}")
         super().__init__(timeout=timeout, transfer_dtype=transfer_dtype, emulation=emulation,
@@ -161,7 +171,11 @@ class ParameterServer(ResidentStrategy):
             )
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "staleness": self.staleness, "loss_every": self.loss_every}
+        described = {**super().describe(), "staleness": self.staleness,
+                     "loss_every": self.loss_every}  # fmt: skip
+        if not self.synchronous:
+            described["step_rule"] = self.step_rule
+        return described
 
     def run(self, problem: FitProblem, optimizer: Optimizer, stopping: Stopping,
             callbacks: Sequence[Callback] = (), *, info: dict | None = None,
@@ -172,7 +186,9 @@ class ParameterServer(ResidentStrategy):
         with StarSession(self, problem) as session:
             runtime = session.runtime
             objective = objective_for(problem, session.top_gram_eigenvalue)
-            objective = objective.resolved(optimizer.needs_lipschitz)
+            # the 'bounded' step rule reads L: one more pass (the top eigenvalue of X'X)
+            needs_l = not self.synchronous and self.step_rule in ps.NEEDS_LIPSCHITZ
+            objective = objective.resolved(optimizer.needs_lipschitz or needs_l)
             info = {**(info or {}), **self.describe(), **session.describe(), "loss_rows": "all",
                     "max_iter": stopping.max_iter, "tol": stopping.tol}  # fmt: skip
             for callback in callbacks:
@@ -214,9 +230,10 @@ class ParameterServer(ResidentStrategy):
 
     def _run_async(self, runtime, server, optimizer, objective, w0, stopping, result) -> None:
         step = float(optimizer.initial_step(objective))
+        lipschitz = float(objective.lipschitz) if self.step_rule in ps.NEEDS_LIPSCHITZ else None
         job = ps.AsyncJob(uuid.uuid4().hex, server, self.staleness, step, objective, w0,
-                          stopping.max_iter, stopping.tol, self.loss_every,
-                          self.timeout)  # fmt: skip
+                          stopping.max_iter, stopping.tol, self.loss_every, self.timeout,
+                          self.step_rule, lipschitz)  # fmt: skip
         results = runtime.call_with(ps.run_async, (job,), timeout=self._bound(stopping))
         progress: ps.Progress = results[server]["progress"]
         records = {address: reply["records"] for address, reply in results.items()}
