@@ -174,6 +174,7 @@ def ps_at_step(client, args, X, y, lr, fraction):
     print(f"  synchronous: {rounds} rounds to loss {target:.8f} in {base:.3f} s "
           f"({base / rounds * 1e3:.1f} ms/round, busiest compute "
           f"{float(busiest.median()) * 1e3:.1f} ms; fit {seconds:.2f} s)")  # fmt: skip
+    print(f"  {'':<13}compute per round {real_compute(trace)}")
     print(f"  {'strategy':<26}{'seconds':>9}{'ratio':>8}{'updates':>9}  {'rises':<16}staleness")
     for rule in args.step_rules:
         for label, staleness in (("SSP s=2", 2), ("async", None)):

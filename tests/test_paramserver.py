@@ -133,13 +133,13 @@ def test_the_default_step_rule_keeps_the_asynchronous_loss_monotone(cluster_clie
     """The server's own worker pushes ~10x as often as the other (whose messages carry
     the latency): the other's sum ages while w moves. With steps lr / (1 + mean age) the
     full-data loss rose by ~1e-2 within 80 updates (measured 9.9e-3 and 1.0e-2); the
-    'descent' rule shrinks the step with the distance w moved since each sum's w and the
-    loss never rises (beyond rounding)."""
+    default rule ('secant') shrinks the step with the distance w moved since each sum's
+    w and the loss never rises (beyond rounding)."""
     X, y = data
     latency = Emulation(latency_seconds=0.01)
     default = get_strategy("parameter-server", staleness=None, emulation=latency)
     trace = _fit(default, X, y, max_iter=80).trace_
-    assert trace.attrs["step_rule"] == "descent"
+    assert trace.attrs["step_rule"] == "secant"
     assert _rises(trace) <= 1e-12 * float(trace.loss[0])
     assert float(trace.loss[-1]) < float(trace.loss[0])
     mean_age = get_strategy("parameter-server", staleness=None, emulation=latency,
@@ -208,6 +208,11 @@ def test_step_rules_follow_their_formulas():
     far = Staleness(1.5, 4.0, distance=0.6, mapping_norm=1.0)
     assert stale_step("descent", lr, far, L) == pytest.approx(0.4)
     assert stale_step("descent", lr, Staleness(1.5, 4.0, 2.0, 1.0), L) == 0.0
+    # 'secant': the measured curvature (<= L) bounds the error, L still caps the step
+    flat = Staleness(1.5, 4.0, distance=2.0, mapping_norm=1.0, curvature=0.25)
+    assert stale_step("secant", lr, flat, L) == pytest.approx(0.5)  # 1 - 0.25 x 2 = 0.5
+    assert stale_step("secant", 2.0, flat, L) == pytest.approx(0.5)
+    assert stale_step("secant", lr, Staleness(1.5, 4.0, 0.6, 1.0), L) == pytest.approx(0.4)
     fresh = Staleness(0.0, 0.0, 0.0, 1.0)
     for rule in STEP_RULES:  # no staleness: every rule takes the learning rate (< 1/L)
         assert stale_step(rule, lr, fresh, L) == pytest.approx(lr), rule

@@ -20,10 +20,10 @@ partial sums, adds them in rank order and takes one optimizer step (the driver's
 :func:`~daskgd.engine.steps.next_iterate`, run on the server): the same iterates as
 ``mapreduce`` within rounding, gd's backtracking included (a trial point is one more
 round). ``staleness=s >= 1`` or ``None``: one update per push, with the aggregated
-gradient of every worker's latest sum and the step ``learning_rate / (1 + staleness of
-that aggregate)`` (the rows-weighted mean age of its sums), at most s steps between
-the fastest and the slowest worker for SSP; see :mod:`daskgd.runtime.server` for the
-rule, why, and the stopping rule.
+gradient of every worker's latest sum and a step that shrinks with how far w moved
+since those sums were computed (``step_rule``, default ``'secant'``), at most s steps
+between the fastest and the slowest worker for SSP; see :mod:`daskgd.runtime.server`
+for the rules, the measurements behind the default, and the stopping rule.
 
 What the trace records. ``iteration`` is one server update (a round for staleness=0);
 ``staleness`` per (iteration, worker) is the updates between the w a worker computed
