@@ -300,6 +300,51 @@ def test_a_killed_worker_finishes_with_the_others(client, staleness):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("staleness", [0, 2, None])
+def test_an_emulated_failure_kills_at_its_iteration_and_the_fit_finishes(client, staleness):
+    """emulation=KillAt(worker, 10): the server sends that worker a KILL after update 10
+    (it SIGKILLs itself), the runtime rebuilds, the fit ends its max_iter updates."""
+    import json
+
+    X, y = make_classification(8_000, 6, chunks=1_000, random_state=6)
+    options = {"max_iter": 30, "timeout": 20}
+    undisturbed = _fit(get_strategy("parameter-server", staleness=staleness), X, y, **options)
+    workers = sorted(undisturbed.trace_.worker.values)
+    victim = next(w for w in workers if w != undisturbed.trace_.attrs["server"])
+    failing = Emulation(failures=[KillAt(workers.index(victim), 10)])
+    start = time.monotonic()
+    disturbed = _fit(get_strategy("parameter-server", staleness=staleness, emulation=failing,
+                                  timeout=20), X, y, **options)  # fmt: skip
+    assert time.monotonic() - start < 60
+    trace = disturbed.trace_
+    assert trace.attrs["server"] == undisturbed.trace_.attrs["server"]
+    assert json.loads(trace.attrs["workers_killed"]) == [[10, victim]]
+    assert trace.attrs["attempts"] >= 2 and disturbed.n_iter_[0] == 30
+    client.wait_for_workers(2, timeout=30)  # its nanny restarted it
+    assert victim not in client.scheduler_info()["workers"]
+    if staleness == 0:  # the same rounds at the same w: the same answer
+        np.testing.assert_allclose(disturbed.coef_, undisturbed.coef_, rtol=1e-8)
+    else:  # the gradients in flight were lost: compared loosely
+        final = float(trace.loss.dropna("iteration")[-1])
+        assert final <= 1.05 * float(undisturbed.trace_.loss.dropna("iteration")[-1])
+
+
+def test_the_kill_plan_names_the_workers_as_the_failure_injector_does():
+    from daskgd.runtime.emulation import KillRandomly
+    from daskgd.strategies.paramserver import kill_plan
+
+    workers = ["tcp://127.0.0.1:3", "tcp://127.0.0.1:1", "tcp://127.0.0.1:2"]
+    assert kill_plan(None, workers, 10) == {}
+    plan = kill_plan(Emulation(failures=[KillAt(0, 4), KillAt(2, 4)]), workers, 10)
+    assert plan == {4: ("tcp://127.0.0.1:1", "tcp://127.0.0.1:3")}  # sorted addresses
+    every = kill_plan(Emulation(failures=[KillRandomly(1.0)]), workers, 3)
+    assert sorted(every) == [0, 1, 2, 3] and all(len(v) == 2 for v in every.values())
+    seeded = Emulation(failures=[KillRandomly(0.2, seed=3)])
+    assert kill_plan(seeded, workers, 50) == kill_plan(seeded, workers, 50)
+    assert 0 < sum(map(len, kill_plan(seeded, workers, 50).values())) < 3 * 51
+
+
+@pytest.mark.slow
 def test_a_killed_server_stops_with_a_clear_error(client):
     X, y = make_classification(8_000, 6, chunks=1_000, random_state=7)
     thread, killed = _kill_when_running(client, rank=0, after_updates=20)
@@ -343,14 +388,11 @@ def test_other_solvers_are_rejected_before_anything_starts(local_scheduler, stal
         daskgd.LogisticRegression(solver=solver, strategy=strategy, learning_rate=1.0).fit(X, y)
 
 
-def test_line_search_and_failures_are_rejected_for_a_stale_server(local_scheduler):
+def test_line_search_is_rejected_for_a_stale_server(local_scheduler):
     X, y = np.zeros((10, 2)), np.arange(10) % 2
     stale = get_strategy("parameter-server", staleness=2)
     with pytest.raises(ValueError, match="backtracks .* staleness=2 .* numeric learning_rate"):
         daskgd.LogisticRegression(solver="gd", strategy=stale).fit(X, y)
-    failing = get_strategy("parameter-server", emulation=Emulation(failures=[KillAt(0, 3)]))
-    with pytest.raises(ValueError, match="emulated failures are not supported"):
-        daskgd.LogisticRegression(solver="gd", strategy=failing).fit(X, y)
 
 
 def _cli(*arguments, timeout=240):

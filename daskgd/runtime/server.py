@@ -96,6 +96,8 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
+import signal
 import time
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -113,6 +115,9 @@ __all__ = ["PULL", "PUSH", "STEP_RULES", "AsyncJob", "Progress", "ServerLostErro
 PULL = "ps-pull"
 PUSH = "ps-push"
 STOP = np.zeros(0)
+#: A pull of one value: an emulated failure (KillAt, KillRandomly): the worker SIGKILLs
+#: its own process when it reads it, as a crash would end it.
+KILL = np.array([-1.0])
 #: resident.state key prefix of a parameter-server fit (one per fit token).
 STATE = "daskgd-ps"
 _TIMED = ("compute_seconds", "communication_seconds", "wait_seconds", "bytes_sent",
@@ -188,6 +193,8 @@ class AsyncJob:
     step_rule: str = "secant"
     #: L of grad f (the objective's estimate), for the rules that need it; else None
     lipschitz: float | None = None
+    #: {iteration: workers to kill after it} (emulated failures)
+    kills: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -205,6 +212,8 @@ class Progress:
     #: 'max_iter', 'tol'; '' while running
     stopped: str = ""
     attempts: int = 0
+    #: {iteration: workers sent a KILL after it}: once per iteration across attempts
+    killed: dict = field(default_factory=dict)
 
 
 # -- the worker's side (a worker thread) -----------------------------------------------------
@@ -237,12 +246,23 @@ def work(resident: Any, server: str, push_tag: Any, records: dict) -> None:
         pulled = resident.recv(PULL)
         if pulled.size == 0:
             return
+        if pulled.size == 1:  # an emulated failure: die as a crashed worker does
+            os.kill(os.getpid(), signal.SIGKILL)
         partial = resident.local_sums(pulled[:-1])
         resident.send(server, push_tag, partial)
         measured = {name: getattr(meter, name) - before[name] for name in _TIMED}
         if local:
             measured.update(bytes_sent=0, messages_sent=0, bytes_received=0, messages_received=0)
         records[int(pulled[-1])] = measured
+
+
+def kills_due(kills: dict, iteration: int, killed: dict, peers: Any) -> list[str]:
+    """The workers to kill after ``iteration``: the first time it is reached (a retried
+    attempt that passes it again kills no one), among the workers still there."""
+    if iteration in killed or iteration not in kills:
+        return []
+    killed[iteration] = [address for address in kills[iteration] if address in peers]
+    return killed[iteration]
 
 
 # -- the server's side (a coroutine on the server worker's event loop) -----------------------
@@ -271,6 +291,12 @@ class _Server:
         self.bytes_out += 0 if peer == self.resident.address else nbytes
         self.sent[peer] = self.progress.version
         self.sent_w[peer] = self.progress.w  # a step makes a new array: never changed
+
+    def kill(self) -> None:
+        """Emulated failures due after this version: a KILL pull to each victim."""
+        for peer in kills_due(self.job.kills, self.progress.version, self.progress.killed,
+                              self.peers):  # fmt: skip
+            self.resident.post_soon(peer, PULL, KILL, exact=True)
 
     def allowed(self, peer: str) -> bool:
         bound = self.job.staleness
@@ -345,6 +371,7 @@ async def serve(resident: Any, job: AsyncJob, progress: Progress) -> None:
     progress.snapshots.setdefault(progress.version, progress.w.copy())
     try:
         if not progress.stopped:
+            server.kill()  # those due at iteration 0 (w0)
             for peer in server.peers:
                 server.pull(peer)
             await _loop(server)
@@ -366,6 +393,7 @@ async def _loop(server: _Server) -> None:
         if not server.step(started):
             return
         server.release([source])
+        server.kill()
         events = progress.events
         events[-1]["server"]["bytes_sent"], server.bytes_out = server.bytes_out, 0
         events[-1]["server"]["seconds"] = time.perf_counter() - started
