@@ -18,7 +18,8 @@ ps  Parameter server on 4 worker processes x 1 thread, logistic regression, one 
     only, on ``--samples 400000`` by default). 4 worker processes share this machine's
     2 cores: in synchronous rounds the fast workers sit idle while the straggler runs,
     under SSP and async they compute all the time and compete for the cores (a fast
-    push then costs 1.5-2x, measured), which measures the machine, not the algorithm.
+    push then costs more: 1.5-2x reported on a loaded machine), which measures the
+    machine, not the algorithm.
     With ``Emulation(chunk_compute_seconds=c)`` every chunk's gradient is computed for
     real (on small data: 40,000 rows by default) and then the worker sleeps until c has
     passed (the straggler 3 x c): a sleeping worker holds no core. Printed per worker:
@@ -175,7 +176,7 @@ def ps_at_step(client, args, X, y, lr, fraction):
           f"({base / rounds * 1e3:.1f} ms/round, busiest compute "
           f"{float(busiest.median()) * 1e3:.1f} ms; fit {seconds:.2f} s)")  # fmt: skip
     print(f"  {'':<13}compute per round {real_compute(trace)}")
-    print(f"  {'strategy':<26}{'seconds':>9}{'ratio':>8}{'updates':>9}  {'rises':<16}staleness")
+    print(f"  {'strategy':<26}{'seconds':>9}{'ratio':>8}{'updates':>9}  {'rises':<18}staleness")
     for rule in args.step_rules:
         for label, staleness in (("SSP s=2", 2), ("async", None)):
             strategy = get_strategy("parameter-server", staleness=staleness,
@@ -193,7 +194,7 @@ def report(trace, label, target, base, max_updates):
         return
     ratio = reached / base
     verdict = "ok" if ratio <= TARGET_PS else f"above the target {TARGET_PS}"
-    print(f"  {label:<26}{reached:>9.3f}{ratio:>8.2f}{updates:>9}  {rises(trace):<16}"
+    print(f"  {label:<26}{reached:>9.3f}{ratio:>8.2f}{updates:>9}  {rises(trace):<18}"
           f"{staleness_summary(trace)}  [{verdict}]")  # fmt: skip
     print(f"  {'':<26}compute per push {real_compute(trace)}")
 

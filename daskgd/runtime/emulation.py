@@ -18,10 +18,11 @@ emulated compute (``chunk_compute_seconds``)
     then sleeps the rest. A straggler's factor multiplies that time. A sleeping worker
     holds no core, so the figures measure the algorithm, not how many worker processes
     share the machine's cores: with 4 processes on 2 cores a fast worker's real pass
-    costs 1.5-2x more when the others compute at the same time (asynchronous and SSP
+    can cost more when the others compute at the same time (asynchronous and SSP
     parameter servers) than when they sit idle waiting for a straggler (synchronous
-    rounds), which is the machine, not the algorithm. The seconds slept are counted as
-    compute and also as ``emulated_seconds`` (the real cost is the difference).
+    rounds; 1.5-2x reported at loads 13-26), which is the machine, not the algorithm.
+    The seconds slept are counted as compute and also as ``emulated_seconds`` (the
+    real cost is the difference).
 failures
     :class:`daskgd.engine.failures.FailureInjector`, an engine callback, kills a worker
     process (SIGKILL of the pid ``client.run(os.getpid)`` returns) at the end of the

@@ -52,19 +52,22 @@ loss the synchronous server reaches in 30 rounds, as a ratio of its time, and th
 largest rise of the full-data loss above the best before it in 360 updates:
 
     step 0.5/L  SSP s=2                        async
-    secant      0.21-0.22  (2e-16: rounding)   0.16-0.17  (2e-10, at 1e-10 of the optimum)
+    secant      0.21-0.22  (2e-16: rounding)   0.16-0.17  (4e-11 to 2e-10, at 1e-10
+                                                           of the optimum)
     descent     0.43       (rounding)          0.33-0.34  (none)
     mean-age    0.74-0.89  (none)              0.52-0.57  (none)
-    stable      0.41       (+2.9e-3)           0.33       (+4.4e-3)
-    bounded     0.42       (+8.5e-3)           0.28       (+1.1e-2)
-    constant    0.26       (+3.2e-2)           0.21       (+3.3e-2)
-    max-age     1.09       (none)              1.34       (none)
+    stable      0.41-0.43  (+3e-3)             0.33-0.34  (+4.4e-3)
+    bounded     0.38-0.42  (+8e-3)             0.28       (+1e-2)
+    constant    0.26-0.27  (+3.2e-2)           0.21       (+3.3e-2)
+    max-age     1.09-1.12  (none)              1.19-1.34  (none)
     step 1/L
-    secant      0.34-0.35  (rounding)          0.28-0.29  (3e-9, at 4e-10 of the optimum)
-    descent     0.95       (rounding)          0.71-0.72  (none)
-    mean-age    0.93       (+6.7e-3)           0.67       (+6.6e-3)
-    stable      0.93       (+6.7e-3)           0.66       (+6.6e-3)
-    bounded     0.42       (+2.8e-2)           0.36       (+2.8e-2)
+    secant      0.34-0.36  (rounding)          0.28-0.29  (2e-9 to 4e-9, at 4e-10 of
+                                                           the optimum)
+    descent     0.94-0.95  (rounding)          0.71-0.72  (none)
+    mean-age    0.92-0.93  (+6e-3)             0.67-0.68  (+6.6e-3)
+    stable      0.93       (+6.6e-3)           0.66-0.69  (+7e-3 to 9e-3)
+    bounded     0.42-0.43  (+3e-2)             0.36       (+3e-2)
+    max-age     1.19       (+2e-3)             did not reach it (+2e-3)
     constant    did not reach it (+1e-1)       did not reach it (+3e-1)
 
 Damping by the age alone either wastes the updates SSP gains (with a persistent
