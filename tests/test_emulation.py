@@ -323,6 +323,8 @@ def test_cli_flags_build_the_emulation():
     assert emulation.failures == (KillRandomly(0.01), KillAt(0, 20))
     assert args.transfer_dtype == "float16"
     assert emulation_from(cli.build_parser().parse_args(["demo"])) is None
+    compute = emulation_from(cli.build_parser().parse_args(["demo", "--emulated-compute", "20ms"]))
+    assert compute.chunk_compute_seconds == pytest.approx(0.02) and compute.slows_chunks
 
 
 @pytest.mark.parametrize(

@@ -405,10 +405,15 @@ def test_the_cli_runs_a_stale_server(tmp_path):
     path = tmp_path / "ssp.nc"
     result = _cli("demo", "--samples", 6_000, "--features", 4, "--chunks", 4, "--max-iter", 30,
                   "--strategy", "parameter-server", "--staleness", 2, "--learning-rate", 1.0,
-                  "--straggler", "1:3x", "--trace-out", path, "--no-progress")  # fmt: skip
+                  "--straggler", "1:3x", "--step-rule", "descent", "--emulated-compute", "5ms",
+                  "--trace-out", path, "--no-progress")  # fmt: skip
     assert result.returncode == 0, result.stderr
     trace = daskgd.load_trace(path)
     assert trace.attrs["strategy"] == "parameter-server" and trace.attrs["staleness"] == 2
+    assert trace.attrs["step_rule"] == "descent"
+    # 4 chunks on 2 workers: every push computes 2 chunks, at least 5 ms each
+    applied = trace.compute_seconds.where(~np.isnan(trace.staleness))
+    assert float(applied.min()) >= 2 * 0.005 and float(trace.emulated_seconds.max()) > 0
     assert trace.sizes["iteration"] == 31 and "staleness" in trace
 
 
@@ -419,6 +424,8 @@ def test_the_cli_runs_a_stale_server(tmp_path):
         (["--strategy", "parameter-server", "--staleness", "x"], "staleness must be an integer"),
         (["--strategy", "direct", "--staleness", "2"], "--staleness is an option of"),
         (["--strategy", "parameter-server", "--staleness", "none"], "numeric learning_rate"),
+        (["--strategy", "direct", "--step-rule", "descent"], "--step-rule is an option of"),
+        (["--strategy", "parameter-server", "--step-rule", "fast"], "invalid choice: 'fast'"),
     ],
 )
 def test_the_cli_checks_staleness_before_a_cluster_starts(arguments, message):
