@@ -247,8 +247,10 @@ class Session:
             X, y = self.data.X.to_delayed().ravel(), self.data.y.to_delayed().ravel()
             self._chunks = list(zip(*dask.compute(list(X), list(y), scheduler="sync"), strict=True))
         index = range(self.n_blocks) if blocks is None else blocks
+        chunks = [self._chunks[i] for i in index]
         partials = [
-            packed_loss_grad(*self._chunks[i], w, self.model, self.fit_intercept) for i in index
+            packed_loss_grad(X_block, y_block, w, self.model, self.fit_intercept)
+            for X_block, y_block in chunks
         ]
         return tree_sum(partials, self.split_every)
 
