@@ -222,6 +222,22 @@ def test_step_rules_follow_their_formulas():
         stale_step("fast", lr, old)
 
 
+def test_stale_servers_reach_the_l1_optimum_through_the_prox(cluster_client, data):
+    """L1 (a prox in every step, the step rule on the gradient mapping): the SSP and
+    asynchronous servers under a straggler end where mapreduce's proximal gd ends."""
+    X, y = data
+    l1 = {"penalty": "l1", "C": 0.003, "max_iter": 400, "tol": 1e-8}
+    reference = _fit("mapreduce", X, y, **l1)
+    assert (reference.coef_ == 0).any() and (reference.coef_ != 0).any()  # a sparse optimum
+    for staleness in (2, None):
+        strategy = get_strategy("parameter-server", staleness=staleness, emulation=STRAGGLER)
+        model = _fit(strategy, X, y, **l1)
+        loss = float(model.trace_.loss.dropna("iteration")[-1])
+        assert loss - float(reference.trace_.loss[-1]) <= 1e-7, staleness
+        np.testing.assert_allclose(model.coef_, reference.coef_, atol=1e-3)
+        assert ((model.coef_ == 0) == (reference.coef_ == 0)).all(), staleness
+
+
 def test_loss_every_k_updates_is_the_full_data_loss_there_and_nan_between(cluster_client, data):
     X, y = data
     strategy = get_strategy("parameter-server", staleness=None, loss_every=5)
