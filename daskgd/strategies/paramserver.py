@@ -109,10 +109,13 @@ class ParameterServer(ResidentStrategy):
     loss_every : int, default=1
         With staleness != 0, the server keeps every loss_every-th w, whose full-data loss
         is evaluated after the run (the trace's ``loss``; NaN at the others).
-    step_rule : {"mean-age", "max-age", "bounded", "constant"}
-        With staleness != 0, how the step shrinks with the age of the aggregated sums
-        (:func:`daskgd.runtime.server.stale_step`; the default and the measurements
-        behind it in :mod:`daskgd.runtime.server`).
+    step_rule : str, default="secant"
+        One of "secant", "descent", "mean-age", "max-age", "stable", "bounded", "constant".
+        With staleness != 0, how the step shrinks with the staleness of the aggregated
+        sums (:func:`daskgd.runtime.server.stale_step`; the rules, the default and the
+        measurements behind it in :mod:`daskgd.runtime.server`). ``secant``, ``descent``,
+        ``stable`` and ``bounded`` read L of the objective: one more pass before the fit
+        (the top eigenvalue of X'X).
     timeout, transfer_dtype, emulation, tune_cluster
         As for ``direct`` (:class:`daskgd.strategies.direct.Direct`); every wait of a
         worker or of the server is bounded by ``timeout``.
