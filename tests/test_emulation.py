@@ -93,6 +93,27 @@ def test_nonsense_settings_are_rejected():
         Emulation.from_strings(stragglers=["1:3x", "exp:1ms"])
 
 
+@pytest.mark.parametrize("value", [-0.01, math.nan, math.inf, "5ms", True])
+def test_bad_emulated_compute_is_rejected_naming_it(value):
+    with pytest.raises(ValueError, match="chunk_compute_seconds"):
+        Emulation(chunk_compute_seconds=value)
+
+
+def test_emulated_compute_is_a_floor_per_chunk_that_a_straggler_multiplies():
+    from daskgd.runtime.emulation import worker_slowdown
+
+    emulation = Emulation(chunk_compute_seconds=0.01)
+    assert emulation.slows_chunks and emulation.to_attrs()["chunk_compute_seconds"] == 0.01
+    fast, slow = worker_slowdown(emulation, 1.0, 0), worker_slowdown(emulation, 3.0, 1)
+    # 2 chunks really computed in 2 ms: sleep until 2 x 10 ms, the straggler 3 x that
+    assert fast.extra_seconds(0.002, 2) == pytest.approx(0.018)
+    assert slow.extra_seconds(0.002, 2) == pytest.approx(0.058)
+    # real compute above the floor is kept (and multiplied), never cut
+    assert fast.extra_seconds(0.05, 2) == 0.0
+    assert slow.extra_seconds(0.05, 2) == pytest.approx(0.1)
+    assert worker_slowdown(Emulation(), 3.0, 0).extra_seconds(0.01) == pytest.approx(0.02)
+
+
 def test_unknown_worker_is_rejected_before_the_fit_starts(cluster_client):
     X, y = make_classification(2_000, 3, chunks=500, random_state=0)
     for emulation in (Emulation(stragglers={5: 2.0}), Emulation(failures=[KillAt(2, 1)])):
@@ -239,6 +260,32 @@ def test_one_worker_has_no_synchronisation():
             np.testing.assert_allclose(float(parts.run_share.sum()), 1.0)
 
 
+@pytest.mark.parametrize("strategy", ["mapreduce", "direct"])
+def test_emulated_compute_sets_every_workers_compute_time(cluster_client, strategy):
+    """Each chunk takes at least chunk_compute_seconds, the straggler 3x that: the
+    compute time is the emulation's however loaded the machine (chunks of 500 x 4 take
+    microseconds), and the residents report the sleep apart (emulated_seconds)."""
+    X, y = make_classification(4_000, 4, chunks=500, random_state=1)  # 4 chunks a worker
+    chunk = 0.02
+    emulation = Emulation(stragglers={1: 3.0}, chunk_compute_seconds=chunk)
+    trace = _fit(cluster_client, X, y, emulation, max_iter=4, strategy=strategy).trace_
+    compute = trace.compute_seconds.isel(iteration=slice(1, None))
+    straggler, other = sorted(trace.worker.values)[1], sorted(trace.worker.values)[0]
+    assert float(compute.sel(worker=other).min()) >= 4 * chunk
+    assert float(compute.sel(worker=straggler).min()) >= 3 * 4 * chunk
+    ratio = float((compute.sel(worker=straggler) / compute.sel(worker=other)).median())
+    assert 2.5 <= ratio <= 3.5, ratio
+    if strategy == "direct":
+        emulated = trace.emulated_seconds.isel(iteration=slice(1, None))
+        real = compute - emulated
+        assert float(real.min()) >= 0 and float(emulated.sel(worker=straggler).min()) > 0
+        # the sleep is all but the real compute: 2 x the floor more for the straggler
+        gap = emulated.sel(worker=straggler) - emulated.sel(worker=other)
+        assert float(gap.median()) == pytest.approx(2 * 4 * chunk, rel=0.25)
+    else:  # distributed's records: no emulated part, the variable is not there
+        assert "emulated_seconds" not in trace
+
+
 @serial
 def test_random_delays_slow_every_worker(cluster_client):
     X, y = make_classification(10_000, 10, chunks=2_500, random_state=1)
@@ -285,6 +332,8 @@ def test_cli_flags_build_the_emulation():
     assert emulation.failures == (KillRandomly(0.01), KillAt(0, 20))
     assert args.transfer_dtype == "float16"
     assert emulation_from(cli.build_parser().parse_args(["demo"])) is None
+    compute = emulation_from(cli.build_parser().parse_args(["demo", "--emulated-compute", "20ms"]))
+    assert compute.chunk_compute_seconds == pytest.approx(0.02) and compute.slows_chunks
 
 
 @pytest.mark.parametrize(

@@ -51,6 +51,13 @@ def add_emulation_options(parser: argparse.ArgumentParser) -> None:
         "random delays per chunk (repeatable)",
     )
     group.add_argument(
+        "--emulated-compute",
+        type=_checked(emulation.parse_duration, unit=True),
+        metavar="TIME",
+        help="emulated compute: every chunk's gradient takes at least TIME (computed, then "
+        "the rest slept; a straggler's factor multiplies it), e.g. 20ms",
+    )
+    group.add_argument(
         "--fail",
         action="append",
         type=_checked(emulation.parse_failure),
@@ -70,8 +77,14 @@ def add_emulation_options(parser: argparse.ArgumentParser) -> None:
 
 def emulation_from(args: argparse.Namespace) -> Any:
     """The Emulation the flags ask for, or None."""
-    if not (args.latency or args.bandwidth or args.straggler or args.fail):
+    compute = getattr(args, "emulated_compute", None)
+    if not (args.latency or args.bandwidth or args.straggler or args.fail or compute):
         return None
-    from daskgd.runtime.emulation import Emulation
+    import dataclasses
 
-    return Emulation.from_strings(args.latency, args.bandwidth, args.straggler, args.fail)
+    from daskgd.runtime.emulation import Emulation, parse_duration
+
+    emulation = Emulation.from_strings(args.latency, args.bandwidth, args.straggler, args.fail)
+    if compute:
+        emulation = dataclasses.replace(emulation, chunk_compute_seconds=parse_duration(compute))
+    return emulation

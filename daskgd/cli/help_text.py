@@ -31,6 +31,7 @@ UNSET: dict[tuple[str | None, str], str] = {
     (None, "--bandwidth"): "not limited",
     (None, "--straggler"): "no straggler",
     (None, "--fail"): "no failure",
+    (None, "--emulated-compute"): "the real compute only",
 }
 
 

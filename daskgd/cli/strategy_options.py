@@ -1,5 +1,5 @@
-"""The CLI's strategy options beyond ``--strategy``: ``--staleness`` (parameter server),
-``--topology`` (gossip), ``--local-steps`` (local SGD)."""
+"""The CLI's strategy options beyond ``--strategy``: ``--staleness`` and ``--step-rule``
+(parameter server), ``--topology`` (gossip), ``--local-steps`` (local SGD)."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ def staleness_value(text: str) -> int | None:
 #: (attribute, option, the strategy it belongs to)
 _OWNERS = (
     ("staleness", "--staleness", "parameter-server"),
+    ("step_rule", "--step-rule", "parameter-server"),
     ("topology", "--topology", "gossip"),
     ("local_steps", "--local-steps", "local-sgd"),
 )
@@ -43,6 +44,16 @@ def add_strategy_options(group: Any) -> None:
         help="with --strategy parameter-server: 0 synchronous (default), S a worker at most S "
         "steps ahead of the slowest (SSP), 'none' asynchronous; needs a numeric "
         "--learning-rate unless 0",
+    )
+    from daskgd.runtime.server import DEFAULT_STEP_RULE, STEP_RULES
+
+    group.add_argument(
+        "--step-rule",
+        choices=STEP_RULES,
+        default=argparse.SUPPRESS,
+        help="with --strategy parameter-server and a staleness != 0: how the step shrinks "
+        f"with the staleness of the aggregated sums (default: {DEFAULT_STEP_RULE}; "
+        "docs/architecture.md)",
     )
     group.add_argument(
         "--topology",
@@ -62,7 +73,8 @@ def add_strategy_options(group: Any) -> None:
 def strategy_parameters(args: argparse.Namespace) -> dict:
     """The estimator's strategy, transfer_dtype and emulation from the flags.
 
-    With a strategy's own option (``--staleness``, ``--topology``, ``--local-steps``) the
+    With a strategy's own option (``--staleness``, ``--step-rule``, ``--topology``,
+    ``--local-steps``) the
     strategy is configured here (``get_strategy``), carrying the codec and the emulation,
     which the estimator then must not be given again; an option given with another
     strategy is an error (before a cluster starts).

@@ -242,7 +242,7 @@ class GradientDescentEstimator(BaseEstimator):
         if self.verbose:
             callbacks = [ProgressBar(f"daskgd {optimizer.name}"), *callbacks]
         emulation = strategy.emulation
-        if emulation is not None and emulation.failures:
+        if emulation is not None and emulation.failures and not strategy.injects_failures:
             callbacks = [*callbacks, FailureInjector(client, emulation, timeout=self.timeout)]
         instrumentation = None
         if self.instrument and client is not None and not strategy.self_measured:

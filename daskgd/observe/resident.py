@@ -67,6 +67,24 @@ def _wait_split_and_stragglers(data_vars: dict, active: np.ndarray, rule: dict) 
     return out
 
 
+def _optional_variables(records: Sequence[Any], workers: list[str]) -> dict:
+    """``staleness`` where a strategy recorded it, ``emulated_seconds`` where the
+    emulation slept (other traces are unchanged)."""
+    cells, out = ("iteration", "worker"), {}
+    if any("staleness" in m for r in records for m in (r.worker_measures or {}).values()):
+        out["staleness"] = (cells, _table(records, workers, "staleness"), {
+            "long_name": "updates (parameter server) or evaluations (backup workers) since "
+            "the partial sum applied was computed; NaN where none of the worker's was",
+            "units": "1"})  # fmt: skip
+    emulated = _table(records, workers, "emulated_seconds")
+    if np.nansum(emulated) > 0:
+        out["emulated_seconds"] = (cells, emulated, {
+            "long_name": "part of compute_seconds slept by the emulation (straggler, "
+            "emulated compute); compute_seconds minus it is what the compute really cost",
+            "units": "s"})  # fmt: skip
+    return out
+
+
 def resident_worker_dataset(
     records: Sequence[Any], *, client: Any = None, **rule: Any
 ) -> xr.Dataset:
@@ -94,11 +112,7 @@ def resident_worker_dataset(
         description, units = WORKER_VARIABLES[name]
         data_vars[name] = (cells, _table(records, workers, name), {"long_name": description,
                                                                    "units": units})  # fmt: skip
-    if any("staleness" in m for r in records for m in (r.worker_measures or {}).values()):
-        data_vars["staleness"] = (cells, _table(records, workers, "staleness"), {
-            "long_name": "updates (parameter server) or evaluations (backup workers) since "
-            "the partial sum applied was computed; NaN where none of the worker's was",
-            "units": "1"})  # fmt: skip
+    data_vars.update(_optional_variables(records, workers))
     compute = data_vars["compute_seconds"][1]
     active = ~np.isnan(compute)
     data_vars["n_tasks"] = (cells, active.astype(np.int64), {"long_name": "requests served",

@@ -13,6 +13,16 @@ stragglers
     The plugin gives each worker a slowdown; the chunk task (wrapped by the strategy
     only when emulation is on) sleeps ``(factor - 1) x`` its measured compute time,
     plus a random delay drawn from a seeded distribution when one is given.
+emulated compute (``chunk_compute_seconds``)
+    Every chunk's gradient takes at least this long: the worker computes it for real,
+    then sleeps the rest. A straggler's factor multiplies that time. A sleeping worker
+    holds no core, so the figures measure the algorithm, not how many worker processes
+    share the machine's cores: with 4 processes on 2 cores a fast worker's real pass
+    can cost more when the others compute at the same time (asynchronous and SSP
+    parameter servers) than when they sit idle waiting for a straggler (synchronous
+    rounds; 1.5-2x reported at loads 13-26), which is the machine, not the algorithm.
+    The seconds slept are counted as compute and also as ``emulated_seconds`` (the
+    real cost is the difference).
 failures
     :class:`daskgd.engine.failures.FailureInjector`, an engine callback, kills a worker
     process (SIGKILL of the pid ``client.run(os.getpid)`` returns) at the end of the
@@ -226,6 +236,9 @@ class Emulation:
         ``{worker index or address: slowdown factor >= 1}``, or a random extra delay
         per chunk task on every worker.
     failures : sequence of KillAt, or KillRandomly, or None
+    chunk_compute_seconds : float, default=0
+        Emulated compute: each chunk's gradient takes at least this long on every
+        worker (computed for real, then the rest slept), times a straggler's factor.
 
     Examples
     --------
@@ -237,6 +250,7 @@ class Emulation:
     bandwidth_bytes_per_second: float = math.inf
     stragglers: Any = None
     failures: Any = None
+    chunk_compute_seconds: float = 0.0
     _slowdowns: tuple = field(default=(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -249,6 +263,11 @@ class Emulation:
             raise ValueError(f"bandwidth_bytes_per_second must be a number, got {bandwidth!r}")
         if not bandwidth > 0:
             raise ValueError(f"bandwidth_bytes_per_second must be > 0, got {bandwidth!r}")
+        chunk = self.chunk_compute_seconds
+        if isinstance(chunk, bool) or not isinstance(chunk, (int, float)):
+            raise ValueError(f"chunk_compute_seconds must be a number, got {chunk!r}")
+        if not (math.isfinite(chunk) and chunk >= 0):
+            raise ValueError(f"chunk_compute_seconds must be >= 0 and finite, got {chunk!r}")
         stragglers = self.stragglers
         slowdowns: tuple = ()
         if isinstance(stragglers, Mapping):
@@ -315,7 +334,8 @@ class Emulation:
 
     @property
     def slows_chunks(self) -> bool:
-        return bool(self._slowdowns) or isinstance(self.stragglers, RandomDelay)
+        return (bool(self._slowdowns) or isinstance(self.stragglers, RandomDelay)
+                or self.chunk_compute_seconds > 0)  # fmt: skip
 
     def resolve(self, workers: Sequence[str]) -> dict[str, float]:
         """``{address: factor}`` of the stragglers among ``workers`` (sorted addresses).
@@ -353,6 +373,7 @@ class Emulation:
             "bandwidth_bytes_per_second": bandwidth if math.isfinite(bandwidth) else None,
             "stragglers": stragglers,
             "failures": failures,
+            "chunk_compute_seconds": float(self.chunk_compute_seconds),
         }
 
 
@@ -376,13 +397,17 @@ STATE_ATTRIBUTE = "_daskgd_emulation"
 
 
 class _WorkerState:
-    def __init__(self, factor: float, delay: RandomDelay | None, index: int):
+    def __init__(self, factor: float, delay: RandomDelay | None, index: int,
+                 chunk_seconds: float = 0.0):  # fmt: skip
         self.factor = factor
         self.delay = delay
+        self.chunk_seconds = chunk_seconds
         self.rng = np.random.default_rng([delay.seed, index]) if delay is not None else None
 
-    def extra_seconds(self, compute_seconds: float) -> float:
-        extra = (self.factor - 1.0) * compute_seconds
+    def extra_seconds(self, compute_seconds: float, n_chunks: int = 1) -> float:
+        """Seconds to sleep after ``n_chunks`` chunks really computed in ``compute_seconds``."""
+        emulated = max(compute_seconds, n_chunks * self.chunk_seconds)
+        extra = emulated - compute_seconds + (self.factor - 1.0) * emulated
         if self.delay is not None and self.rng is not None:
             extra += self.delay.draw(self.rng)
         return extra
@@ -395,7 +420,7 @@ def worker_slowdown(emulation: Emulation, factor: float, index: int) -> _WorkerS
     (a worker that joined later gets ``len(workers)``), which seeds its generator.
     """
     delay = emulation.stragglers if isinstance(emulation.stragglers, RandomDelay) else None
-    return _WorkerState(float(factor), delay, index)
+    return _WorkerState(float(factor), delay, index, float(emulation.chunk_compute_seconds))
 
 
 class EmulationPlugin(WorkerPlugin):
@@ -410,6 +435,7 @@ class EmulationPlugin(WorkerPlugin):
         self.bandwidth = float(emulation.bandwidth_bytes_per_second)
         self.slowdowns = dict(slowdowns)
         self.delay = emulation.stragglers if isinstance(emulation.stragglers, RandomDelay) else None
+        self.chunk_seconds = float(emulation.chunk_compute_seconds)
         self.workers = sorted(workers)
         self.network = emulation.network
 
@@ -420,7 +446,8 @@ class EmulationPlugin(WorkerPlugin):
         # a worker that joined later (a restarted one) draws from a generator of its own
         workers = self.workers
         index = workers.index(worker.address) if worker.address in workers else len(workers)
-        state = _WorkerState(self.slowdowns.get(worker.address, 1.0), self.delay, index)
+        factor = self.slowdowns.get(worker.address, 1.0)
+        state = _WorkerState(factor, self.delay, index, self.chunk_seconds)
         setattr(worker, STATE_ATTRIBUTE, state)
         self._originals = {name: worker.handlers[name] for name in ("update_data", "get_data")}
         if not self.network:

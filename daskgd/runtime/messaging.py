@@ -44,6 +44,8 @@ MEASURES = (
     # the client's share of the bytes above: w (or a call's arguments) in, sums out
     "bytes_from_client",
     "bytes_to_client",
+    # the part of compute_seconds that was an emulated sleep (a straggler, emulated compute)
+    "emulated_seconds",
 )
 
 
@@ -95,6 +97,7 @@ class Meter:
     messages_received: int
     bytes_from_client: int
     bytes_to_client: int
+    emulated_seconds: float
 
     def __init__(self) -> None:
         self.reset()

@@ -187,8 +187,11 @@ class Resident:
 
         ``blocks`` are global chunk indices; the resident sums those it holds, in the
         order given (a repeated index counts twice), and ignores the others. An emulated
-        straggler then sleeps ``(factor - 1)`` times the compute (plus its random delay),
-        unless ``slowed`` is False (a measurement after the fit, outside the algorithm).
+        straggler then sleeps ``(factor - 1)`` times the compute (plus its random delay;
+        with emulated compute, the compute is at least ``chunk_compute_seconds`` per
+        chunk, the rest slept), unless ``slowed`` is False (a measurement after the fit,
+        outside the algorithm). The seconds slept count as compute and as
+        ``meter.emulated_seconds``.
         """
         w = self._check_w(w)
         chosen = self.blocks if blocks is None else self._held(blocks)
@@ -202,9 +205,10 @@ class Resident:
             partial = packed_loss_grad(X, y, w, model=self.model, fit_intercept=self.fit_intercept)
             total += partial[0]
         if self._slowdown is not None and slowed:
-            extra = self._slowdown.extra_seconds(time.perf_counter() - start)
+            extra = self._slowdown.extra_seconds(time.perf_counter() - start, len(chosen))
             if extra > 0:
                 time.sleep(extra)
+                self.meter.emulated_seconds += extra
         self.meter.compute_seconds += time.perf_counter() - start
         return total
 

@@ -104,6 +104,9 @@ class Strategy:
     #: The workers time their own compute, communication and waits and count their
     #: bytes (resident strategies); otherwise distributed's records are read.
     self_measured: ClassVar[bool] = False
+    #: The strategy applies ``emulation.failures`` itself, inside its loop (the
+    #: estimator then adds no FailureInjector callback).
+    injects_failures: ClassVar[bool] = False
 
     def __init__(
         self,

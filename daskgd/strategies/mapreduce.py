@@ -248,7 +248,10 @@ class Session:
             self._chunks = list(zip(*dask.compute(list(X), list(y), scheduler="sync"), strict=True))
         index = range(self.n_blocks) if blocks is None else blocks
         chunks = [self._chunks[i] for i in index]
-        partials = [packed_loss_grad(X, y, w, self.model, self.fit_intercept) for X, y in chunks]
+        partials = [
+            packed_loss_grad(X_block, y_block, w, self.model, self.fit_intercept)
+            for X_block, y_block in chunks
+        ]
         return tree_sum(partials, self.split_every)
 
     def _pinned_graph(self, weights: Any, blocks: Sequence[int] | None, prefix: str) -> Any:

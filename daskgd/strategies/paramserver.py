@@ -20,10 +20,10 @@ partial sums, adds them in rank order and takes one optimizer step (the driver's
 :func:`~daskgd.engine.steps.next_iterate`, run on the server): the same iterates as
 ``mapreduce`` within rounding, gd's backtracking included (a trial point is one more
 round). ``staleness=s >= 1`` or ``None``: one update per push, with the aggregated
-gradient of every worker's latest sum and the step ``learning_rate / (1 + staleness of
-that aggregate)`` (the rows-weighted mean age of its sums), at most s steps between
-the fastest and the slowest worker for SSP; see :mod:`daskgd.runtime.server` for the
-rule, why, and the stopping rule.
+gradient of every worker's latest sum and a step that shrinks with how far w moved
+since those sums were computed (``step_rule``, default ``'secant'``), at most s steps
+between the fastest and the slowest worker for SSP; see :mod:`daskgd.runtime.server`
+for the rules, the measurements behind the default, and the stopping rule.
 
 What the trace records. ``iteration`` is one server update (a round for staleness=0);
 ``staleness`` per (iteration, worker) is the updates between the w a worker computed
@@ -50,13 +50,19 @@ what is lost is the gradients in flight (computed, not yet applied) and the dead
 worker's latest sum (the first update after the rebuild waits for a fresh sum from
 every worker). For staleness=0 the iterates are those of an undisturbed fit. A lost
 server loses w: the fit stops with :class:`~daskgd.runtime.server.ServerLostError`.
-Callbacks see the iterations after the run (they are not in the loop); emulated
-failures (which fire from a callback) are therefore rejected.
+Callbacks see the iterations after the run (they are not in the loop), so emulated
+failures (``KillAt``, ``KillRandomly``) are the server's to send: the client plans
+them before the run (:func:`kill_plan`, among the workers at its start), and after
+update t the server sends each victim a KILL pull, on which that worker SIGKILLs its
+own process (the server's own worker: the fit stops with ServerLostError); the fit
+then goes on as above. Trace attr ``workers_killed``: [[iteration, address], ...].
 """
 
 from __future__ import annotations
 
 import math
+import os
+import signal
 import time
 import uuid
 from collections.abc import Sequence
@@ -73,6 +79,7 @@ from daskgd.models.objective import Objective
 from daskgd.optim.base import Optimizer
 from daskgd.runtime import server as ps
 from daskgd.runtime.codecs import Codec
+from daskgd.runtime.emulation import KillAt, _address
 from daskgd.strategies.base import Capabilities, FitProblem, objective_for, register_strategy
 from daskgd.strategies.direct import DEFAULT_TIMEOUT_SECONDS, ResidentSession, ResidentStrategy
 
@@ -102,18 +109,33 @@ class ParameterServer(ResidentStrategy):
     loss_every : int, default=1
         With staleness != 0, the server keeps every loss_every-th w, whose full-data loss
         is evaluated after the run (the trace's ``loss``; NaN at the others).
+    step_rule : str, default="secant"
+        One of "secant", "descent", "mean-age", "max-age", "stable", "bounded", "constant".
+        With staleness != 0, how the step shrinks with the staleness of the aggregated
+        sums (:func:`daskgd.runtime.server.stale_step`; the rules, the default and the
+        measurements behind it in :mod:`daskgd.runtime.server`). ``secant``, ``descent``,
+        ``stable`` and ``bounded`` read L of the objective: one more pass before the fit
+        (the top eigenvalue of X'X).
     timeout, transfer_dtype, emulation, tune_cluster
         As for ``direct`` (:class:`daskgd.strategies.direct.Direct`); every wait of a
         worker or of the server is bounded by ``timeout``.
     """
 
     name = "parameter-server"
+    #: the server sends the emulated failures itself (its callbacks run after the loop)
+    injects_failures = True
 
     def __init__(self, *, staleness: int | None = 0, loss_every: int = 1,
+                 step_rule: str = ps.DEFAULT_STEP_RULE,
                  timeout: float = DEFAULT_TIMEOUT_SECONDS,
                  transfer_dtype: str | Codec | None = None, emulation: Any = None,
                  tune_cluster: bool = True):  # fmt: skip
         self.staleness = _check_staleness(staleness)
+        if step_rule not in ps.STEP_RULES:
+            raise ValueError(
+                f"unknown step_rule {step_rule!r}; choose one of {', '.join(ps.STEP_RULES)}"
+            )
+        self.step_rule = step_rule
         if isinstance(loss_every, bool) or not isinstance(loss_every, int) or loss_every < 1:
             raise ValueError(f"loss_every must be an integer >= 1, got {loss_every!r}")
         super().__init__(timeout=timeout, transfer_dtype=transfer_dtype, emulation=emulation,
@@ -154,14 +176,13 @@ class ParameterServer(ResidentStrategy):
                 f"strategy 'parameter-server' with staleness={self.staleness} cannot offer "
                 "(its workers compute at different w): give a numeric learning_rate"
             )
-        if self.emulation is not None and self.emulation.failures:
-            raise ValueError(
-                "emulated failures are not supported by strategy 'parameter-server': they "
-                "fire from a callback, and its callbacks see the steps after the run"
-            )
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "staleness": self.staleness, "loss_every": self.loss_every}
+        described = {**super().describe(), "staleness": self.staleness,
+                     "loss_every": self.loss_every}  # fmt: skip
+        if not self.synchronous:
+            described["step_rule"] = self.step_rule
+        return described
 
     def run(self, problem: FitProblem, optimizer: Optimizer, stopping: Stopping,
             callbacks: Sequence[Callback] = (), *, info: dict | None = None,
@@ -172,7 +193,9 @@ class ParameterServer(ResidentStrategy):
         with StarSession(self, problem) as session:
             runtime = session.runtime
             objective = objective_for(problem, session.top_gram_eigenvalue)
-            objective = objective.resolved(optimizer.needs_lipschitz)
+            # the 'bounded' step rule reads L: one more pass (the top eigenvalue of X'X)
+            needs_l = not self.synchronous and self.step_rule in ps.NEEDS_LIPSCHITZ
+            objective = objective.resolved(optimizer.needs_lipschitz or needs_l)
             info = {**(info or {}), **self.describe(), **session.describe(), "loss_rows": "all",
                     "max_iter": stopping.max_iter, "tol": stopping.tol}  # fmt: skip
             for callback in callbacks:
@@ -199,8 +222,9 @@ class ParameterServer(ResidentStrategy):
         return self.timeout * (stopping.max_iter + 2)
 
     def _run_sync(self, runtime, server, optimizer, objective, w0, stopping, result) -> None:
+        kills = kill_plan(self.emulation, runtime.workers, stopping.max_iter)
         job = SyncJob(uuid.uuid4().hex, server, optimizer, objective, w0, stopping.max_iter,
-                      stopping.tol)  # fmt: skip
+                      stopping.tol, kills)  # fmt: skip
         results = runtime.call_with(_sync_run, (job,), timeout=self._bound(stopping))
         progress: SyncProgress = results[server]["progress"]
         records = {address: reply["records"] for address, reply in results.items()}
@@ -209,14 +233,17 @@ class ParameterServer(ResidentStrategy):
         iterate = progress.iterate
         result.w, result.state, result.n_iter = iterate.params, iterate.state, progress.iteration
         result.stalled = progress.stalled
+        result.info["workers_killed"] = _killed(progress.killed)
         result.optimality = float(iterate.optimality)
         result.converged = bool(iterate.optimality <= stopping.tol)
 
     def _run_async(self, runtime, server, optimizer, objective, w0, stopping, result) -> None:
         step = float(optimizer.initial_step(objective))
+        lipschitz = float(objective.lipschitz) if self.step_rule in ps.NEEDS_LIPSCHITZ else None
+        kills = kill_plan(self.emulation, runtime.workers, stopping.max_iter)
         job = ps.AsyncJob(uuid.uuid4().hex, server, self.staleness, step, objective, w0,
-                          stopping.max_iter, stopping.tol, self.loss_every,
-                          self.timeout)  # fmt: skip
+                          stopping.max_iter, stopping.tol, self.loss_every, self.timeout,
+                          self.step_rule, lipschitz, kills)  # fmt: skip
         results = runtime.call_with(ps.run_async, (job,), timeout=self._bound(stopping))
         progress: ps.Progress = results[server]["progress"]
         records = {address: reply["records"] for address, reply in results.items()}
@@ -228,6 +255,33 @@ class ParameterServer(ResidentStrategy):
         result.optimality = last["optimality"]
         result.converged = bool(last["optimality"] <= stopping.tol)
         result.info["stopped_by"] = progress.stopped
+        result.info["workers_killed"] = _killed(progress.killed)
+
+
+def kill_plan(emulation: Any, workers: Sequence[str], max_iter: int) -> dict[int, tuple]:
+    """{iteration: workers to kill after it} of the emulated failures, chosen as
+    :class:`~daskgd.engine.failures.FailureInjector` does but before the run, among the
+    workers at its start (sorted addresses): ``KillRandomly`` draws for every iteration
+    up to max_iter; at most all workers but one at an iteration."""
+    if emulation is None or not emulation.failures:
+        return {}
+    workers = sorted(workers)
+    plan: dict[int, set] = {}
+    for failure in emulation.failures:
+        if isinstance(failure, KillAt):
+            plan.setdefault(int(failure.iteration), set()).add(_address(failure.worker, workers))
+            continue
+        rng = np.random.default_rng(failure.seed)
+        for iteration in range(max_iter + 1):
+            draws = rng.random(len(workers))
+            chosen = {w for w, u in zip(workers, draws, strict=True) if u < failure.probability}
+            plan.setdefault(iteration, set()).update(chosen)
+    return {t: tuple(sorted(v)[: len(workers) - 1]) for t, v in plan.items() if v}
+
+
+def _killed(killed: dict) -> list[list]:
+    """[[iteration, address], ...] of the KILLs the server sent (the trace attr)."""
+    return [[int(t), address] for t, victims in sorted(killed.items()) for address in victims]
 
 
 class StarSession(ResidentSession):
@@ -256,6 +310,7 @@ class SyncJob:
     w0: np.ndarray
     max_iter: int
     tol: float
+    kills: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -268,6 +323,7 @@ class SyncProgress:
     stalled: bool = False
     rows: list = field(default_factory=list)
     started_at: float = field(default_factory=time.time)
+    killed: dict = field(default_factory=dict)  # as ps.Progress.killed
 
 
 def _sync_run(resident: Any, job: SyncJob) -> dict:
@@ -299,6 +355,7 @@ def _sync_rounds(resident, job: SyncJob, progress: SyncProgress, records, others
         progress.iterate = first_iterate(optimizer, objective, job.w0, evaluate)
         check_finite(progress.iterate, 0)
         progress.rows.append(_row(0, progress.iterate, ids))
+    _kill(resident, job, progress)
     while not progress.iterate.optimality <= job.tol and progress.iteration < job.max_iter:
         new = next_iterate(optimizer, objective, progress.iterate, evaluate)
         if new.state.stalled:
@@ -308,6 +365,18 @@ def _sync_rounds(resident, job: SyncJob, progress: SyncProgress, records, others
         progress.iteration += 1
         progress.iterate = new
         progress.rows.append(_row(progress.iteration, new, ids))
+        _kill(resident, job, progress)
+
+
+def _kill(resident: Any, job: SyncJob, progress: SyncProgress) -> None:
+    """Emulated failures due after this iteration: a KILL pull to each victim (ordered
+    before the next round's w); the server's own worker dies at once."""
+    victims = ps.kills_due(job.kills, progress.iteration, progress.killed, resident.peers)
+    for peer in victims:
+        if peer != resident.address:
+            resident.send(peer, ps.PULL, ps.KILL, wait=False, exact=True)
+    if resident.address in victims:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _round(resident, progress: SyncProgress, records: dict, others: list[str], ids: list):
