@@ -50,11 +50,14 @@ def has_resident_measures(records: Sequence[Any]) -> bool:
     return any(getattr(record, "worker_measures", None) for record in records)
 
 
-def _wait_split_and_stragglers(data_vars: dict, active: np.ndarray, rule: dict) -> dict:
+def _wait_split_and_stragglers(
+    data_vars: dict, active: np.ndarray, rule: dict, data_bytes: np.ndarray
+) -> dict:
     """``sync_seconds``, ``overhead_seconds`` and ``straggler`` from the residents' compute
-    and wait (:mod:`daskgd.observe.stragglers`). The residents time compute per
-    request, not per chunk: their compute seconds are compared (a resident's chunks do
-    not change during a fit)."""
+    and wait (:mod:`daskgd.observe.stragglers`). The straggler rule compares compute per
+    byte of the chunks summed (``data_bytes``, as mapreduce's per-task pace): a worker
+    holding more rows than the others (a survivor after a rebuild) is not slow for that;
+    where no bytes were recorded, the compute seconds themselves."""
     cells = ("iteration", "worker")
     compute, wait = data_vars["compute_seconds"][1], data_vars["wait_seconds"][1]
     sync, overhead = sync_and_overhead(compute, wait, active)
@@ -62,7 +65,11 @@ def _wait_split_and_stragglers(data_vars: dict, active: np.ndarray, rule: dict) 
     for name, values in (("sync_seconds", sync), ("overhead_seconds", overhead)):
         description, units = WORKER_VARIABLES[name]
         out[name] = (cells, values, {"long_name": description, "units": units})
-    flags = straggler_flags(np.nan_to_num(compute), active, **rule)
+    pace = None
+    if np.nansum(data_bytes) > 0:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            pace = np.where(data_bytes > 0, compute / data_bytes, np.nan)
+    flags = straggler_flags(np.nan_to_num(compute), active, pace=pace, **rule)
     out["straggler"] = (cells, flags, straggler_attrs(rule))
     return out
 
@@ -117,7 +124,8 @@ def resident_worker_dataset(
     active = ~np.isnan(compute)
     data_vars["n_tasks"] = (cells, active.astype(np.int64), {"long_name": "requests served",
                                                              "units": "1"})  # fmt: skip
-    data_vars.update(_wait_split_and_stragglers(data_vars, active, rule))
+    data_bytes = _table(records, workers, "data_bytes")
+    data_vars.update(_wait_split_and_stragglers(data_vars, active, rule, data_bytes))
     data_vars.update(memory_variables(workers, memory))
     from_client = np.nansum(_table(records, workers, "bytes_from_client"), axis=1)
     to_client = np.nansum(_table(records, workers, "bytes_to_client"), axis=1)

@@ -46,6 +46,9 @@ MEASURES = (
     "bytes_to_client",
     # the part of compute_seconds that was an emulated sleep (a straggler, emulated compute)
     "emulated_seconds",
+    # bytes of the chunks summed (the straggler rule compares compute per byte: a worker
+    # holding more rows, e.g. a survivor after a rebuild, is not slow for that)
+    "data_bytes",
 )
 
 
@@ -98,6 +101,7 @@ class Meter:
     bytes_from_client: int
     bytes_to_client: int
     emulated_seconds: float
+    data_bytes: int
 
     def __init__(self) -> None:
         self.reset()

@@ -161,6 +161,7 @@ class Resident:
         self.meter = Meter()
         self.mailbox = Mailbox()
         self._chunks = dict(chunks)
+        self._nbytes = {block: _nbytes(X) + _nbytes(y) for block, (X, y) in self._chunks.items()}
         self._loop = loop
         self._rpc = rpc
         self._call = 0
@@ -204,6 +205,7 @@ class Resident:
             X, y = chunk
             partial = packed_loss_grad(X, y, w, model=self.model, fit_intercept=self.fit_intercept)
             total += partial[0]
+            self.meter.data_bytes += self._nbytes[block]
         if self._slowdown is not None and slowed:
             extra = self._slowdown.extra_seconds(time.perf_counter() - start, len(chosen))
             if extra > 0:
@@ -562,3 +564,10 @@ class Resident:
         self._chunks.clear()
         self.state = {}
         self._residual = None
+
+
+def _nbytes(array: Any) -> int:
+    """Bytes of a dense chunk, or of a CSR chunk's three arrays."""
+    if hasattr(array, "indptr"):
+        return int(array.data.nbytes + array.indices.nbytes + array.indptr.nbytes)
+    return int(np.asarray(array).nbytes)

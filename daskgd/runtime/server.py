@@ -125,7 +125,7 @@ KILL = np.array([-1.0])
 STATE = "daskgd-ps"
 _TIMED = ("compute_seconds", "communication_seconds", "wait_seconds", "bytes_sent",
           "bytes_received", "messages_sent", "messages_received",
-          "emulated_seconds")  # fmt: skip
+          "emulated_seconds", "data_bytes")  # fmt: skip
 
 
 #: The step rules of a stale server (``step_rule=``); those in NEEDS_LIPSCHITZ read L.
