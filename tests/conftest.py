@@ -1,8 +1,10 @@
 """Shared pytest fixtures for the daskgd test suite.
 
 Dask clusters
-    cluster_client (session)      a ``distributed.Client`` on a ``LocalCluster`` of 2 worker
-                                  processes with 1 thread each, started once per session.
+    cluster_client (function)     a ``distributed.Client`` on a ``LocalCluster`` of 2 worker
+                                  processes with 1 thread each, started once per session (a
+                                  new one if a test broke that cluster beyond repair).
+    session_client (session)      the session's first such Client, for module fixtures.
     client (function)             the same kind of Client, made current for the test; after the
                                   test it checks that the cluster still has exactly 2 workers and
                                   repairs it if not (waits for nanny restarts, rescales, or as a
@@ -216,8 +218,20 @@ def _session_cluster() -> Iterator[_SessionCluster]:
 
 
 @pytest.fixture(scope="session")
+def session_client(_session_cluster: _SessionCluster):
+    """The session's first Client, for module-scoped fixtures that place data on it."""
+    return _session_cluster.client
+
+
+@pytest.fixture
 def cluster_client(_session_cluster: _SessionCluster):
-    """A Client on a LocalCluster with 2 worker processes, 1 thread each (session scope)."""
+    """The session's Client on a LocalCluster with 2 worker processes, 1 thread each.
+
+    Looked up for every test: a test that broke the cluster beyond repair made the
+    ``client`` fixture start a new one (seen: "Client is closed" in a later test that
+    held the first client for the session)."""
+    if _session_cluster.client is None or _session_cluster.client.status != "running":
+        _session_cluster.ensure()
     return _session_cluster.client
 
 

@@ -85,10 +85,10 @@ def _fit(client, X, y, transfer_dtype):
 
 
 @pytest.fixture(scope="module")
-def fits(cluster_client):
+def fits(session_client):
     X, y = make_classification(20_000, N_FEATURES, chunks=5_000, random_state=5)
     names = ["float64", "float32", "float16", "bfloat16", "int8", "topk:0.25"]
-    return {name: _fit(cluster_client, X, y, name) for name in names}
+    return {name: _fit(session_client, X, y, name) for name in names}
 
 
 def test_bytes_per_iteration_drop_by_the_codec_factor(fits):

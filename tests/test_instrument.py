@@ -59,8 +59,8 @@ def problem():
 
 
 @pytest.fixture(scope="module")
-def data(cluster_client, problem):
-    return distribute(*problem, cluster_client, chunks_per_worker=2)
+def data(session_client, problem):
+    return distribute(*problem, session_client, chunks_per_worker=2)
 
 
 def fit(data, model, callbacks, max_iter=4):

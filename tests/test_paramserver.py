@@ -40,7 +40,7 @@ def _fit(strategy, X, y, **options):
 
 
 @pytest.fixture(scope="module")
-def data(cluster_client):
+def data(session_client):
     return make_classification(8_000, 6, chunks=1_000, random_state=5)
 
 

@@ -14,7 +14,7 @@ from daskgd.strategies import get_strategy
 
 
 @pytest.fixture(scope="module")
-def data(cluster_client):
+def data(session_client):
     return make_classification(40_000, 8, chunks=5_000, random_state=1)
 
 

@@ -133,9 +133,9 @@ def runs_on_worker(dask_worker=None):
 
 
 @pytest.fixture(scope="module")
-def classification(cluster_client):
+def classification(session_client):
     X, y = _problem(0)
-    return X, y, distribute(X, y, cluster_client, chunks_per_worker=3)
+    return X, y, distribute(X, y, session_client, chunks_per_worker=3)
 
 
 @pytest.fixture(scope="module")

@@ -50,7 +50,7 @@ def _estimators():
 
 
 @pytest.fixture(scope="module")
-def datasets(cluster_client):
+def datasets(session_client):
     binary = make_classification(6_000, 8, chunks=1_000, random_state=1)
     multiclass = make_classification(6_000, 8, n_classes=3, chunks=1_000, random_state=2)
     regression = make_regression(6_000, 8, chunks=1_000, random_state=3)
