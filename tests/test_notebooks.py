@@ -22,6 +22,10 @@ def test_there_are_notebooks():
     assert NOTEBOOKS, "no notebooks found in notebooks/"
 
 
+#: Bytes an executed notebook may take (00-tour: 1.76 MB measured; 3.5 MB when BokehJS
+#: was published twice, as bokeh's own loader does).
+SMALL = {"00-tour": 2_500_000}
+
 #: Notebooks whose cells assert measured timings (speedups, shares, a straggler's
 #: staleness): they run while no other test runs.
 TIMED = {"01-speedup", "02-latency-and-bandwidth", "04-stragglers-and-failures", "05-architectures"}
@@ -49,6 +53,9 @@ def test_notebook_runs(path: Path):
         if output.get("output_type") == "stream" and output.get("name") == "stderr"
     ]
     assert stderr == [], f"{path.name}: output on stderr (cell, text): {stderr}"
+    if path.stem in SMALL:  # executed: BokehJS inline once (1.7 MB) and little else
+        size = len(nbformat.writes(notebook))
+        assert size <= SMALL[path.stem], f"{path.name} executes to {size / 1e6:.1f} MB"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])

@@ -6,8 +6,9 @@ it by itself: without it JupyterLab shows "Click to show javascript error"
 ``bokeh.io.output_notebook()`` with its default resources fetches BokehJS from a CDN,
 which hangs on a machine without internet (an HPC compute node). So
 :func:`notebook_view` first publishes BokehJS inline, only the parts its layout
-needs (about 1.6 MB for the compact layout, 1.9 MB for the full one, in the cell's
-output), then the widget: it works as the first and only call, online or offline.
+needs (about 1.7 MB for the compact layout, in the cell's output), as BokehJS's
+JupyterLab load type only (bokeh's own loader adds a second copy for the classic
+notebook), then the widget: it works as the first and only call, online or offline.
 """
 
 from __future__ import annotations
@@ -42,11 +43,26 @@ def publish_bokehjs(model: Any) -> bool:
     ``model`` needs. Returns False (and does nothing) outside a Jupyter kernel."""
     if not _in_jupyter_kernel():
         return False
-    from bokeh.io.notebook import load_notebook
     from bokeh.resources import Resources
 
     components: Any = bokehjs_components(model)  # names Resources checks itself
-    load_notebook(Resources(mode="inline", components=components), hide_banner=True)
+    resources = Resources(mode="inline", components=components)
+    try:
+        from bokeh.embed.bundle import bundle_for_objs_and_resources
+        from bokeh.io.notebook import LOAD_MIME_TYPE, _loading_js
+    except ImportError:  # another bokeh: its loader, which publishes both types
+        from bokeh.io.notebook import load_notebook
+
+        load_notebook(resources, hide_banner=True)
+        return True
+    from IPython.display import publish_display_data
+
+    # bokeh's load_notebook publishes the bundle twice, as application/javascript (the
+    # classic notebook) and as BokehJS's load type (JupyterLab, through jupyter_bokeh's
+    # renderer, which the widget needs anyway): 1.7 MB each in the saved notebook.
+    # Only the second.
+    bundle = bundle_for_objs_and_resources(None, resources)
+    publish_display_data({LOAD_MIME_TYPE: _loading_js(bundle, None, register_mime=False)})
     return True
 
 
