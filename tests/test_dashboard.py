@@ -525,7 +525,18 @@ def test_live_page_follows_a_real_fit(browser, own_client):
     client = own_client
     X, y = make_classification(20_000, 20, chunks=2_500, random_state=0)
     live = LiveTrace(client)
-    model = daskgd.LogisticRegression(solver="gd", max_iter=12, tol=0, client=client, verbose=False)
+    from daskgd.runtime.emulation import Emulation
+
+    # 20 ms of emulated latency per message: the fit lasts seconds however fast the
+    # machine is (12 plain iterations took ~0.4 s: the page saw one update in between).
+    model = daskgd.LogisticRegression(
+        solver="gd",
+        max_iter=12,
+        tol=0,
+        client=client,
+        verbose=False,
+        emulation=Emulation(latency_seconds=0.02),
+    )
     fit = threading.Thread(
         target=lambda: model.fit(X, y, callbacks=[live]), name="fit", daemon=True
     )
