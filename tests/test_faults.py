@@ -111,3 +111,18 @@ def _remove_stale_restrictions(dask_scheduler=None):
     from daskgd.data.restrictions import PLUGIN_NAME
 
     dask_scheduler.plugins.pop(PLUGIN_NAME, None)
+
+
+def _refuses(dask_scheduler=None, keys=()):
+    raise ImportError("no module named 'daskgd' (as on a scheduler without daskgd)")
+
+
+def test_a_scheduler_that_cannot_run_the_check_does_not_stop_the_wait(client, monkeypatch):
+    """The no-worker check runs a daskgd function on the scheduler: where that fails (no
+    daskgd there), the wait goes on with its other bounds instead of failing the fit."""
+    from daskgd.data import waits
+
+    monkeypatch.setattr(waits, "_unrunnable_dependencies", _refuses)
+    monkeypatch.setattr(waits, "_SLICE_SECONDS", 0.05)  # checks between short slices
+    future = client.submit(__import__("time").sleep, 0.5, pure=False)
+    assert waits.result(client, future, what="sleeping", timeout=5) is None

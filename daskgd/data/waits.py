@@ -216,10 +216,16 @@ class _Liveness:
         the wait: they would wait for those workers for ever."""
         if not self.keys:
             return
-        stuck = call(
-            self.client, self.client.run_on_scheduler, _unrunnable_dependencies,
-            keys=self.keys, asynchronous=True, what=self.what, timeout=self.timeout,
-        )  # fmt: skip
+        try:
+            stuck = call(
+                self.client, self.client.run_on_scheduler, _unrunnable_dependencies,
+                keys=self.keys, asynchronous=True, what=self.what, timeout=self.timeout,
+            )  # fmt: skip
+        except ClusterTimeoutError:
+            raise
+        except Exception:  # noqa: BLE001 - e.g. daskgd not importable where the scheduler runs
+            self.keys = []  # the other bounds still hold; this one is off for this wait
+            return
         now = time.monotonic()
         if not stuck:
             self.stuck_since = None
