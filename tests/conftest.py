@@ -4,7 +4,7 @@ Dask clusters
     cluster_client (function)     a ``distributed.Client`` on a ``LocalCluster`` of 2 worker
                                   processes with 1 thread each, started once per session (a
                                   new one if a test broke that cluster beyond repair).
-    session_client (session)      the session's first such Client, for module fixtures.
+    session_client (module)       that Client as the module starts, for module fixtures.
     client (function)             the same kind of Client, made current for the test; after the
                                   test it checks that the cluster still has exactly 2 workers and
                                   repairs it if not (waits for nanny restarts, rescales, or as a
@@ -217,9 +217,12 @@ def _session_cluster() -> Iterator[_SessionCluster]:
         holder.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def session_client(_session_cluster: _SessionCluster):
-    """The session's first Client, for module-scoped fixtures that place data on it."""
+    """The session's Client when the module starts, for module-scoped fixtures that place
+    data on it (a cluster rebuilt by an earlier module's test gives them the new one)."""
+    if _session_cluster.client is None or _session_cluster.client.status != "running":
+        _session_cluster.ensure()
     return _session_cluster.client
 
 
