@@ -128,9 +128,11 @@ def test_a_worker_holding_more_rows_is_not_a_straggler(cluster_client, name):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model.fit(X, y)
+    from daskgd.observe.summary import worker_holdings
+
+    rows = sorted(rows for _, rows in worker_holdings(model.trace_).values())
+    assert rows == [40_000, 120_000]  # one chunk each: 3x the rows on one worker
     trace = model.trace_.isel(iteration=slice(1, None))
-    compute = trace.compute_seconds.median("iteration")
-    assert float(compute.max() / compute.min()) > 2  # the rows are uneven indeed
     # Before: the heavier worker in every iteration. A loaded machine may still slow one
     # worker for a few iterations (the rule's window is 11).
     assert float(trace.straggler.mean()) < 0.2

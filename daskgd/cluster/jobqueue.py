@@ -223,13 +223,14 @@ def jobqueue_client(options: JobqueueOptions) -> Iterator[Any]:
     """
     from distributed import Client
 
-    from daskgd.data.restrictions import register_stale_restrictions
+    from daskgd.data import waits
+    from daskgd.data.restrictions import ensure_registered
 
     cluster = make_jobqueue_cluster(options)
     try:
         cluster.adapt(minimum_jobs=options.jobs, maximum_jobs=options.jobs)
         with Client(cluster) as client:
-            register_stale_restrictions(client)
+            ensure_registered(client, waits.DEFAULT_TIMEOUT_SECONDS)
             wait_for_workers(client, options.jobs * workers_per_job(cluster), options)
             yield client
     finally:

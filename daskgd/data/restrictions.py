@@ -22,7 +22,7 @@ from typing import Any
 
 from distributed.diagnostics.plugin import SchedulerPlugin
 
-__all__ = ["StaleRestrictions", "ensure_registered", "register_stale_restrictions"]
+__all__ = ["StaleRestrictions", "ensure_registered"]
 
 #: Name of the plugin on the scheduler (registering it again replaces it).
 PLUGIN_NAME = "daskgd-stale-restrictions"
@@ -44,11 +44,6 @@ class StaleRestrictions(SchedulerPlugin):
                 and not any(a in present for a in restrictions)
             ):
                 ts.worker_restrictions = set()
-
-
-def register_stale_restrictions(client: Any) -> None:
-    """Register :class:`StaleRestrictions` on the scheduler of ``client`` (idempotent)."""
-    client.register_plugin(StaleRestrictions(), name=PLUGIN_NAME)
 
 
 #: The clients whose scheduler has the plugin (registered by this process), with the

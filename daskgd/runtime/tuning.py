@@ -53,10 +53,6 @@ def _set_worker_interval(dask_worker: Any = None, interval: float = 0.0) -> floa
     return old
 
 
-def _live_workers(dask_scheduler: Any = None) -> list:
-    return list(dask_scheduler.workers)
-
-
 def _pause_stealing(dask_scheduler: Any = None, pause: bool = True) -> bool:
     # WorkStealing keeps its periodic callback in the scheduler's ``periodic_callbacks``
     # under "stealing"; stopping that callback (not removing the plugin) stops new
@@ -120,7 +116,7 @@ def tune_for_iterations(
         # would wait for distributed's connect timeout (30 s) before failing.
         live: set = set()
         with contextlib.suppress(Exception):
-            live = set(on_scheduler(_live_workers))
+            live = set(waits.running_workers(client, what="tuning the workers", timeout=timeout))
         for old in set(old_workers.values()):
             workers = [a for a, value in old_workers.items() if value == old and a in live]
             if not workers:
