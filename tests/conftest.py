@@ -131,7 +131,10 @@ class _SessionCluster:
 
     def _missing_workers(self) -> dict:
         """The cluster's worker (nanny) objects that the scheduler does not have."""
-        live = {w.get("name") for w in self.client.scheduler_info()["workers"].values()}
+        from daskgd.data.waits import scheduler_workers
+
+        known = scheduler_workers(self.client, what="listing the workers")
+        live = {w.get("name") for w in known.values()}
         return {name: w for name, w in self.cluster.workers.items() if name not in live}
 
     def ensure(self) -> None:

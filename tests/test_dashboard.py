@@ -518,6 +518,27 @@ def own_client():
         yield client
 
 
+def _wait_for_the_final_trace(page, n: int, live, warned: list) -> None:
+    """Wait until the page shows all ``n`` iterations and per-worker data; on a timeout,
+    fail with what the page and the server's snapshot held (a loaded CI machine timed
+    out once at 10 s, showing nothing of why)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        page.wait_for_function(FINAL_JS, arg=n, timeout=30_000)
+    except PlaywrightTimeout:
+        shown = {
+            name: page.evaluate(LENGTH_JS, f"daskgd-{name}-data") for name in ("loss", "heatmap")
+        }
+        trace = live.snapshot()
+        pytest.fail(
+            f"the page did not reach {n} iterations with worker data in 30 s: it shows {shown}; "
+            f"the snapshot has {trace.sizes.get('iteration')} iterations, variables "
+            f"{sorted(trace.data_vars)}, live={trace.attrs.get('daskgd_live')}; "
+            f"page errors {page.errors}; the fit warned {warned}"
+        )
+
+
 def test_live_page_follows_a_real_fit(browser, own_client):
     import daskgd
     from daskgd.data.synthetic import make_classification
@@ -544,15 +565,16 @@ def test_live_page_follows_a_real_fit(browser, own_client):
     try:
         page = _open(browser, dashboard.url)
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
                 fit.start()
                 seen = set()
                 while fit.is_alive():
                     seen.add(page.evaluate(LENGTH_JS, "daskgd-loss-data"))
                     page.wait_for_timeout(150)
                 fit.join()
-            page.wait_for_function(FINAL_JS, arg=model.trace_.sizes["iteration"], timeout=10_000)
+            warned = sorted({str(w.message)[:200] for w in caught})
+            _wait_for_the_final_trace(page, model.trace_.sizes["iteration"], live, warned)
             assert len(seen - {0}) >= 2, seen  # the page grew while the fit ran
             _assert_drawn(page)
             memory = page.evaluate(

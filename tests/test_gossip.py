@@ -254,7 +254,7 @@ def test_a_straggler_slows_its_own_compute(problem):
 def daskgd_client_workers():
     from distributed import default_client
 
-    return default_client().scheduler_info()["workers"]
+    return default_client().ncores()
 
 
 def test_a_users_mixing_matrix(problem):
@@ -275,7 +275,7 @@ class _KillFirstWorker(Callback):
 
     def on_iteration_end(self, record):
         if record.iteration >= self.iteration and self.killed is None:
-            self.killed = sorted(self.client.scheduler_info()["workers"])[0]
+            self.killed = sorted(self.client.ncores())[0]
             pid = self.client.run(os.getpid, workers=[self.killed])[self.killed]
             os.kill(pid, signal.SIGKILL)  # its chunks are lost, recomputed from lineage
 

@@ -236,7 +236,7 @@ def test_emulation_requests_are_bounded_by_a_frozen_worker(dask_processes):
     dask_processes.start_workers(1, nanny=False)
     dask_processes.wait_for_workers(1)
     with Client(address, set_as_default=False, timeout=STARTUP_TIMEOUT) as client:
-        (worker,) = client.scheduler_info()["workers"]
+        (worker,) = client.ncores()
         os.killpg(dask_processes.workers[0].pid, signal.SIGSTOP)
         try:
             slow = Emulation(latency_seconds=0.001)

@@ -259,6 +259,19 @@ def test_straggler_rule_compares_compute_per_byte():
     assert not straggler_flags(compute, active, pace=pace).any()
 
 
+def test_straggler_rule_does_not_flag_a_worker_that_finishes_first():
+    """Slower per byte but holding a third of the data: its compute ends before its
+    peer's, nobody waits for it. The same pace on equal data is a straggler."""
+    n = 20
+    active = np.ones((n, 2), dtype=bool)
+    compute = np.tile([0.030, 0.015], (n, 1))
+    pace = compute / np.array([3e6, 1e6])  # worker 1: 1.5x slower per byte
+    assert not straggler_flags(compute, active, pace=pace).any()
+    compute = np.tile([0.010, 0.015], (n, 1))
+    pace = compute / np.array([1e6, 1e6])
+    assert straggler_flags(compute, active, pace=pace).all(axis=0).tolist() == [False, True]
+
+
 def test_straggler_rule_ignores_an_excess_below_the_floor():
     n = 20
     compute = np.tile([0.0005, 0.0015], (n, 1))  # 3x, but 1 ms: preemption-sized

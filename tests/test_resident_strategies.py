@@ -32,7 +32,15 @@ def test_backup_workers_converge_to_the_full_data_optimum_under_a_straggler(data
         solver="gd", learning_rate=1.0, strategy=strategy, max_iter=3000, tol=1e-7
     ).fit(*data)
     assert model.converged_
-    np.testing.assert_allclose(model.coef_, optimum, atol=1e-5)
+    # tol stops gd on a gradient that mixes a fresh and a stale sum: a loaded machine
+    # (more staleness) stopped it 6e-5 from the optimum. Dropping one chunk of the eight
+    # moves the optimum ~40 times further than this bound (checked here).
+    np.testing.assert_allclose(model.coef_, optimum, atol=3e-4, rtol=0)
+    X, y = data
+    dropped = daskgd.LogisticRegression(solver="lbfgs", tol=1e-10, max_iter=500).fit(
+        X[5_000:], y[5_000:]
+    )
+    assert np.abs(dropped.coef_ - optimum).max() > 10 * 3e-4
     staleness = model.trace_["staleness"]
     assert float(staleness.max()) >= 1  # the straggler's sums were reused, and it shows
     assert int(staleness.min("worker").max()) == 0  # some worker is fresh at every step

@@ -243,7 +243,7 @@ def test_emulated_latency_shows_as_communication(cluster_client, classification)
 
 def test_an_emulated_straggler_computes_slower(cluster_client, classification):
     _, _, data = classification
-    workers = sorted(cluster_client.scheduler_info()["workers"])
+    workers = sorted(cluster_client.ncores())
     emulation = Emulation(stragglers={1: 10.0})  # worker index 1 of the sorted workers
     with Runtime(cluster_client, data, Logistic(), True, emulation=emulation) as runtime:
         samples = [runtime.evaluate(np.zeros(N_FEATURES + 1))[1] for _ in range(7)]
@@ -322,7 +322,7 @@ def runtime_rank_one(results):
 
 def test_allreduce_on_one_worker_returns_the_vector(cluster_client):
     X, y = _problem(8, n=500)
-    one = sorted(cluster_client.scheduler_info()["workers"])[:1]
+    one = sorted(cluster_client.ncores())[:1]
     data = distribute(X, y, cluster_client, workers=one, chunks_per_worker=2)
     with Runtime(cluster_client, data, Logistic(), True) as runtime:
         assert runtime.workers == tuple(one)
@@ -591,7 +591,7 @@ def test_a_retired_worker_is_replaced_by_a_rebuild(client):
         # chunks move to the other worker first, then it closes
         client.retire_workers([leaving], close_workers=True)
         deadline = time.monotonic() + 30
-        while leaving in client.scheduler_info()["workers"] and time.monotonic() < deadline:
+        while leaving in client.ncores() and time.monotonic() < deadline:
             time.sleep(0.1)
         started = time.monotonic()
         after, measures = runtime.evaluate(w)

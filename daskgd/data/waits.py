@@ -39,6 +39,7 @@ __all__ = [
     "first_completed",
     "result",
     "running_workers",
+    "scheduler_workers",
 ]
 
 #: Seconds a request to the scheduler may go unanswered before the fit stops. A scheduler
@@ -153,6 +154,26 @@ def running_workers(
                 "SECONDS (--wait-for-workers on the command line)"
             )
         time.sleep(_POLL_SECONDS)
+
+
+def scheduler_workers(
+    client: Any, *, what: str, timeout: float = DEFAULT_TIMEOUT_SECONDS
+) -> dict[str, dict]:
+    """``{address: info}`` of every worker the scheduler knows, asked for now.
+
+    Not ``client.scheduler_info()["workers"]``: that returns the client's cache, which
+    its periodic refresh (``distributed.client.scheduler-info-interval``) replaces with
+    a copy without workers, also between the fresh fetch and the read (a 2-worker
+    cluster read as none in 205 of 2,000 calls at a 5 ms refresh; once in a test run
+    at the default 2 s).
+
+    Raises
+    ------
+    ClusterTimeoutError
+        When the scheduler does not answer within ``timeout`` seconds.
+    """
+    info = call(client, client.scheduler.identity, n_workers=-1, what=what, timeout=timeout)
+    return dict(info.get("workers", {}))
 
 
 class _Liveness:

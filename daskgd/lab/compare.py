@@ -36,6 +36,7 @@ from typing import Any
 
 import xarray as xr
 
+from daskgd.data import waits
 from daskgd.viz.compare_columns import format_comparison, summary_dataset
 
 __all__ = ["Comparison", "compare", "prepare_runs", "resolve_entries"]
@@ -273,14 +274,14 @@ def _recovery(client: Any, emulation: Any, timeout: float | None) -> Callable[[]
     """
     if client is None or emulation is None or not emulation.failures:
         return lambda: None
-    expected = len(client.scheduler_info()["workers"])
+    expected = len(waits.scheduler_workers(client, what="counting the workers"))
     bound = max(timeout or 0.0, RECOVERY_SECONDS)
 
     def wait() -> None:
         try:
             client.wait_for_workers(expected, timeout=bound)
         except TimeoutError:
-            have = len(client.scheduler_info()["workers"])
+            have = len(waits.scheduler_workers(client, what="counting the workers"))
             raise TimeoutError(
                 f"compare: {have} of the {expected} workers came back within {bound:g} s "
                 "after an emulated failure; the next run would start on fewer"

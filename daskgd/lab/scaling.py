@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from daskgd.data import waits
 from daskgd.observe.summary import PARTS, split
 
 __all__ = ["scaling", "scaling_document", "write_scaling_report"]
@@ -95,7 +96,7 @@ def _one_run(
 
 
 def _cluster_workers(client: Any) -> list[str]:
-    return sorted(client.scheduler_info()["workers"])
+    return sorted(waits.scheduler_workers(client, what="listing the workers"))
 
 
 def _fit(client, workers, n_samples, n_features, chunks, random_state, estimator_options):

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from daskgd.data import waits
 from daskgd.observe.stragglers import straggler_flags, sync_and_overhead
 from daskgd.observe.worker_measures import (
     DEFAULT_RULE,
@@ -106,7 +107,7 @@ def resident_worker_dataset(
     names: dict = {}
     memory: dict = {}
     if client is not None:
-        workers_info = client.scheduler_info()["workers"]
+        workers_info = waits.scheduler_workers(client, what="naming the workers")
         names = {address: str(info.get("name", "")) for address, info in workers_info.items()}
         memory = {
             address: (info.get("metrics", {}).get("memory", np.nan), info.get("memory_limit", 0))

@@ -18,7 +18,11 @@ straggler
     worker that ran more chunks, or one preempted task, is not a slow worker) over the
     median of the other active workers' (compute seconds when the pace per byte is not
     known); its *excess* is the compute seconds above what the others' pace would have
-    taken. A cell is flagged when, over the ``window`` iterations around it (the first
+    taken, at most the seconds its compute outlasted the others' median compute (a
+    worker slower per byte that holds less data than its peers finishes first: it holds
+    nobody up; seen as a worker with a third of the rows, its whole compute overlapping
+    its peer's memory traffic, flagged in a third of a loaded run's iterations). A cell
+    is flagged when, over the ``window`` iterations around it (the first
     or last ``window`` at the ends of the run), the median slowness is above ``ratio``
     and the median excess above ``min_excess_seconds``.
 
@@ -73,18 +77,28 @@ def sync_and_overhead(
 def _slowness(
     compute: np.ndarray, pace: np.ndarray, active: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per cell: pace over the other active workers' median pace, and the excess seconds."""
+    """Per cell: pace over the other active workers' median pace, and the excess seconds:
+    those lost to the slower pace, at most those by which the worker's compute outlasted
+    the others' median compute (a worker slower per byte that holds less data finishes
+    first and holds nobody up)."""
     pace = np.where(active & np.isfinite(pace) & (pace > 0), pace, np.nan)
+    busy = np.where(active, compute, np.nan)
     slowness, excess = np.full(compute.shape, np.nan), np.full(compute.shape, np.nan)
     for j in range(compute.shape[1]):
         others = np.delete(pace, j, axis=1)
+        others_busy = np.delete(busy, j, axis=1)
         # No median of an all-NaN row is attempted: that would warn, and silencing it with
         # warnings.catch_warnings is not thread-safe (a live view computes this too).
-        rows = np.isfinite(others).any(axis=1) & np.isfinite(pace[:, j])
+        rows = (
+            np.isfinite(others).any(axis=1)
+            & np.isfinite(pace[:, j])
+            & np.isfinite(others_busy).any(axis=1)
+        )
         if rows.any():
             ratio = pace[rows, j] / np.nanmedian(others[rows], axis=1)
             slowness[rows, j] = ratio
-            excess[rows, j] = compute[rows, j] * (1.0 - 1.0 / ratio)
+            behind = compute[rows, j] - np.nanmedian(others_busy[rows], axis=1)
+            excess[rows, j] = np.minimum(compute[rows, j] * (1.0 - 1.0 / ratio), behind)
     return slowness, excess
 
 

@@ -32,6 +32,7 @@ from typing import Any
 import dask
 import numpy as np
 
+from daskgd.data import waits
 from daskgd.models.losses import Model
 from daskgd.runtime.codecs import Codec, decode_partial, from_wire, get_codec, to_wire
 from daskgd.runtime.measures import Measures, Results, per_worker
@@ -141,7 +142,9 @@ class Runtime:
     # -- lifetime --------------------------------------------------------------------------
 
     def __enter__(self) -> Runtime:
-        self._initial_workers = sorted(self.client.scheduler_info()["workers"])
+        self._initial_workers = sorted(
+            waits.scheduler_workers(self.client, what="listing the workers", timeout=self.timeout)
+        )
         if self.emulation is not None:
             self._slowdowns = self.emulation.resolve(self._initial_workers)
         self.client.register_plugin(RuntimePlugin(), name=PLUGIN_NAME)  # once per cluster
