@@ -138,35 +138,46 @@ class _SessionCluster:
         return {name: w for name, w in self.cluster.workers.items() if name not in live}
 
     def ensure(self) -> None:
-        """Bring the cluster back to exactly N_WORKERS workers."""
+        """Bring the cluster back to exactly N_WORKERS running workers."""
         n = self.n_workers()
         if n == N_WORKERS:
             return
-        if n is not None:
-            try:
-                if n < N_WORKERS:
-                    # A killed worker process is restarted by its nanny within seconds;
-                    # a retired worker's nanny closes and is not coming back.
-                    def settled() -> bool:
-                        return self.n_workers() == N_WORKERS or all(
-                            _status(w) in _CLOSED for w in self._missing_workers().values()
-                        )
-
-                    _wait_until(settled, 15)
-                    if self.n_workers() == N_WORKERS:
-                        return
-                    # Forget the dead ones so that the cluster's spec replaces them.
-                    for name in self._missing_workers():
-                        self.cluster.workers.pop(name, None)
-                self.cluster.scale(N_WORKERS)
-                if _wait_until(lambda: self.n_workers() == N_WORKERS, 30):
-                    return
-            except Exception:  # noqa: BLE001 - fall through to a new cluster
-                pass
+        if n is not None and self._repair():
+            return
         # Last resort: a brand-new cluster. Tests holding the session's `cluster_client`
         # would then hold a closed client; tests that may break the cluster use `client`.
+        import warnings
+
+        warnings.warn(
+            f"the session cluster had {n} workers and could not be repaired: a new one",
+            UserWarning,
+            stacklevel=2,
+        )
         self.close()
         self.start()
+
+    def _repair(self) -> bool:
+        """A killed worker process is restarted by its nanny (seconds, or tens of them on a
+        loaded machine); a retired worker's nanny closes and is not coming back. Wait for
+        the first; replace only the second: forgetting a nanny that is still restarting
+        its worker left the cluster with one worker more, or one fewer, a test later."""
+        try:
+
+            def settled() -> bool:
+                return self.n_workers() == N_WORKERS or all(
+                    _status(w) in _CLOSED for w in self._missing_workers().values()
+                )
+
+            _wait_until(settled, STARTUP_TIMEOUT)
+            if self.n_workers() == N_WORKERS:
+                return True
+            for name, worker in self._missing_workers().items():
+                if _status(worker) in _CLOSED:  # the cluster's spec replaces it
+                    self.cluster.workers.pop(name, None)
+            self.cluster.scale(N_WORKERS)
+            return _wait_until(lambda: self.n_workers() == N_WORKERS, STARTUP_TIMEOUT)
+        except Exception:  # noqa: BLE001 - then a new cluster
+            return False
 
 
 # --------------------------------------------------------------------------------------
@@ -224,8 +235,7 @@ def _session_cluster() -> Iterator[_SessionCluster]:
 def session_client(_session_cluster: _SessionCluster):
     """The session's Client when the module starts, for module-scoped fixtures that place
     data on it (a cluster rebuilt by an earlier module's test gives them the new one)."""
-    if _session_cluster.client is None or _session_cluster.client.status != "running":
-        _session_cluster.ensure()
+    _session_cluster.ensure()
     return _session_cluster.client
 
 
@@ -233,11 +243,11 @@ def session_client(_session_cluster: _SessionCluster):
 def cluster_client(_session_cluster: _SessionCluster):
     """The session's Client on a LocalCluster with 2 worker processes, 1 thread each.
 
-    Looked up for every test: a test that broke the cluster beyond repair made the
-    ``client`` fixture start a new one (seen: "Client is closed" in a later test that
-    held the first client for the session)."""
-    if _session_cluster.client is None or _session_cluster.client.status != "running":
-        _session_cluster.ensure()
+    Looked up and checked for every test: a test that broke the cluster beyond repair
+    made the ``client`` fixture start a new one (seen: "Client is closed" in a later test
+    that held the first client for the session), and a worker killed by a test may come
+    back only after its test (seen: a later test on one worker)."""
+    _session_cluster.ensure()  # one request when the cluster is as it should be
     return _session_cluster.client
 
 

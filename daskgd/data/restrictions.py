@@ -67,7 +67,7 @@ def ensure_registered(client: Any, timeout: float) -> None:
             client.scheduler.register_scheduler_plugin,
             plugin=dumps(StaleRestrictions()),
             name=PLUGIN_NAME,
-            idempotent=False,
+            idempotent=True,  # a second process (a CLI on the same scheduler) keeps the first
             what="registering the stale-restrictions plugin",
             timeout=timeout,
         )
