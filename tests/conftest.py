@@ -46,6 +46,7 @@ from pathlib import Path
 
 import dask
 import pytest
+from cli_helpers import no_cluster  # noqa: F401 - a fixture for every test module
 
 N_WORKERS = 2
 STARTUP_TIMEOUT = 60  # seconds to wait for a cluster or for subprocess workers to come up

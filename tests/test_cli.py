@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import run_main
 
 from daskgd.observe.trace import load_trace
 
@@ -22,36 +23,6 @@ def run_cli(*arguments, timeout=240, cwd=None):
     return subprocess.run(
         [*CLI, *map(str, arguments)], capture_output=True, text=True, timeout=timeout, cwd=cwd
     )
-
-
-class _NoClusterError(AssertionError):
-    pass
-
-
-@pytest.fixture
-def no_cluster(monkeypatch):
-    """Fail the test if a LocalCluster or a Client is made: the options must be checked
-    before any cluster starts."""
-
-    def refuse(*args, **kwargs):
-        raise _NoClusterError("a cluster was started before the options were checked")
-
-    import distributed
-
-    monkeypatch.setattr(distributed.LocalCluster, "__init__", refuse)
-    monkeypatch.setattr(distributed.Client, "__init__", refuse)
-
-
-def run_main(capsys, *arguments):
-    """``daskgd ARGUMENTS`` in this process: (exit status, stdout, stderr)."""
-    from daskgd.cli.app import main
-
-    try:
-        status = main([str(a) for a in arguments])
-    except SystemExit as exit_:  # argparse's errors and --help
-        status = exit_.code
-    captured = capsys.readouterr()
-    return status, captured.out, captured.err
 
 
 def test_help_from_the_command_line():

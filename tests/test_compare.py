@@ -17,6 +17,7 @@ import warnings
 
 import numpy as np
 import pytest
+from cli_helpers import run_main
 from synthetic_traces import make_trace, without_workers
 
 import daskgd
@@ -307,14 +308,16 @@ def _cli(*arguments, timeout=240):
         (["--strategies", "mapreduce", "--target", "y.npy"], "--data and --target go together"),
     ],
 )  # fmt: skip
-def test_bad_options_fail_in_one_line_before_a_cluster_starts(tmp_path, arguments, message):
+def test_bad_options_fail_in_one_line_before_a_cluster_starts(
+    capsys, no_cluster, tmp_path, arguments, message
+):
     arguments = [a.format(missing=tmp_path / "missing") for a in arguments]
-    result = _cli(*arguments, timeout=60)
-    assert result.returncode == 2, result.stderr
-    errors = [line for line in result.stderr.splitlines() if "error:" in line]
-    assert len(errors) == 1 and message in errors[0], result.stderr
-    assert "Traceback" not in result.stderr
-    assert "LocalCluster" not in result.stdout
+    status, out, err = run_main(capsys, "compare", *arguments)
+    assert status == 2, err
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and message in errors[0], err
+    assert "Traceback" not in err
+    assert "LocalCluster" not in out
 
 
 def test_cli_writes_one_report_with_every_strategy(tmp_path):

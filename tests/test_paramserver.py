@@ -18,6 +18,7 @@ import warnings
 
 import numpy as np
 import pytest
+from cli_helpers import run_main
 from sklearn.linear_model import LogisticRegression as SkLogisticRegression
 
 import daskgd
@@ -444,8 +445,8 @@ def test_the_cli_runs_a_stale_server(tmp_path):
         (["--strategy", "parameter-server", "--step-rule", "fast"], "invalid choice: 'fast'"),
     ],
 )
-def test_the_cli_checks_staleness_before_a_cluster_starts(arguments, message):
-    result = _cli("demo", *arguments, timeout=120)
-    assert result.returncode != 0
-    assert message in result.stderr, result.stderr
-    assert "LocalCluster" not in result.stdout
+def test_the_cli_checks_staleness_before_a_cluster_starts(capsys, no_cluster, arguments, message):
+    status, out, err = run_main(capsys, "demo", *arguments)
+    assert status != 0
+    assert message in err, err
+    assert "LocalCluster" not in out
