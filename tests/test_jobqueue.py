@@ -201,7 +201,7 @@ def test_fit_through_slurm_jobs_matches_scikit_learn_and_cancels_them(fake_slurm
 
     X, y = _problem()
     with jobqueue_client(_small_jobs()) as client:
-        workers = client.scheduler_info(n_workers=-1)["workers"]
+        workers = client.ncores()
         assert len(workers) == 2
         job_pids = _job_ids(fake_slurm, "submitted")
         assert len(job_pids) == 2 and all(_alive(p) for p in job_pids)
@@ -270,7 +270,7 @@ def test_fit_goes_on_when_a_job_ends(fake_slurm):
         ender = EndJobAt(first_job, iteration=10)
         model = LogisticRegression(**options, client=client, verbose=False)
         model.fit(X, y, callbacks=[ender])
-        remaining = len(client.scheduler_info(n_workers=-1)["workers"])
+        remaining = len(client.ncores())
     # the cluster keeps `jobs` jobs: a replacement is submitted, and may have joined
     assert ender.ended and remaining in (1, 2)
     assert int(model.trace_.iteration[-1]) == options["max_iter"]
@@ -371,11 +371,11 @@ def test_fit_waits_for_new_jobs_when_every_job_ends(fake_slurm):
     options = {"solver": "gd", "tol": 0.0, "max_iter": 20, "learning_rate": 0.5}
     undisturbed = LogisticRegression(**options).fit(X, y)
     with jobqueue_client(_small_jobs()) as client:
-        first = set(client.scheduler_info(n_workers=-1)["workers"])
+        first = set(client.ncores())
         ender = EndEveryJobAt(fake_slurm, iteration=8)
         model = LogisticRegression(**options, client=client, verbose=False)
         model.fit(X, y, callbacks=[ender])
-        last = set(client.scheduler_info(n_workers=-1)["workers"])
+        last = set(client.ncores())
     assert len(ender.ended) == 2
     assert len(_job_ids(fake_slurm, "submitted")) >= 4  # new jobs replaced them
     assert last and not last & first  # the fit ended on the new jobs' workers

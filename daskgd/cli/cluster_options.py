@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from daskgd.cluster.jobqueue import KINDS, JobqueueOptions
+from daskgd.data import waits
 
 DEFAULT_WAIT_SECONDS = 300.0
 
@@ -157,7 +158,7 @@ def jobqueue_client(options: Any) -> Iterator[Any]:
     from daskgd.cluster.jobqueue import jobqueue_client as open_client
 
     with open_client(options) as client:
-        workers = len(client.scheduler_info(n_workers=-1)["workers"])
+        workers = len(waits.scheduler_workers(client, what="counting the workers"))
         print(
             f"{options.kind} cluster: {options.jobs} jobs, {workers} workers, scheduler "
             f"{client.scheduler.address}, dashboard {client.dashboard_link}"

@@ -196,7 +196,9 @@ def wait_for_workers(client: Any, n_workers: int, options: JobqueueOptions) -> N
     try:
         client.wait_for_workers(n_workers, timeout=options.wait_seconds)
     except TimeoutError:
-        arrived = len(client.scheduler_info(n_workers=-1)["workers"])
+        from daskgd.data import waits
+
+        arrived = len(waits.scheduler_workers(client, what="counting the workers"))
         hint = ""
         address = client.scheduler.address
         if f"//{LOOPBACK}:" in address:

@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from daskgd.data import waits
+
 __all__ = ["DEFAULT_SIZES", "MessageFit", "fit_messages", "measure_messages"]
 
 #: Message sizes in bytes: from one float64 to tens of megabytes.
@@ -97,7 +99,7 @@ def measure_messages(
     from dask.base import tokenize
     from distributed import wait
 
-    workers = sorted(client.scheduler_info(n_workers=-1)["workers"])
+    workers = sorted(waits.scheduler_workers(client, what="listing the workers"))
     if len(workers) < 2:
         raise ValueError("measure_messages needs a cluster with at least 2 workers")
     if isinstance(repeats, bool) or not isinstance(repeats, numbers.Integral) or repeats < 1:
