@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 import warnings
 
 import numpy as np
@@ -54,10 +55,12 @@ def test_fit_survives_a_killed_worker(client):
 
 class KillEveryWorkerAt(Callback):
     """Kills every worker process at once after an iteration (their nannies restart
-    them under new addresses): no worker holding a chunk is left."""
+    them under new addresses): no worker holding a chunk is left. With ``wait``, returns
+    once the replacements run (bounded): the fit then goes on with running workers
+    whatever the machine's load (at load 10 the restarts outlasted a 5 s timeout)."""
 
-    def __init__(self, client, iteration):
-        self.client, self.iteration, self.killed = client, iteration, []
+    def __init__(self, client, iteration, *, wait=False):
+        self.client, self.iteration, self.killed, self.wait = client, iteration, [], wait
 
     def on_iteration_end(self, record):
         if record.iteration == self.iteration:
@@ -65,6 +68,14 @@ class KillEveryWorkerAt(Callback):
             self.killed = sorted(pids)
             for pid in pids.values():
                 os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 60
+            while self.wait and time.monotonic() < deadline:
+                running = set(self.client.ncores())
+                if len(running) == len(pids) and not running & set(pids):
+                    self.client.wait_for_workers(len(pids), timeout=60)
+                    self.client.run(os.getpid)  # they answer (slow to, when just started)
+                    break
+                time.sleep(0.1)
 
 
 @pytest.mark.slow
@@ -100,8 +111,8 @@ def test_tasks_no_worker_may_run_end_the_wait(client, monkeypatch):
     restrictions._REGISTERED.pop(client, None)  # the next fit registers it again
     monkeypatch.setattr(restrictions, "ensure_registered", lambda client, timeout: None)
     X, y = make_classification(20_000, 5, chunks=2_500, random_state=6)
-    killer = KillEveryWorkerAt(client, 2)
-    model = daskgd.LogisticRegression(solver="gd", max_iter=10, tol=0.0, timeout=5)
+    killer = KillEveryWorkerAt(client, 2, wait=True)
+    model = daskgd.LogisticRegression(solver="gd", max_iter=10, tol=0.0, timeout=8)
     with pytest.raises(waits.ClusterTimeoutError, match="could run on none of the running"):
         model.fit(X, y, callbacks=[killer])
     assert killer.killed

@@ -301,7 +301,7 @@ class Session:
         per_worker = min(BROADCAST_TIMEOUT, self.timeout / 2)
         deadline = time.monotonic() + self.timeout
         while True:
-            delivered = waits.call(
+            delivered, running = waits.call(
                 self.client, _send_to_workers, self.client, key, w, holders, per_worker,
                 what=f"sending w for gradient evaluation {self._n_attempts}",
                 timeout=self.timeout,
@@ -310,14 +310,23 @@ class Session:
                 from distributed import Future
 
                 return Future(key, self.client)
-            # No running worker: a nanny may be restarting the last one; wait, bounded.
+            # No running worker (a nanny may be restarting the last one), or none took w
+            # in time (just started, on a loaded machine): try again, bounded.
             if time.monotonic() >= deadline:
-                raise waits.NoWorkersError(
-                    f"all workers of the Dask cluster at {waits.scheduler_address(self.client)} "
-                    f"were lost (gradient evaluation {self._n_attempts}) and none came back "
-                    f"within {self.timeout:g} s"
-                )
+                raise self._undelivered(running)
             time.sleep(0.2)
+
+    def _undelivered(self, running: list[str]) -> Exception:
+        where = f"the Dask cluster at {waits.scheduler_address(self.client)}"
+        if not running:
+            return waits.NoWorkersError(
+                f"all workers of {where} were lost (gradient evaluation {self._n_attempts}) "
+                f"and none came back within {self.timeout:g} s"
+            )
+        return waits.ClusterTimeoutError(
+            f"none of the {len(running)} running workers of {where} took w for gradient "
+            f"evaluation {self._n_attempts} within the fit's timeout ({self.timeout:g} s)"
+        )
 
     def _graph(self, weights: Any, blocks: Sequence[int] | None, prefix: str) -> da.Array:
         X, y = self.data.X, self.data.y
@@ -491,13 +500,14 @@ async def _send_to_workers(
     w: np.ndarray,
     holders: set[str] | None = None,
     per_worker_timeout: float = BROADCAST_TIMEOUT,
-) -> list:
+) -> tuple[list[str], list[str]]:
     """``update_data`` on every running worker at once, then tell the scheduler who has w.
 
     The running workers are asked of the scheduler first (one small RPC): connecting to
     a dead worker's address would be retried until distributed's connect timeout. With
     ``holders`` (the workers holding chunks), only the running ones among them get w, or
     every running worker when none of them is running.
+    Returns (the workers that took w, the running workers asked).
     """
     import asyncio
 
@@ -519,7 +529,7 @@ async def _send_to_workers(
         await client.scheduler.update_data(
             who_has={key: delivered}, nbytes={key: int(w.nbytes)}, client=client.id
         )
-    return delivered
+    return delivered, addresses
 
 
 def _chunk_task(X, y, w, *, model, fit_intercept, codec, slow, fit_id, index, block_id=None):
