@@ -91,9 +91,10 @@ CELLS = [
     SETUP,
     "live = LiveTrace()\nnotebook_view(live)",
     'dashboard = serve(live)\nwait_for("go")',
-    # 20 ms of emulated latency per message: the fit lasts seconds on any machine.
+    # 40 ms of emulated latency per message: the fit lasts seconds on any machine (with
+    # 20 ms, at load 14, the page was sampled while it showed one partial trace only).
     f"model = daskgd.LogisticRegression(solver='gd', max_iter={FIT_ITERATIONS}, tol=0,\n"
-    "                                  verbose=True, emulation=Emulation(latency_seconds=0.02))\n"
+    "                                  verbose=True, emulation=Emulation(latency_seconds=0.04))\n"
     "model.fit(X, y, callbacks=[live])",
     "pathlib.Path('done.json').write_text(str(model.trace_.sizes['iteration']))\n"
     "wait_for('closed')\ndashboard.stop(); client.close(); cluster.close()",
