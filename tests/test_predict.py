@@ -10,6 +10,7 @@ import sys
 import dask.array as da
 import numpy as np
 import pytest
+from cli_helpers import run_main
 
 import daskgd
 from daskgd.estimators.persist import load_model, save_model
@@ -151,7 +152,10 @@ def test_run_with_relative_paths_against_workers_elsewhere_then_predict(
         (["run", "X.npy", "--target", "y.npy", "--model-out", "no/such/m.json"], "folder"),
     ],
 )
-def test_predict_and_model_out_errors_are_one_line(npy_problem, arguments, message):
-    result = run_cli(*arguments, cwd=npy_problem, timeout=120)
-    assert result.returncode == 2, result.stderr
-    assert result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+def test_predict_and_model_out_errors_are_one_line(
+    capsys, monkeypatch, no_cluster, npy_problem, arguments, message
+):
+    monkeypatch.chdir(npy_problem)
+    status, _, err = run_main(capsys, *arguments)
+    assert status == 2, err
+    assert err.count("\n") == 1 and message in err, err
