@@ -449,8 +449,9 @@ def test_cache_lost_after_import_still_computes(tmp_path):
     """
     result, stderr = first_call(root, env, tmp_path, before_call=textwrap.dedent(lose_it))
     assert "compiled in this process only" in stderr
-    expected, _ = first_call(root, cache_env(root, tmp_path / "other"), tmp_path)
-    assert result["loss"] == expected["loss"]
+    # The same kernel on the same numbers in this process (a JSON float round-trips).
+    X = np.linspace(-1.0, 1.0, 30).reshape(10, 3)
+    assert result["loss"] == kernels.binary(X, np.ones(10), np.ones(3), 0.5, True, 4)[0]
 
 
 # ------------------------------------------------------------------ threads
