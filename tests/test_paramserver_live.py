@@ -27,6 +27,7 @@ from daskgd.runtime.emulation import Emulation
 from daskgd.strategies import get_strategy
 from daskgd.strategies.pslive import POLL_SECONDS, LiveRecords
 from daskgd.viz.live import LiveTrace
+from daskgd.viz.plots import TraceDashboard
 
 #: 4 chunks per worker at 20 ms each: a push every ~80 ms per worker (2 workers), a round
 #: of the synchronous server ~90 ms: 30 updates last ~1.2-2.7 s here, several polls.
@@ -123,6 +124,7 @@ def test_records_reach_the_callbacks_during_the_fit(cluster_client, data, stalen
     assert recorder.ended - taken > POLL_SECONDS
     assert 0 < snapshot.sizes["iteration"] < trace.sizes["iteration"]
     assert snapshot.attrs["daskgd_live"] == 1
+    TraceDashboard().update(snapshot)  # the dashboard takes it (a stale server's: no loss yet)
     np.testing.assert_array_equal(live.snapshot().loss.values, trace.loss.values)
     assert live.snapshot().attrs["daskgd_live"] == 0
 
@@ -175,6 +177,45 @@ def test_an_interrupted_wait_stops_the_fit(cluster_client, data):
     assert recorder.result.info["stopped_by"] == "client"
     assert set(_residents(cluster_client).values()) == {0}
     assert _fit(X, y, None, [], max_iter=2).n_iter_[0] == 2
+
+
+def wait_for_go(resident, seconds):
+    """A call that holds the worker's only thread until a peek says go (bounded)."""
+    deadline = time.monotonic() + seconds
+    while not resident.state.get("go"):
+        if time.monotonic() > deadline:
+            return "no go"
+        time.sleep(0.01)
+    return resident.rank
+
+
+def say_go(resident):
+    resident.state["go"] = True
+    return resident.address
+
+
+def fail(resident):
+    raise RuntimeError("a peek that fails")
+
+
+def test_a_peek_runs_beside_a_call_that_holds_the_workers_thread(cluster_client):
+    """The workers have one thread each, held by the call: the peek runs on their event
+    loops (in a thread it would wait for the call, which waits for it: 'no go')."""
+    from daskgd.data import distribute
+    from daskgd.models import Logistic
+    from daskgd.runtime.handle import Runtime
+
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(400, 3)), (rng.random(400) < 0.5).astype(float)
+    data = distribute(X, y, cluster_client, chunks_per_worker=1)
+    with Runtime(cluster_client, data, Logistic(), True, timeout=20) as runtime:
+        future = runtime.call_soon(wait_for_go, (15.0,))
+        assert runtime.peek(fail) == {}  # a failing peek: no answer, no error
+        assert sorted(runtime.peek(say_go)) == sorted(runtime.workers)
+        results = future.result(timeout=30)
+        assert sorted(results.values()) == list(range(len(runtime.workers)))
+        assert runtime.peek(say_go)  # and it serves the next requests
+        assert sorted(runtime.call(say_go).values()) == sorted(runtime.workers)
 
 
 class _Polls:
