@@ -11,7 +11,11 @@ client's). The client builds the new :class:`IterationRecord`\\ s with the same
 functions that build the final ones (:func:`sync_records`, :func:`async_records`) and
 passes them on in order. A record is passed on once the measures of every push it
 applied are known (a worker files them just after its push, so at most one poll
-later); a record waiting for a worker lost since waits for the end.
+later), counting the workers of the current attempt only, as the final build does (a
+worker lost since: its pushes' measures are NaN there, and here). So after a lost
+worker the records passed on before its loss keep its measures, which the final trace
+no longer has (seen with ``KillAt``: records 0-9 of 40; every record still arrived live,
+in order).
 
 So the records seen live are those of the final trace, with one difference: with
 staleness != 0 the full-data loss, gradient norm and optimality are evaluated after the
@@ -186,26 +190,33 @@ class LiveRecords:
         return self._complete(runtime.workers)
 
     def _complete(self, workers: Sequence[str]) -> list[IterationRecord]:
+        # The workers of the current attempt, as the final build has them: a worker lost
+        # since has no measures there (its pushes' measures are NaN), so none here.
+        current = {address: self.measured.get(address, {}) for address in workers}
         out: list[IterationRecord] = []
         while (index := self.built + len(out)) < len(self.rows):
             row = self.rows[index]
-            if not self._known(row, workers):
+            if not self._known(row, current):
                 break
             previous = self.rows[index - 1]["time"] if index else self.started_at
             if self.synchronous:
-                out.append(sync_record(row, previous, self.started_at, self.measured))
+                out.append(sync_record(row, previous, self.started_at, current))
             else:
-                out.append(async_record(row, previous, self.started_at, self.measured, {},
+                out.append(async_record(row, previous, self.started_at, current, {},
                                         self.server))  # fmt: skip
         self.built += len(out)
         return out
 
-    def _known(self, row: dict, workers: Sequence[str]) -> bool:
-        if self.synchronous:  # every worker computes every evaluation of a round
-            return all(number in self.measured.get(address, {})
-                       for address in workers for number in row["evaluations"])  # fmt: skip
-        return all(version in self.measured.get(address, {})
-                   for address, _, version in row["applied"])  # fmt: skip
+    @staticmethod
+    def _known(row: dict, current: dict[str, dict]) -> bool:
+        if "evaluations" in row:  # a round: every worker computes every evaluation, but
+            # one that joined later (a lost worker's replacement) only those after it came
+            last = max(row["evaluations"], default=-1)
+            return all(number in measured for measured in current.values()
+                       if not measured or next(iter(measured)) <= last
+                       for number in row["evaluations"])  # fmt: skip
+        return all(version in current[address]
+                   for address, _, version in row["applied"] if address in current)  # fmt: skip
 
 
 def deliver(live: LiveRecords, records: Sequence[IterationRecord],
