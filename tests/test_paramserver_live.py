@@ -264,3 +264,29 @@ def test_a_record_is_passed_on_once_the_measures_of_its_pushes_are_known():
     assert all(_same(a, b) for a, b in zip(ready, final[1:], strict=True))
     assert ready[0].worker_measures["b"]["compute_seconds"] == 3.0
     assert ready[1].wall_seconds == pytest.approx(1.0)
+
+
+def test_a_run_failing_with_a_timeout_of_its_own_is_raised_not_waited_on():
+    """A TimeoutError of the run (the runtime's 'did not answer', a recv's) is its
+    result, not "not done yet": follow raises it (it looped on it before: a hang)."""
+    from concurrent.futures import Future
+
+    from daskgd.strategies.pslive import follow
+
+    class Failed:
+        timeout = 1.0
+        workers = ("a",)
+
+        def call_soon(self, function, args, timeout):
+            future = Future()
+            future.set_exception(TimeoutError("workers ['a'] did not answer within 1 s"))
+            return future
+
+        def peek(self, function, *args):
+            raise AssertionError("a finished run is not polled nor stopped")
+
+    live = LiveRecords("token", "a", synchronous=False)
+    job = SimpleNamespace(token="token")
+    with pytest.raises(TimeoutError, match="did not answer"):
+        follow(Failed(), print, job, 10.0, live, [Callback()])
+    assert live.stopped == ""

@@ -51,10 +51,10 @@ worker's latest sum (the first update after the rebuild waits for a fresh sum fr
 every worker). For staleness=0 the iterates are those of an undisturbed fit. A lost
 server loses w: the fit stops with :class:`~daskgd.runtime.server.ServerLostError`.
 Callbacks are not in the server's loop (they see each update up to a poll later), so
-emulated failures (``KillAt``, ``KillRandomly``) are the server's to send: the client plans
-them before the run (:func:`kill_plan`, among the workers at its start), and after
-update t the server sends each victim a KILL pull, on which that worker SIGKILLs its
-own process (the server's own worker: the fit stops with ServerLostError); the fit
+emulated failures (``KillAt``, ``KillRandomly``) are the server's to send: the client
+plans them before the run (:func:`kill_plan`, among the workers at its start), and
+after update t the server sends each victim a KILL pull, on which that worker SIGKILLs
+its own process (the server's own worker: the fit stops with ServerLostError); the fit
 then goes on as above. Trace attr ``workers_killed``: [[iteration, address], ...].
 
 Live records and stop (:mod:`daskgd.strategies.pslive`). While the fit runs, the client
@@ -67,16 +67,18 @@ A callback that raises, or a KeyboardInterrupt in the client's wait: the client 
 the server to stop (it stops before its next update or round and stops the workers),
 waits for the request to end (bounded), and the error propagates; the result the
 callbacks' ``on_fit_end`` gets has the records they saw and ``info["stopped_by"] ==
-'client'``. Overhead of the polls (``benchmarks/bench_architectures.py --parts ps-live``: 4 workers,
-the same fits with a LiveTrace, polled, and without callbacks, no poll, interleaved, 3
-of each, medians of the server's seconds per update; load 7-8): under the ps part's
-emulated compute and straggler, ratios 0.97 (staleness=0), 1.01 (2) and 1.00 (None);
-with real compute only (1.9-12 ms per update, the server's event loop busiest) 1.12,
-0.57 and 1.00: the machine's noise at that load, not the polls (one small message per
-worker every 0.2 s). The ``ps`` part (no callbacks: no poll) before and after this
-change, loads 5.6-9 and 2-6: synchronous 30 rounds 4.05 / 3.90 s and 3.89 / 3.97 s,
-SSP and async ratios to it unchanged (0.21, 0.17 at 0.5/L; 0.34-0.35 and 0.25-0.33 at
-1/L with the default rule).
+'client'``.
+
+Overhead of the polls (``benchmarks/bench_architectures.py --parts ps-live``: 4
+workers, the same fits with a LiveTrace, polled, and without callbacks, no poll,
+interleaved, 3 of each, medians of the server's seconds per update; load 7-8): under
+the ps part's emulated compute and straggler, ratios 0.97 (staleness=0), 1.01 (2) and
+1.00 (None); with real compute only (1.9-12 ms per update, the server's event loop
+busiest) 1.12, 0.57 and 1.00: the machine's noise at that load, not the polls (one
+small message per worker every 0.2 s). The ``ps`` part (no callbacks: no poll) before
+and after this change, loads 5.6-9 and 2-6: synchronous 30 rounds 4.05 / 3.90 s and
+3.89 / 3.97 s, SSP and async ratios to it unchanged (0.21, 0.17 at 0.5/L; 0.34-0.35
+and 0.25-0.33 at 1/L with the default rule).
 """
 
 from __future__ import annotations

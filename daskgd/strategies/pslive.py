@@ -38,7 +38,7 @@ import contextlib
 import itertools
 import math
 from collections.abc import Callable, Sequence
-from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import wait
 from typing import Any
 
 from daskgd.engine.callbacks import Callback
@@ -233,13 +233,12 @@ def follow(runtime: Any, function: Callable, job: Any, bound: float, live: LiveR
     to the callbacks as they are made; on any error or interrupt, stop it and re-raise."""
     future = runtime.call_soon(function, (job,), timeout=bound)
     try:
-        while True:
-            try:
-                return future.result(timeout=POLL_SECONDS)
-            except FutureTimeout:
-                pass
+        # wait(), not result(timeout): a run failing with a TimeoutError of its own (the
+        # runtime's, a recv's) must not read as "not done yet"
+        while not wait([future], timeout=POLL_SECONDS).done:
             if callbacks:
                 deliver(live, live.poll(runtime), callbacks)
+        return future.result()
     except BaseException:
         live.stopped = stop(runtime, job.token, future, live.server)
         raise
