@@ -71,14 +71,17 @@ callbacks' ``on_fit_end`` gets has the records they saw and ``info["stopped_by"]
 
 Overhead of the polls (``benchmarks/bench_architectures.py --parts ps-live``: 4
 workers, the same fits with a LiveTrace, polled, and without callbacks, no poll,
-interleaved, 3 of each, medians of the server's seconds per update; load 7-8): under
-the ps part's emulated compute and straggler, ratios 0.97 (staleness=0), 1.01 (2) and
-1.00 (None); with real compute only (1.9-12 ms per update, the server's event loop
-busiest) 1.12, 0.57 and 1.00: the machine's noise at that load, not the polls (one
-small message per worker every 0.2 s). The ``ps`` part (no callbacks: no poll) before
-and after this change, loads 5.6-9 and 2-6: synchronous 30 rounds 4.05 / 3.90 s and
-3.89 / 3.97 s, SSP and async ratios to it unchanged (0.21, 0.17 at 0.5/L; 0.34-0.35
-and 0.25-0.33 at 1/L with the default rule).
+interleaved, 3 of each, medians of the server's seconds per update): under the ps
+part's emulated compute and straggler, ratios 0.97-0.99 (staleness=0), 1.00-1.01 (2)
+and 1.00 (None) in two runs (loads 4-9). With real compute only (1-17 ms per update,
+the server's event loop busiest), the ratios went from 0.57 to 1.8 across runs and
+conditions, the same condition's fits varying 2-4x among themselves (loads 7-9: the
+machine's noise, which the polls do not rise above). A poll took 15-21 ms of the
+client's time (median; the first, which opens the connections, up to 0.5 s; load 8.5),
+one small message per worker every 0.2 s. The ``ps`` part (no callbacks: no poll)
+before and after this change, loads 5.6-9 and 2-6: synchronous 30 rounds 4.05 / 3.90 s
+and 3.89 / 3.97 s, SSP and async ratios to it unchanged (0.21, 0.17 at 0.5/L;
+0.34-0.35 and 0.25-0.33 at 1/L with the default rule).
 """
 
 from __future__ import annotations
