@@ -148,7 +148,7 @@ class ParameterServer(ResidentStrategy):
     """
 
     name = "parameter-server"
-    #: the server sends the emulated failures itself (its callbacks run after the loop)
+    #: the server sends the emulated failures itself (callbacks are not in its loop)
     injects_failures = True
 
     def __init__(self, *, staleness: int | None = 0, loss_every: int = 1,
