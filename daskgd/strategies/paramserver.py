@@ -78,10 +78,11 @@ the server's event loop busiest), the ratios went from 0.57 to 1.8 across runs a
 conditions, the same condition's fits varying 2-4x among themselves (loads 7-9: the
 machine's noise, which the polls do not rise above). A poll took 15-21 ms of the
 client's time (median; the first, which opens the connections, up to 0.5 s; load 8.5),
-one small message per worker every 0.2 s. The ``ps`` part (no callbacks: no poll)
-before and after this change, loads 5.6-9 and 2-6: synchronous 30 rounds 4.05 / 3.90 s
-and 3.89 / 3.97 s, SSP and async ratios to it unchanged (0.21, 0.17 at 0.5/L;
-0.34-0.35 and 0.25-0.33 at 1/L with the default rule).
+one small message per worker every 0.2 s. The ``ps`` part (its fits have no callbacks:
+no poll, the request only started without waiting), before and after this change run
+back to back (load 3-5, rules secant and descent): synchronous 30 rounds 3.88 / 3.90 s
+before, 3.94 / 3.86 s after (0.5/L, 1/L: ratios 1.02 and 0.99); SSP and async ratios to
+it within 0.01 (secant 0.21 / 0.20, 0.17 / 0.17 at 0.5/L; 0.35 / 0.35, 0.23 / 0.23 at 1/L).
 """
 
 from __future__ import annotations
