@@ -337,7 +337,7 @@ def test_an_emulated_failure_kills_at_its_iteration_and_the_fit_finishes(client,
     assert trace.attrs["server"] == undisturbed.trace_.attrs["server"]
     assert json.loads(trace.attrs["workers_killed"]) == [[10, victim]]
     assert trace.attrs["attempts"] >= 2 and disturbed.n_iter_[0] == 30
-    client.wait_for_workers(2, timeout=30)  # its nanny restarted it
+    client.wait_for_workers(2, timeout=60)  # its nanny restarted it (30 s missed once at load 7)
     assert victim not in client.ncores()
     if staleness == 0:  # the same rounds at the same w: the same answer
         np.testing.assert_allclose(disturbed.coef_, undisturbed.coef_, rtol=1e-8)

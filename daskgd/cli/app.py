@@ -10,9 +10,11 @@ traceback as well).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from daskgd.cli.cluster_options import jobqueue_options, print_job_script
@@ -86,16 +88,32 @@ def _one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text} (run with --debug for the traceback)"
 
 
+@contextlib.contextmanager
+def _quiet_distributed(debug: bool) -> Iterator[None]:
+    """distributed's warnings and errors, not its INFO lines (--debug: all of them): a
+    scheduler killed during a batched write logged its CommClosedError traceback at INFO,
+    beside the command's one-line error. The level is restored after the command."""
+    logger = logging.getLogger("distributed")
+    level = logger.level
+    if not debug:
+        logger.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``daskgd`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        # every option is checked before a cluster starts or a job is submitted
-        args.jobqueue = jobqueue_options(args)
-        if args.jobqueue is not None and args.print_job_script:
-            return print_job_script(args.jobqueue)
-        return int(args.handler(args) or 0)
+        with _quiet_distributed(getattr(args, "debug", False)):
+            # every option is checked before a cluster starts or a job is submitted
+            args.jobqueue = jobqueue_options(args)
+            if args.jobqueue is not None and args.print_job_script:
+                return print_job_script(args.jobqueue)
+            return int(args.handler(args) or 0)
     except KeyboardInterrupt:
         print("daskgd: interrupted", file=sys.stderr)
         return 130
