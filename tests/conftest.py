@@ -138,6 +138,12 @@ class _SessionCluster:
         live = {w.get("name") for w in known.values()}
         return {name: w for name, w in self.cluster.workers.items() if name not in live}
 
+    def checked_client(self):
+        """The Client, the cluster first brought back to N_WORKERS workers if a test left
+        it otherwise (two small requests when it is as it should be)."""
+        self.ensure()
+        return self.client
+
     def ensure(self) -> None:
         """Bring the cluster back to exactly N_WORKERS running workers."""
         n = self.n_workers()
@@ -236,8 +242,7 @@ def _session_cluster() -> Iterator[_SessionCluster]:
 def session_client(_session_cluster: _SessionCluster):
     """The session's Client when the module starts, for module-scoped fixtures that place
     data on it (a cluster rebuilt by an earlier module's test gives them the new one)."""
-    _session_cluster.ensure()
-    return _session_cluster.client
+    return _session_cluster.checked_client()
 
 
 @pytest.fixture
@@ -248,8 +253,7 @@ def cluster_client(_session_cluster: _SessionCluster):
     made the ``client`` fixture start a new one (seen: "Client is closed" in a later test
     that held the first client for the session), and a worker killed by a test may come
     back only after its test (seen: a later test on one worker)."""
-    _session_cluster.ensure()  # one request when the cluster is as it should be
-    return _session_cluster.client
+    return _session_cluster.checked_client()
 
 
 @pytest.fixture

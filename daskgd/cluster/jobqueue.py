@@ -23,6 +23,8 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+from daskgd.data import waits
+
 #: kind -> (dask_jobqueue class, the command that shows the user's jobs)
 KINDS: dict[str, tuple[str, str]] = {
     "slurm": ("SLURMCluster", "squeue -u $USER"),
@@ -196,8 +198,6 @@ def wait_for_workers(client: Any, n_workers: int, options: JobqueueOptions) -> N
     try:
         client.wait_for_workers(n_workers, timeout=options.wait_seconds)
     except TimeoutError:
-        from daskgd.data import waits
-
         arrived = len(waits.scheduler_workers(client, what="counting the workers"))
         hint = ""
         address = client.scheduler.address
@@ -225,7 +225,6 @@ def jobqueue_client(options: JobqueueOptions) -> Iterator[Any]:
     """
     from distributed import Client
 
-    from daskgd.data import waits
     from daskgd.data.restrictions import ensure_registered
 
     cluster = make_jobqueue_cluster(options)
