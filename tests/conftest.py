@@ -51,6 +51,12 @@ from cli_helpers import no_cluster  # noqa: F401 - a fixture for every test modu
 N_WORKERS = 2
 STARTUP_TIMEOUT = 60  # seconds to wait for a cluster or for subprocess workers to come up
 
+# distributed's SpecCluster closes and forgets the nanny of a lost worker whose name has
+# not registered again within this timeout (15 s by default): on a loaded machine a nanny
+# still restarting a worker a test killed was closed so, and the cluster stayed at one
+# worker ("Restarting worker", then "Closing Nanny ... nanny-close"; a CI-style run).
+dask.config.set({"distributed.deploy.lost-worker-timeout": f"{2 * STARTUP_TIMEOUT}s"})
+
 # Flags for headless Chromium on a machine with no network but loopback, running as root.
 CHROMIUM_ARGS = [
     "--no-sandbox",
