@@ -55,7 +55,20 @@ STARTUP_TIMEOUT = 60  # seconds to wait for a cluster or for subprocess workers 
 # not registered again within this timeout (15 s by default): on a loaded machine a nanny
 # still restarting a worker a test killed was closed so, and the cluster stayed at one
 # worker ("Restarting worker", then "Closing Nanny ... nanny-close"; a CI-style run).
+# Batch jobs are a different case: a job cluster replaces a lost job only after this timeout,
+# so tests of jobs that end use distributed's own value (``distributed_lost_worker_timeout``).
+import distributed  # noqa: E402,F401 - loads distributed's defaults into dask.config
+
+LOST_WORKER_TIMEOUT = dask.config.get("distributed.deploy.lost-worker-timeout")
 dask.config.set({"distributed.deploy.lost-worker-timeout": f"{2 * STARTUP_TIMEOUT}s"})
+
+
+@pytest.fixture
+def distributed_lost_worker_timeout():
+    """distributed's own lost-worker timeout for one test (the session keeps a longer one)."""
+    with dask.config.set({"distributed.deploy.lost-worker-timeout": LOST_WORKER_TIMEOUT}):
+        yield LOST_WORKER_TIMEOUT
+
 
 # Flags for headless Chromium on a machine with no network but loopback, running as root.
 CHROMIUM_ARGS = [

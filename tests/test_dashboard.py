@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from synthetic_traces import WORKERS, make_trace, without_workers
 
+from daskgd.engine.callbacks import Callback
 from daskgd.engine.driver import IterationRecord
 from daskgd.observe.summary import split
 from daskgd.viz.columns import pending_span
@@ -539,6 +540,30 @@ def _wait_for_the_final_trace(page, n: int, live, warned: list) -> None:
         )
 
 
+class PageGate(Callback):
+    """Holds the fit after some iterations until the test has seen the page show them (each
+    hold bounded): the page must grow while the fit runs, whatever the machine's load. A
+    free-running fit was over between two polls of a loaded CI machine's page."""
+
+    def __init__(self, at: tuple[int, ...], bound: float = 30.0):
+        self.at, self.bound = set(at), bound
+        self.waiting: int | None = None
+        self.released = threading.Event()
+        self.shown: list[tuple[int, int]] = []  # (iteration held at, iterations shown)
+
+    def on_iteration_end(self, record):
+        if record.iteration in self.at:
+            self.released.clear()
+            self.waiting = record.iteration
+            self.released.wait(self.bound)  # unreleased: the assertion below names it
+            self.waiting = None
+
+    def release_if_shown(self, shown: int) -> None:
+        if self.waiting is not None and shown >= self.waiting:
+            self.shown.append((self.waiting, shown))
+            self.released.set()
+
+
 def test_live_page_follows_a_real_fit(browser, own_client):
     import daskgd
     from daskgd.data.synthetic import make_classification
@@ -546,20 +571,10 @@ def test_live_page_follows_a_real_fit(browser, own_client):
     client = own_client
     X, y = make_classification(20_000, 20, chunks=2_500, random_state=0)
     live = LiveTrace(client)
-    from daskgd.runtime.emulation import Emulation
-
-    # 20 ms of emulated latency per message: the fit lasts seconds however fast the
-    # machine is (12 plain iterations took ~0.4 s: the page saw one update in between).
-    model = daskgd.LogisticRegression(
-        solver="gd",
-        max_iter=12,
-        tol=0,
-        client=client,
-        verbose=False,
-        emulation=Emulation(latency_seconds=0.02),
-    )
+    gate = PageGate(at=(4, 8))
+    model = daskgd.LogisticRegression(solver="gd", max_iter=12, tol=0, client=client, verbose=False)
     fit = threading.Thread(
-        target=lambda: model.fit(X, y, callbacks=[live]), name="fit", daemon=True
+        target=lambda: model.fit(X, y, callbacks=[live, gate]), name="fit", daemon=True
     )
     dashboard = serve(live, interval_ms=200)  # memory: from the LiveTrace's client
     try:
@@ -568,14 +583,15 @@ def test_live_page_follows_a_real_fit(browser, own_client):
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 fit.start()
-                seen = set()
                 while fit.is_alive():
-                    seen.add(page.evaluate(LENGTH_JS, "daskgd-loss-data"))
-                    page.wait_for_timeout(150)
+                    gate.release_if_shown(page.evaluate(LENGTH_JS, "daskgd-loss-data"))
+                    page.wait_for_timeout(100)
                 fit.join()
             warned = sorted({str(w.message)[:200] for w in caught})
             _wait_for_the_final_trace(page, model.trace_.sizes["iteration"], live, warned)
-            assert len(seen - {0}) >= 2, seen  # the page grew while the fit ran
+            # the page showed the 4th, then the 8th iteration while the fit was held there
+            held = [at for at, _ in gate.shown]
+            assert held == [4, 8] and all(n < 12 for _, n in gate.shown), gate.shown
             _assert_drawn(page)
             memory = page.evaluate(
                 "Bokeh.documents[0].get_model_by_name('daskgd-workers-data').data.memory"
