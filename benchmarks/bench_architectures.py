@@ -25,6 +25,12 @@ ps  Parameter server on 4 worker processes x 1 thread, logistic regression, one 
     passed (the straggler 3 x c): a sleeping worker holds no core. Printed per worker:
     what a push's compute really cost (compute minus the emulated sleep) and the sleep.
 
+ps-live  The overhead of the live records' polls (:mod:`daskgd.strategies.pslive`):
+    the same parameter-server fits (staleness 0, 2, None; under the ps part's emulated
+    compute and straggler, then with real compute only, where the server's event loop
+    is busiest) with a LiveTrace callback (polled every 0.2 s) and without callbacks
+    (no poll), interleaved; printed: the server's seconds per update and the ratio.
+
 Run ``PYTHONPATH=. python benchmarks/bench_architectures.py --parts ps`` from the
 repository root; the load average is printed before and after (4 processes on 2 cores:
 with real compute only the ratios move with the load).
@@ -199,7 +205,47 @@ def report(trace, label, target, base, max_updates):
     print(f"  {'':<26}compute per push {real_compute(trace)}")
 
 
-PARTS = {"ps": part_ps}
+def part_ps_live(client, args):
+    """The live records' polls (0.2 s) against none: the same fits with a LiveTrace
+    callback (polled) and without callbacks (no poll), interleaved, 3 of each; the
+    server's seconds per update (its clock) and their ratio, medians."""
+    X, y = make_classification(args.samples, args.features,
+                               chunks=-(-args.samples // args.chunks), random_state=0)  # fmt: skip
+    fit(X, y, client, get_strategy("parameter-server", timeout=300.0), 1, 1.0)  # compile
+    print(f"\n[ps-live] {args.workers} workers, n={args.samples:,}, {args.chunks} chunks, "
+          f"gd step 1, load {load()}")  # fmt: skip
+    straggler = Emulation(stragglers={1: args.slowdown}, chunk_compute_seconds=0.02)
+    conditions = (("emulated 20 ms/chunk, worker 1 slowed 3x", straggler),
+                  ("real compute only", None))  # fmt: skip
+    long = args.rounds * 12
+    for label, emulation in conditions:
+        for staleness, updates in ((0, args.rounds), (2, long), (None, long)):
+            per_update: dict[str, list] = {"polled": [], "none": []}
+            for _ in range(3):
+                for kind, times in per_update.items():
+                    times.append(_seconds_per_update(X, y, client, staleness, emulation,
+                                                     updates, kind == "polled"))  # fmt: skip
+            polled, none = (float(np.median(per_update[k])) for k in ("polled", "none"))
+            print(
+                f"  {label}, staleness={staleness}: {updates} updates, {polled * 1e3:.2f} ms "
+                f"per update polled, {none * 1e3:.2f} without: ratio {polled / none:.3f}"
+            )
+    print(f"  load {load()}")
+
+
+def _seconds_per_update(X, y, client, staleness, emulation, updates, polled):
+    from daskgd.viz.live import LiveTrace
+
+    strategy = get_strategy("parameter-server", staleness=staleness, emulation=emulation)
+    model = LogisticRegression(solver="gd", learning_rate=1.0, max_iter=updates, tol=0,
+                               client=client, strategy=strategy)  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.fit(X, y, callbacks=[LiveTrace()] if polled else [])
+    return float(model.trace_.elapsed_seconds.values[-1]) / updates
+
+
+PARTS = {"ps": part_ps, "ps-live": part_ps_live}
 
 
 def main(argv=None):

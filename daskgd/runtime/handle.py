@@ -27,6 +27,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future as ConcurrentFuture
 from typing import Any
 
 import dask
@@ -214,6 +215,47 @@ class Runtime:
         with self._lock:
             results, measures = self.client.sync(self._with_retries, self._call_once, job, bound)
         return Results(results, measures)
+
+    def call_soon(self, function: Callable, args: Sequence = (), kwargs: dict | None = None,
+                  *, timeout: float | None = None) -> ConcurrentFuture:  # fmt: skip
+        """:meth:`call_with` without waiting: a future of its :class:`Results`. No other
+        request (:meth:`peek` excepted) is served until it is done."""
+        if not callable(function):
+            raise TypeError(f"function must be callable, got {function!r}")
+        bound = self.timeout if timeout is None else _positive_seconds(timeout, "timeout")
+        job = (function, tuple(args), dict(kwargs or {}))
+        outer: ConcurrentFuture = ConcurrentFuture()
+
+        def settle(inner: ConcurrentFuture) -> None:
+            self._lock.release()
+            try:
+                outer.set_result(Results(*inner.result()))
+            except BaseException as error:  # noqa: BLE001 - the caller's to see
+                outer.set_exception(error)
+
+        self._lock.acquire()
+        try:
+            coroutine = self._with_retries(self._call_once, job, bound)
+            inner = asyncio.run_coroutine_threadsafe(coroutine, self.client.loop.asyncio_loop)
+        except BaseException:
+            self._lock.release()
+            raise
+        inner.add_done_callback(settle)
+        return outer
+
+    def peek(self, function: Callable, *args: Any) -> dict[str, Any]:
+        """``function(resident, *args)`` on every resident's worker event loop, beside a
+        running request: {address: result} of the workers that answered within
+        ``min(timeout, 5 s)`` (one lost or being rebuilt is left out). For quick reads of
+        what a running call keeps, or a flag it reads: it must not block."""
+        from distributed.protocol import pickle
+
+        job, addresses = pickle.dumps((function, tuple(args))), self._workers
+        replies = self.client.sync(asyncio.gather, *(
+            self._quietly(address, "daskgd_peek", run_id=self.run_id, job=job)
+            for address in addresses))  # fmt: skip
+        return {address: pickle.loads(reply["result"])
+                for address, reply in zip(addresses, replies, strict=True) if reply}  # fmt: skip
 
     # -- checks ----------------------------------------------------------------------------
 

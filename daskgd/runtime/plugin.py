@@ -20,6 +20,10 @@ handlers to the worker's ``handlers`` (the pattern of distributed's P2P shuffle,
     mailbox after the emulated latency and bandwidth, when the run has an emulation.
 ``daskgd_abort(run_id, attempt, call, reason)``
     Wake the call's waits with :class:`~daskgd.runtime.messaging.CallAbortedError`.
+``daskgd_peek(run_id, job)``
+    ``function(resident, *args)`` on the worker's event loop, beside a running call (whose
+    thread it does not wait for): a quick read of what the call keeps in the resident's
+    state, or a flag it reads (a parameter server's progress, a stop). It must not block.
 ``daskgd_drop(run_id)`` / ``daskgd_runs()``
     Forget a run (chunk references, state, mailbox) / list the runs present.
 
@@ -54,6 +58,7 @@ HANDLERS = (
     "daskgd_call",
     "daskgd_message",
     "daskgd_abort",
+    "daskgd_peek",
     "daskgd_drop",
     "daskgd_runs",
 )
@@ -220,6 +225,23 @@ class RuntimePlugin(WorkerPlugin):
         if resident is not None and resident.attempt == attempt:
             resident.mailbox.abort(call, CallAbortedError(reason))
         return {"status": "OK"}
+
+    async def peek(self, run_id: str, job: bytes) -> dict:
+        """``job`` is ``(function, args)`` pickled by the client; run on the event loop, so
+        it sees the resident's state between two of the loop's steps (a coroutine's state
+        is consistent there), whichever attempt of the run the resident belongs to."""
+        from distributed.core import error_message
+        from distributed.protocol import pickle
+
+        try:
+            resident = self.residents.get(run_id)
+            if resident is None:
+                raise ResidentMissingError(f"no resident of run {run_id} on {self.worker.address}")
+            function, args = pickle.loads(job)
+            result = pickle.dumps(function(resident, *args))
+        except Exception as error:  # noqa: BLE001 - re-raised on the client
+            return dict(error_message(error))
+        return {"status": "OK", "result": result}
 
     async def drop(self, run_id: str) -> dict:
         resident = self.residents.pop(run_id, None)

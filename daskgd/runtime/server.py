@@ -7,7 +7,10 @@ to the server, again, until the server says stop), and the server's resident als
 push is applied the moment it arrives, with no thread switch, while that worker's thread
 computes. Vectors go worker to server and back through :meth:`Resident.send` /
 :meth:`Resident.post_soon` (distributed's pooled connections, the runtime's handlers):
-neither the scheduler nor the client is in the loop.
+neither the scheduler nor the client is in the loop. The client reads the progress
+while it runs (:mod:`daskgd.strategies.pslive`: a peek on each worker's event loop) and
+may ask the server to stop (:func:`request_stop`: read before every update, the
+server then ends as at max_iter, stopping every worker).
 
 The messages. A pull is ``[w..., version]`` (exact float64), the version being the
 number of server updates w has had; an empty vector is "stop". A push is the packed
@@ -113,7 +116,7 @@ from daskgd.models.objective import Objective
 from daskgd.runtime.messaging import RecvTimeoutError
 
 __all__ = ["PULL", "PUSH", "STEP_RULES", "AsyncJob", "Progress", "ServerLostError",
-           "run_async", "stale_step", "work"]  # fmt: skip
+           "request_stop", "run_async", "stale_step", "stop_requested", "work"]  # fmt: skip
 
 PULL = "ps-pull"
 PUSH = "ps-push"
@@ -212,7 +215,7 @@ class Progress:
     events: list = field(default_factory=list)
     #: {version: w} every loss_every updates and the last, for the exact loss afterwards
     snapshots: dict = field(default_factory=dict)
-    #: 'max_iter', 'tol'; '' while running
+    #: 'max_iter', 'tol', 'client' (asked to stop: :func:`request_stop`); '' while running
     stopped: str = ""
     attempts: int = 0
     #: {iteration: workers sent a KILL after it}: once per iteration across attempts
@@ -257,6 +260,17 @@ def work(resident: Any, server: str, push_tag: Any, records: dict) -> None:
         if local:
             measured.update(bytes_sent=0, messages_sent=0, bytes_received=0, messages_received=0)
         records[int(pulled[-1])] = measured
+
+
+def stop_requested(resident: Any, token: str) -> bool:
+    """Whether the client asked the server of fit ``token`` to stop (:func:`request_stop`)."""
+    return bool(resident.state.get(f"{STATE}-{token}-stop"))
+
+
+def request_stop(resident: Any, token: str) -> None:
+    """Ask the server of fit ``token`` to stop after its current update (a peek: on the
+    event loop). The flag lives in the resident's state, so a rebuilt server sees it too."""
+    resident.state[f"{STATE}-{token}-stop"] = True
 
 
 def kills_due(kills: dict, iteration: int, killed: dict, peers: Any) -> list[str]:
@@ -387,6 +401,9 @@ async def serve(resident: Any, job: AsyncJob, progress: Progress) -> None:
 async def _loop(server: _Server) -> None:
     job, progress = server.job, server.progress
     while progress.version < job.max_iter:
+        if stop_requested(server.resident, job.token):  # seen within one push
+            progress.stopped = "client"
+            return
         source, partial, nbytes = await server.resident.next_message(PUSH, job.timeout)
         started = time.perf_counter()
         server.receive(source, partial, nbytes)

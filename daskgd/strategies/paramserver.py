@@ -8,7 +8,7 @@ Where the server is. On the worker of the resident of rank 0 (the worker holding
 first chunk of the data), chosen by the client before the run and recorded in the trace
 attr ``server``. On a worker, not on the client: the pushes and pulls then go worker to
 worker through distributed's pooled connections with no client in the loop (the client
-sends one request that runs the whole fit and reads the record at the end), the server
+sends one request that runs the whole fit, and polls it for the records), the server
 is a node of the cluster as in the lecture, and its traffic (m pulls and m pushes per
 round) shows in that worker's bytes, which is what the busiest-node figure compares
 with peer-to-peer strategies. That worker also computes its own chunks: a stale server
@@ -50,17 +50,43 @@ what is lost is the gradients in flight (computed, not yet applied) and the dead
 worker's latest sum (the first update after the rebuild waits for a fresh sum from
 every worker). For staleness=0 the iterates are those of an undisturbed fit. A lost
 server loses w: the fit stops with :class:`~daskgd.runtime.server.ServerLostError`.
-Callbacks see the iterations after the run (they are not in the loop), so emulated
-failures (``KillAt``, ``KillRandomly``) are the server's to send: the client plans
-them before the run (:func:`kill_plan`, among the workers at its start), and after
-update t the server sends each victim a KILL pull, on which that worker SIGKILLs its
-own process (the server's own worker: the fit stops with ServerLostError); the fit
+Callbacks are not in the server's loop (they see each update up to a poll later), so
+emulated failures (``KillAt``, ``KillRandomly``) are the server's to send: the client
+plans them before the run (:func:`kill_plan`, among the workers at its start), and
+after update t the server sends each victim a KILL pull, on which that worker SIGKILLs
+its own process (the server's own worker: the fit stops with ServerLostError); the fit
 then goes on as above. Trace attr ``workers_killed``: [[iteration, address], ...].
+
+Live records and stop (:mod:`daskgd.strategies.pslive`). While the fit runs, the client
+polls the workers every 0.2 s (:meth:`Runtime.peek`: a handler on each worker's event
+loop reads what the server and the workers added since the last poll) and passes each
+new record to ``on_iteration_end`` in order, once its pushes' measures are known: the
+records of the final trace, except a stale server's loss, grad_norm and optimality
+(evaluated after the run: NaN live; a LiveTrace takes the final records at the end).
+A callback that raises, or a KeyboardInterrupt in the client's wait: the client tells
+the server to stop (it stops before its next update or round and stops the workers),
+waits for the request to end (bounded), and the error propagates; the result the
+callbacks' ``on_fit_end`` gets has the records they saw and ``info["stopped_by"] ==
+'client'``.
+
+Overhead of the polls (``benchmarks/bench_architectures.py --parts ps-live``: 4
+workers, the same fits with a LiveTrace, polled, and without callbacks, no poll,
+interleaved, 3 of each, medians of the server's seconds per update): under the ps
+part's emulated compute and straggler, ratios 0.97-0.99 (staleness=0), 1.00-1.01 (2)
+and 1.00 (None) in two runs (loads 4-9). With real compute only (1-17 ms per update,
+the server's event loop busiest), the ratios went from 0.57 to 1.8 across runs and
+conditions, the same condition's fits varying 2-4x among themselves (loads 7-9: the
+machine's noise, which the polls do not rise above). A poll took 15-21 ms of the
+client's time (median; the first, which opens the connections, up to 0.5 s; load 8.5),
+one small message per worker every 0.2 s. The ``ps`` part (its fits have no callbacks:
+no poll, the request only started without waiting), before and after this change run
+back to back (load 3-5, rules secant and descent): synchronous 30 rounds 3.88 / 3.90 s
+before, 3.94 / 3.86 s after (0.5/L, 1/L: ratios 1.02 and 0.99); SSP and async ratios to
+it within 0.01 (secant 0.21 / 0.20, 0.17 / 0.17 at 0.5/L; 0.35 / 0.35, 0.23 / 0.23 at 1/L).
 """
 
 from __future__ import annotations
 
-import math
 import os
 import signal
 import time
@@ -72,7 +98,7 @@ from typing import Any
 import numpy as np
 
 from daskgd.engine.callbacks import Callback
-from daskgd.engine.driver import FitResult, IterationRecord, Stopping, check_finite
+from daskgd.engine.driver import FitResult, Stopping, check_finite
 from daskgd.engine.steps import Evaluation, Evaluator, first_iterate, next_iterate
 from daskgd.models.losses import unpack
 from daskgd.models.objective import Objective
@@ -80,6 +106,7 @@ from daskgd.optim.base import Optimizer
 from daskgd.runtime import server as ps
 from daskgd.runtime.codecs import Codec
 from daskgd.runtime.emulation import KillAt, _address
+from daskgd.strategies import pslive
 from daskgd.strategies.base import Capabilities, FitProblem, objective_for, register_strategy
 from daskgd.strategies.direct import DEFAULT_TIMEOUT_SECONDS, ResidentSession, ResidentStrategy
 
@@ -122,7 +149,7 @@ class ParameterServer(ResidentStrategy):
     """
 
     name = "parameter-server"
-    #: the server sends the emulated failures itself (its callbacks run after the loop)
+    #: the server sends the emulated failures itself (callbacks are not in its loop)
     injects_failures = True
 
     def __init__(self, *, staleness: int | None = 0, loss_every: int = 1,
@@ -201,16 +228,18 @@ class ParameterServer(ResidentStrategy):
             for callback in callbacks:
                 callback.on_fit_start(dict(info))
             result = FitResult(w=w0, n_iter=0, converged=False, info=info)
+            live = pslive.LiveRecords(uuid.uuid4().hex, session.server, self.synchronous)
             try:
-                if self.synchronous:
-                    self._run_sync(runtime, session.server, optimizer, objective, w0, stopping,
-                                   result)  # fmt: skip
-                else:
-                    self._run_async(runtime, session.server, optimizer, objective, w0, stopping,
-                                    result)  # fmt: skip
-                for record in result.records:
-                    for callback in callbacks:
-                        callback.on_iteration_end(record)
+                run = self._run_sync if self.synchronous else self._run_async
+                run(runtime, session.server, optimizer, objective, w0, stopping, result,
+                    (live, callbacks))  # fmt: skip
+                # what the polls had not passed on yet, as the final trace has it
+                pslive.deliver(live, result.records[live.built :], callbacks)
+            except BaseException:  # what the callbacks saw; 'client' if the server stopped
+                result.records = list(live.delivered)
+                result.n_iter = result.records[-1].iteration if result.records else 0
+                result.info["stopped_by"] = live.stopped
+                raise
             finally:
                 for callback in callbacks:
                     callback.on_fit_end(result)
@@ -221,14 +250,18 @@ class ParameterServer(ResidentStrategy):
         # last within it: this bounds the one request that runs the whole fit.
         return self.timeout * (stopping.max_iter + 2)
 
-    def _run_sync(self, runtime, server, optimizer, objective, w0, stopping, result) -> None:
+    def _run_sync(self, runtime, server, optimizer, objective, w0, stopping, result,
+                  watch) -> None:  # fmt: skip
+        """The fit as one request, its records passed on live (``watch``: the
+        :class:`~daskgd.strategies.pslive.LiveRecords` and the callbacks)."""
+        token = watch[0].token
         kills = kill_plan(self.emulation, runtime.workers, stopping.max_iter)
-        job = SyncJob(uuid.uuid4().hex, server, optimizer, objective, w0, stopping.max_iter,
-                      stopping.tol, kills)  # fmt: skip
-        results = runtime.call_with(_sync_run, (job,), timeout=self._bound(stopping))
+        job = SyncJob(token, server, optimizer, objective, w0, stopping.max_iter, stopping.tol,
+                      kills)  # fmt: skip
+        results = pslive.follow(runtime, _sync_run, job, self._bound(stopping), *watch)
         progress: SyncProgress = results[server]["progress"]
         records = {address: reply["records"] for address, reply in results.items()}
-        result.records = _sync_records(progress, records)
+        result.records = pslive.sync_records(progress, records)
         result.info["attempts"] = results.measures.attempts
         iterate = progress.iterate
         result.w, result.state, result.n_iter = iterate.params, iterate.state, progress.iteration
@@ -237,18 +270,22 @@ class ParameterServer(ResidentStrategy):
         result.optimality = float(iterate.optimality)
         result.converged = bool(iterate.optimality <= stopping.tol)
 
-    def _run_async(self, runtime, server, optimizer, objective, w0, stopping, result) -> None:
+    def _run_async(self, runtime, server, optimizer, objective, w0, stopping, result,
+                   watch) -> None:  # fmt: skip
+        """The fit as one request, its records passed on live (``watch``: the
+        :class:`~daskgd.strategies.pslive.LiveRecords` and the callbacks)."""
+        token = watch[0].token
         step = float(optimizer.initial_step(objective))
         lipschitz = float(objective.lipschitz) if self.step_rule in ps.NEEDS_LIPSCHITZ else None
         kills = kill_plan(self.emulation, runtime.workers, stopping.max_iter)
-        job = ps.AsyncJob(uuid.uuid4().hex, server, self.staleness, step, objective, w0,
-                          stopping.max_iter, stopping.tol, self.loss_every, self.timeout,
-                          self.step_rule, lipschitz, kills)  # fmt: skip
-        results = runtime.call_with(ps.run_async, (job,), timeout=self._bound(stopping))
+        job = ps.AsyncJob(token, server, self.staleness, step, objective, w0, stopping.max_iter,
+                          stopping.tol, self.loss_every, self.timeout, self.step_rule,
+                          lipschitz, kills)  # fmt: skip
+        results = pslive.follow(runtime, ps.run_async, job, self._bound(stopping), *watch)
         progress: ps.Progress = results[server]["progress"]
         records = {address: reply["records"] for address, reply in results.items()}
         exact = _exact_at(runtime, objective, job.learning_rate, progress.snapshots)
-        result.records = _async_records(progress, records, exact, server)
+        result.records = pslive.async_records(progress, records, exact, server)
         result.info["attempts"] = results.measures.attempts
         result.w, result.n_iter = progress.w, progress.version
         last = exact[progress.version]
@@ -324,6 +361,7 @@ class SyncProgress:
     rows: list = field(default_factory=list)
     started_at: float = field(default_factory=time.time)
     killed: dict = field(default_factory=dict)  # as ps.Progress.killed
+    stopped: str = ""  # 'client': asked to stop (ps.request_stop)
 
 
 def _sync_run(resident: Any, job: SyncJob) -> dict:
@@ -357,6 +395,9 @@ def _sync_rounds(resident, job: SyncJob, progress: SyncProgress, records, others
         progress.rows.append(_row(0, progress.iterate, ids))
     _kill(resident, job, progress)
     while not progress.iterate.optimality <= job.tol and progress.iteration < job.max_iter:
+        if ps.stop_requested(resident, job.token):  # the client stops the fit: seen per round
+            progress.stopped = "client"
+            return
         new = next_iterate(optimizer, objective, progress.iterate, evaluate)
         if new.state.stalled:
             progress.stalled = True
@@ -415,34 +456,7 @@ def _row(iteration: int, iterate: Any, ids: list[int]) -> dict:
     return row
 
 
-# -- the records the trace is built from ------------------------------------------------------
-
-
-def _sync_records(progress: SyncProgress, records: dict) -> list[IterationRecord]:
-    out, previous = [], progress.started_at
-    for row in progress.rows:
-        per_worker: dict[str, dict] = {}
-        for address, measured in records.items():
-            for number in row["evaluations"]:
-                if number in measured:
-                    into = per_worker.setdefault(address, {"staleness": 0.0})
-                    for name, value in measured[number].items():
-                        into[name] = into.get(name, 0.0) + float(value)
-        out.append(_record(row["iteration"], row, previous, progress.started_at,
-                           len(row["evaluations"]), per_worker))  # fmt: skip
-        previous = row["time"]
-    return out
-
-
-def _record(iteration, row, previous, started, n_evaluations, per_worker):
-    return IterationRecord(
-        iteration=iteration, loss=row["loss"], grad_norm=row["grad_norm"],
-        optimality=row["optimality"], step_size=row["step_size"],
-        wall_seconds=row["time"] - previous, elapsed_seconds=row["time"] - started,
-        n_evaluations=n_evaluations, evaluation_seconds=row["time"] - previous,
-        attempts=n_evaluations, key_prefixes=("parameter-server",), start_time=previous,
-        worker_measures=per_worker or None,
-    )  # fmt: skip
+# -- the exact losses of a stale server's kept w (after the run) ---------------------------
 
 
 def _exact_at(runtime: Any, objective: Objective, step: float, snapshots: dict) -> dict:
@@ -462,38 +476,3 @@ def _exact_at(runtime: Any, objective: Objective, step: float, snapshots: dict) 
         exact[version] = {"loss": value + objective.nonsmooth(w), "grad_norm": norm,
                           "optimality": norm}  # fmt: skip
     return exact
-
-
-def _async_records(progress, records: dict, exact: dict, server: str) -> list[IterationRecord]:
-    blank = {"loss": math.nan, "grad_norm": math.nan, "optimality": math.nan}
-    first = {"iteration": 0, "time": progress.started_at, "step_size": 0.0, "applied": [],
-             "server": {}}  # fmt: skip
-    out, previous = [], progress.started_at
-    for event in [first, *progress.events]:
-        row = {**event, **exact.get(event["iteration"], blank)}
-        per_worker = _push_measures(event, records, server)
-        out.append(_record(event["iteration"], row, previous, progress.started_at,
-                           len(event["applied"]), per_worker))  # fmt: skip
-        previous = event["time"]
-    return out
-
-
-def _push_measures(event: dict, records: dict, server: str) -> dict[str, dict]:
-    """Per worker at one update: the applied pushes' measures and staleness; the server's
-    worker adds the server's traffic (its staleness NaN unless its own sum was applied).
-    A push whose worker was lost since has its staleness only (its measures went too)."""
-    per_worker: dict[str, dict] = {}
-    for address, staleness, version in event["applied"]:
-        measured = records.get(address, {}).get(version) or dict.fromkeys(ps._TIMED, math.nan)
-        into = per_worker.setdefault(address, {"staleness": float(staleness)})
-        into["staleness"] = max(into["staleness"], float(staleness))
-        for name, value in measured.items():
-            into[name] = into.get(name, 0.0) + float(value)
-    traffic = event.get("server")
-    if traffic:
-        into = per_worker.setdefault(server, {"staleness": math.nan, "compute_seconds": 0.0})
-        for name, value in (("bytes_received", traffic.get("bytes_received", 0)),
-                            ("bytes_sent", traffic.get("bytes_sent", 0)),
-                            ("communication_seconds", traffic.get("seconds", 0.0))):  # fmt: skip
-            into[name] = into.get(name, 0.0) + float(value)
-    return per_worker

@@ -101,7 +101,12 @@ class LiveTrace(Callback):
     def on_fit_end(self, result: FitResult) -> None:
         if self._owns_instrumentation:
             self.instrumentation.on_fit_end(result)
+        final = list(getattr(result, "records", None) or [])
         with self._lock:
+            # The result's records replace those seen live when they are the same
+            # iterations: a stale parameter server's losses are evaluated after its run.
+            if [r.iteration for r in final] == [r.iteration for r in self._records]:
+                self._records = final
             self.done = True
             self._version += 1
 
