@@ -32,8 +32,9 @@ SYNCHRONOUS = [name for name in PRODUCT if get_strategy(name).capabilities.synch
 #: The reference of the iterates is mapreduce; the others are compared with it.
 ALTERNATIVES = [name for name in SYNCHRONOUS if name != "mapreduce"]
 TOLERANCE = 1e-10
-#: Strategies whose callbacks see the iterations after the loop (no client in it), so a
-#: callback cannot kill a worker mid-fit: their own tests do (tests/test_paramserver.py).
+#: Strategies whose callbacks are not in their loop (the parameter server's reach the
+#: client a poll later, while the server goes on), so a callback cannot kill a worker at a
+#: given iteration: their own tests kill through the emulation (tests/test_paramserver.py).
 CALLBACKS_AFTER_THE_LOOP = {"parameter-server"}
 
 
