@@ -290,3 +290,29 @@ def test_a_run_failing_with_a_timeout_of_its_own_is_raised_not_waited_on():
     with pytest.raises(TimeoutError, match="did not answer"):
         follow(Failed(), print, job, 10.0, live, [Callback()])
     assert live.stopped == ""
+
+
+def test_a_server_failing_with_a_timeout_of_its_own_is_raised_as_it_is(monkeypatch):
+    """The server's coroutine ending in a RecvTimeoutError (no push for its timeout) is
+    that error, not "the server did not end" (both are TimeoutErrors: it was caught so)."""
+    import asyncio
+
+    from daskgd.runtime import server as ps
+    from daskgd.runtime.messaging import RecvTimeoutError
+
+    async def no_push(resident, job, progress):
+        raise RecvTimeoutError("no push within 1 s")
+
+    monkeypatch.setattr(ps, "serve", no_push)
+    monkeypatch.setattr(ps, "work", lambda *args: None)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        resident = SimpleNamespace(address="a", peers=("a",), state={}, _loop=loop)
+        job = SimpleNamespace(token="t", server="a", w0=np.zeros(2), timeout=1.0)
+        with pytest.raises(RecvTimeoutError, match="no push within"):
+            ps.run_async(resident, job)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)

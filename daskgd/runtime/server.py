@@ -440,6 +440,8 @@ def run_async(resident: Any, job: AsyncJob) -> dict:
         try:
             future.result(timeout=job.timeout + 1.0)  # it stopped us: it is ending
         except FutureTimeout:
+            if future.done():  # the server's own error (a RecvTimeoutError is a TimeoutError)
+                raise
             future.cancel()
             raise RecvTimeoutError(
                 f"the parameter server on {resident.address} did not end within "
