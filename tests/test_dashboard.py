@@ -257,8 +257,11 @@ def test_notebook_view_updates_from_its_thread_until_stopped():
     view = notebook_view(growing, interval_ms=50)
     try:
         first = len(view.dashboard.sources["loss"].data["iteration"])
-        time.sleep(0.6)
-        assert len(view.dashboard.sources["loss"].data["iteration"]) > first
+        # it grows within a few intervals (0.6 s was not enough once on a loaded machine)
+        deadline = time.monotonic() + 15
+        while len(view.dashboard.sources["loss"].data["iteration"]) == first:
+            assert time.monotonic() < deadline, f"the view stayed at {first} iterations"
+            time.sleep(0.05)
     finally:
         view.stop()
         growing.stop()

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-#: A cold run took 75 s on 2 cores at load 13-17 (30 s of CPU); bounded well above that.
+#: A cold run took 75 s on 2 cores at load 13-17 (30 s of CPU) before the third-party
+#: packages daskgd only touches were skipped (pyproject); bounded well above that.
 MYPY_TIMEOUT_SECONDS = 600
 
 
