@@ -45,6 +45,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import dask
+import distributed  # noqa: F401 - loads distributed's defaults into dask.config
 import pytest
 from cli_helpers import no_cluster  # noqa: F401 - a fixture for every test module
 
@@ -57,8 +58,6 @@ STARTUP_TIMEOUT = 60  # seconds to wait for a cluster or for subprocess workers 
 # worker ("Restarting worker", then "Closing Nanny ... nanny-close"; a CI-style run).
 # Batch jobs are a different case: a job cluster replaces a lost job only after this timeout,
 # so tests of jobs that end use distributed's own value (``distributed_lost_worker_timeout``).
-import distributed  # noqa: E402,F401 - loads distributed's defaults into dask.config
-
 LOST_WORKER_TIMEOUT = dask.config.get("distributed.deploy.lost-worker-timeout")
 dask.config.set({"distributed.deploy.lost-worker-timeout": f"{2 * STARTUP_TIMEOUT}s"})
 

@@ -12,11 +12,12 @@ exceptions travel back to the client inside distributed's error messages; the cl
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 import time
 from collections import deque
-from collections.abc import Hashable
-from typing import NamedTuple
+from collections.abc import Callable, Hashable
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -286,3 +287,16 @@ def recv_timeout(who: str, tag: Hashable, timeout: float) -> RecvTimeoutError:
         f"{who} waited {timeout:g} s for a message tagged {tag!r} "
         "(raise the Runtime's timeout, or check that a peer sends it)"
     )
+
+
+def loop_result(
+    future: concurrent.futures.Future, seconds: float, late: Callable[[], Exception]
+) -> Any:
+    """The result of a coroutine run on a worker's event loop, waited for ``seconds``; if
+    it is not done by then, it is cancelled and ``late()`` is raised. ``wait``, not
+    ``result(timeout)``: a coroutine ending in a TimeoutError of its own (a RecvTimeoutError)
+    is its result, raised as it is, not "not done yet"."""
+    if not concurrent.futures.wait([future], timeout=seconds).done:
+        future.cancel()
+        raise late()
+    return future.result()

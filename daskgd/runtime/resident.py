@@ -33,7 +33,6 @@ import contextlib
 import time
 from collections.abc import Hashable, Iterator, Mapping, Sequence
 from concurrent.futures import Future as ConcurrentFuture
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +52,7 @@ from daskgd.runtime.messaging import (
     PeerLostError,
     RecvTimeoutError,
     ResidentMissingError,
+    loop_result,
     recv_timeout,
     retrieve,
 )
@@ -341,10 +341,8 @@ class Resident:
         future = asyncio.run_coroutine_threadsafe(method(vector, tag), self._loop)
         try:
             # every arrival is bounded by the timeout; this bound is a backstop
-            total = future.result(timeout=steps * self.timeout + 1.0)
-        except FutureTimeout:
-            future.cancel()
-            raise recv_timeout(self._who(), tag, steps * self.timeout) from None
+            bound = steps * self.timeout
+            total = loop_result(future, bound + 1.0, lambda: recv_timeout(self._who(), tag, bound))
         finally:
             elapsed = time.perf_counter() - start
             self.meter.communication_seconds += elapsed - (self.meter.wait_seconds - waited)

@@ -105,7 +105,6 @@ import math
 import os
 import signal
 import time
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,7 +112,7 @@ import numpy as np
 
 from daskgd.models.losses import unpack
 from daskgd.models.objective import Objective
-from daskgd.runtime.messaging import RecvTimeoutError
+from daskgd.runtime.messaging import RecvTimeoutError, loop_result
 
 __all__ = ["PULL", "PUSH", "STEP_RULES", "AsyncJob", "Progress", "ServerLostError",
            "request_stop", "run_async", "stale_step", "stop_requested", "work"]  # fmt: skip
@@ -437,16 +436,14 @@ def run_async(resident: Any, job: AsyncJob) -> dict:
     try:
         work(resident, job.server, PUSH, records)
     finally:
-        try:
-            future.result(timeout=job.timeout + 1.0)  # it stopped us: it is ending
-        except FutureTimeout:
-            if future.done():  # the server's own error (a RecvTimeoutError is a TimeoutError)
-                raise
-            future.cancel()
-            raise RecvTimeoutError(
+        loop_result(  # it stopped us: it is ending
+            future,
+            job.timeout + 1.0,
+            lambda: RecvTimeoutError(
                 f"the parameter server on {resident.address} did not end within "
                 f"{job.timeout:g} s of its last stop message"
-            ) from None
+            ),
+        )
     return {"records": records, "progress": progress}
 
 
