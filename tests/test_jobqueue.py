@@ -19,7 +19,11 @@ import dask
 import numpy as np
 import pytest
 
+_sigint = signal.getsignal(signal.SIGINT)
 pytest.importorskip("dask_jobqueue")
+# its import replaces the SIGINT handler by one calling sys.exit() (daskgd's own import of
+# it puts the handler back, cluster_class): the other modules' tests keep Python's
+signal.signal(signal.SIGINT, _sigint)
 sklearn_linear = pytest.importorskip("sklearn.linear_model")
 
 from daskgd.cluster.jobqueue import (  # noqa: E402

@@ -157,7 +157,7 @@ def test_a_raising_callback_stops_the_fit_on_the_cluster(cluster_client, data, s
     assert [r.iteration for _, r in following.seen] == [0, 1, 2, 3]
 
 
-def test_an_interrupted_wait_stops_the_fit(cluster_client, data):
+def test_an_interrupted_wait_stops_the_fit(cluster_client, data, request):
     """KeyboardInterrupt in the client's thread while it waits (as Ctrl-C in a notebook
     delivers it), a few records into a long asynchronous fit."""
     if threading.current_thread() is not threading.main_thread():
@@ -170,6 +170,12 @@ def test_an_interrupted_wait_stops_the_fit(cluster_client, data):
             if record.iteration == 3:  # from another thread, as a signal arrives
                 threading.Timer(0.05, _thread.interrupt_main).start()
 
+    # Python's own SIGINT handler, as in a notebook or a shell: dask_jobqueue's import
+    # replaces it by one calling sys.exit() (seen here after another module imported it)
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
     recorder = Interrupter()
     with pytest.raises(KeyboardInterrupt):
         _fit(X, y, None, [recorder], max_iter=3_000)
