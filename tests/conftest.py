@@ -57,16 +57,18 @@ STARTUP_TIMEOUT = 60  # seconds to wait for a cluster or for subprocess workers 
 # still restarting a worker a test killed was closed so, and the cluster stayed at one
 # worker ("Restarting worker", then "Closing Nanny ... nanny-close"; a CI-style run).
 # Batch jobs are a different case: a job cluster replaces a lost job only after this timeout,
-# so tests of jobs that end use distributed's own value (``distributed_lost_worker_timeout``).
-LOST_WORKER_TIMEOUT = dask.config.get("distributed.deploy.lost-worker-timeout")
+# so tests of jobs that end use a short one (``job_lost_worker_timeout``): a lost job's
+# worker never comes back, and distributed's own 15 s is only how long the replacement waits.
 dask.config.set({"distributed.deploy.lost-worker-timeout": f"{2 * STARTUP_TIMEOUT}s"})
+JOB_LOST_WORKER_TIMEOUT = "2s"
 
 
 @pytest.fixture
-def distributed_lost_worker_timeout():
-    """distributed's own lost-worker timeout for one test (the session keeps a longer one)."""
-    with dask.config.set({"distributed.deploy.lost-worker-timeout": LOST_WORKER_TIMEOUT}):
-        yield LOST_WORKER_TIMEOUT
+def job_lost_worker_timeout():
+    """A short lost-worker timeout for one test of batch jobs (the session keeps a long one):
+    a job cluster submits the replacement of a job that ended after it."""
+    with dask.config.set({"distributed.deploy.lost-worker-timeout": JOB_LOST_WORKER_TIMEOUT}):
+        yield JOB_LOST_WORKER_TIMEOUT
 
 
 # Flags for headless Chromium on a machine with no network but loopback, running as root.

@@ -147,6 +147,22 @@ def test_update_redraws_only_when_the_trace_changed():
     assert len(dashboard.sources["loss"].data["iteration"]) == 0
 
 
+def test_update_sends_only_the_sources_that_changed():
+    """A browser redraws every plot of a source whose data is set: equal data is left."""
+    dashboard = TraceDashboard()
+    trace = make_trace(n_iterations=8)
+    dashboard.update(trace)
+    before = {name: source.data for name, source in dashboard.sources.items()}
+    longer = trace.assign_attrs(daskgd_live=1)  # same data, another fingerprint
+    assert dashboard.update(longer)
+    assert all(dashboard.sources[name].data is data for name, data in before.items())
+    loss = trace["loss"].values.copy()
+    loss[-1] = np.nan  # NaN = NaN for what is unchanged, a change where it is new
+    dashboard.update(trace.assign(loss=("iteration", loss)))
+    assert dashboard.sources["loss"].data is not before["loss"]
+    assert dashboard.sources["heatmap"].data is before["heatmap"]
+
+
 @pytest.mark.parametrize(
     ("trace", "title"),
     [
@@ -345,6 +361,7 @@ def test_served_page_shows_new_iterations(browser):
         try:
             first, later = _wait_for_growth(page, "daskgd-loss-data")
             assert later > first >= 3
+            growing.stop()  # a still page: the screenshot needs no redraw to wait for
             _assert_drawn(page)
             assert page.errors == []
         finally:
@@ -400,6 +417,7 @@ def test_served_page_swaps_its_static_copy_for_the_live_document(browser):
             )
             first, later = _wait_for_growth(page, "daskgd-loss-data")
             assert later > first
+            growing.stop()
             _assert_drawn(page)
             assert page.errors == []
         finally:
@@ -459,7 +477,7 @@ def test_register_before_any_scheduler_returns_the_routes(monkeypatch):
 
 @pytest.fixture
 def dask_pages():
-    """Routes registered for the test only, unregistered afterwards."""
+    """(routes registered for the test only, unregistered afterwards; their trace)."""
     from distributed.dashboard import scheduler as dask_dashboard
 
     growing = GrowingTrace()
@@ -467,7 +485,7 @@ def dask_pages():
         warnings.simplefilter("ignore")  # the session's cluster may be running already
         register_dask_pages(growing, interval_ms=200)
     try:
-        yield [route for route in DASK_PAGES if route in dask_dashboard.applications]
+        yield [route for route in DASK_PAGES if route in dask_dashboard.applications], growing
     finally:
         unregister_dask_pages()
         growing.stop()
@@ -476,7 +494,8 @@ def dask_pages():
 def test_dask_dashboard_lists_and_serves_the_pages(browser, dask_pages):
     from distributed import LocalCluster
 
-    assert dask_pages == list(DASK_PAGES)
+    routes, growing = dask_pages
+    assert routes == list(DASK_PAGES)
     with LocalCluster(
         n_workers=1, processes=False, threads_per_worker=1, dashboard_address="127.0.0.1:0"
     ) as cluster:
@@ -488,6 +507,7 @@ def test_dask_dashboard_lists_and_serves_the_pages(browser, dask_pages):
         try:
             first, later = _wait_for_growth(page, "daskgd-split-data")
             assert later > first
+            growing.stop()
             _assert_drawn(page, ("split",))
             page.goto(f"{base}/individual-daskgd-dashboard")
             page.wait_for_function("window.Bokeh && Bokeh.documents.length > 0")

@@ -109,11 +109,15 @@ class DaskProcesses:
                 time.sleep(0.1)
 
     def close(self) -> None:
-        if self.scheduler is not None and self.scheduler.poll() is None:
-            os.killpg(self.scheduler.pid, signal.SIGCONT)
-        for proc in [*self.workers, self.scheduler]:
-            if proc is not None:
-                _kill_group(proc, timeout=5)
+        procs = [proc for proc in [*self.workers, self.scheduler] if proc is not None]
+        for proc in procs:  # a frozen (SIGSTOPped) process would not act on SIGTERM
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGCONT)
+                except ProcessLookupError:
+                    pass
+        for proc in procs:
+            _kill_group(proc, timeout=5)
 
 
 @pytest.fixture

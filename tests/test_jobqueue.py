@@ -36,8 +36,8 @@ from daskgd.cluster.jobqueue import (  # noqa: E402
 from daskgd.engine.driver import Callback  # noqa: E402
 
 # A job cluster submits a replacement for a lost job only after distributed's lost-worker
-# timeout: these tests use its own value, not the session cluster's longer one (conftest).
-pytestmark = pytest.mark.usefixtures("distributed_lost_worker_timeout")
+# timeout: these tests use a short one, not the session cluster's long one (conftest).
+pytestmark = pytest.mark.usefixtures("job_lost_worker_timeout")
 
 FAKE_SLURM = Path(__file__).parent / "fake_slurm"
 CLI = [sys.executable, "-m", "daskgd.cli"]
@@ -381,7 +381,7 @@ def test_fit_waits_for_new_jobs_when_every_job_ends(fake_slurm):
     with jobqueue_client(_small_jobs()) as client:
         first = set(client.ncores())
         ender = EndEveryJobAt(fake_slurm, iteration=8)
-        # New jobs come after distributed's lost-worker timeout (15 s) and their workers
+        # New jobs come after the lost-worker timeout (15 s by default) and their workers
         # start a Python process each: more than the fit's default 30 s on a loaded machine.
         model = LogisticRegression(**options, client=client, verbose=False, timeout=120)
         model.fit(X, y, callbacks=[ender])

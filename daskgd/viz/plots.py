@@ -222,5 +222,21 @@ class TraceDashboard:
             "consensus": consensus_columns(trace),
         }
         for name, data in new.items():
-            self.sources[name].data = dict(data)
+            # The page redraws every plot of a source that changed: leave unchanged ones
+            if not _same_columns(self.sources[name].data, data):
+                self.sources[name].data = dict(data)
         frame.columns = {**new, "bytes_unit": unit, "bytes_cumulative_unit": cumulative_unit}
+
+
+def _same_columns(old: dict, new: dict) -> bool:
+    """Whether two sources' data are equal (the same columns, equal values, NaN = NaN)."""
+    if old.keys() != new.keys():
+        return False
+    for name, value in new.items():
+        a, b = np.asarray(old[name]), np.asarray(value)
+        if a.shape != b.shape or a.dtype != b.dtype:
+            return False
+        equal_nan = a.dtype.kind in "fc"
+        if not np.array_equal(a, b, equal_nan=equal_nan):
+            return False
+    return True

@@ -89,7 +89,11 @@ def _document(source: Source, doc: Any, interval_ms: int, memory: Callable | Non
     def tick() -> None:
         # A closed page's session lives on for a while: don't draw for nobody.
         if connected(doc):
-            pull()
+            doc.hold("combine")
+            try:
+                pull()
+            finally:
+                doc.unhold()
 
     pull()
     doc.add_root(dashboard.layout)
