@@ -254,6 +254,52 @@ def test_emulation_requests_are_bounded_by_a_frozen_worker(dask_processes):
             os.killpg(dask_processes.workers[0].pid, signal.SIGCONT)
 
 
+def test_a_frozen_worker_is_left_out_of_requests_to_every_worker_until_it_beats(
+    dask_processes,
+):
+    """Once a wait has found a worker frozen, requests to every worker (the clean-up after
+    the error: the instrumentation's logs, restoring the workers' settings) leave it out
+    instead of each waiting the bound for it and failing; when its heartbeat moves
+    again it is asked again."""
+    from distributed import Client
+
+    from daskgd.data import waits
+
+    address = dask_processes.start_scheduler()
+    dask_processes.start_workers(2)
+    dask_processes.wait_for_workers(2)
+    with Client(address, set_as_default=False, timeout=STARTUP_TIMEOUT) as client:
+        frozen, other = sorted(client.ncores())
+        pids = client.run(os.getpid)
+        process = next(p for p in dask_processes.workers if _has_child(p.pid, pids[frozen]))
+        future = client.submit(time.sleep, 60, workers=[frozen], pure=False)
+        os.killpg(process.pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(waits.ClusterTimeoutError, match="sent no heartbeat"):
+                waits.result(client, future, what="a task on the frozen worker", timeout=TIMEOUT)
+            assert waits.frozen_workers(client) == {frozen}
+            answered = waits.run_on_workers(client, os.getpid, what="pids", timeout=TIMEOUT)
+            assert answered == {other: pids[other]}  # not a ClusterTimeoutError
+        finally:
+            os.killpg(process.pid, signal.SIGCONT)
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while waits.responsive_workers(client, what="workers", timeout=TIMEOUT) is not None:
+            assert time.monotonic() < deadline, "the thawed worker's heartbeat never moved"
+            time.sleep(0.2)
+        assert waits.run_on_workers(client, os.getpid, what="pids", timeout=TIMEOUT) == pids
+        future.cancel()
+
+
+def _has_child(parent: int, pid: int) -> bool:
+    """Whether ``pid`` is ``parent`` or one of its descendants (a nanny's worker)."""
+    while pid > 1:
+        if pid == parent:
+            return True
+        with open(f"/proc/{pid}/stat") as stat:
+            pid = int(stat.read().rsplit(")", 1)[1].split()[1])
+    return False
+
+
 def test_losing_every_worker_says_so(dask_processes, npy_problem, tmp_path):
     """Workers without a nanny, all killed mid-fit: nothing comes back. It used to end
     with a raw `TimeoutError: No valid workers found` traceback after 31 s."""

@@ -17,6 +17,11 @@ fit goes through one of these:
 - :func:`running_workers`: the workers, waiting up to ``wait_for_workers`` seconds for a
   first one.
 
+A worker found frozen (no heartbeat for ``timeout`` seconds) is remembered for its client
+until its heartbeat moves again: requests to every worker (the clean-up after the error,
+the instrumentation's logs, restoring the cluster's settings) leave it out through
+:func:`responsive_workers` instead of waiting for its answer for a bound each.
+
 Both errors name the scheduler's address and what was being waited for, so a fit stops
 with one line that says what did not answer.
 """
@@ -37,7 +42,10 @@ __all__ = [
     "call",
     "check_seconds",
     "first_completed",
+    "frozen_workers",
+    "responsive_workers",
     "result",
+    "run_on_workers",
     "running_workers",
     "scheduler_workers",
 ]
@@ -60,6 +68,14 @@ _AFTER_TIMEOUT_SECONDS = 0.5
 
 #: Clients whose scheduler left a request unanswered (cleared by the next answer).
 _UNANSWERED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+#: Per client, the workers found frozen: {address: their scheduler-side ``last_seen``}.
+_FROZEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+#: Per client, when each worker's ``last_seen`` was first seen at its current value:
+#: {address: (last_seen, monotonic time noticed)}, kept across waits, so that a worker
+#: frozen during one wait is not given a fresh ``timeout`` by the next.
+_HEARD: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 # asyncio.TimeoutError is the builtin TimeoutError from Python 3.11 on, distinct before.
 _TIMEOUTS = (TimeoutError, asyncio.TimeoutError)
@@ -193,7 +209,7 @@ class _Liveness:
         self.keys = list(keys)  # of the futures waited for
         self.without_workers_since: float | None = None
         self.stuck_since: float | None = None
-        self._heard: dict[str, tuple[float, float]] = {}  # address: (last_seen, noticed at)
+        self._heard: dict[str, tuple[float, float]] = _HEARD.setdefault(client, {})
 
     def check(self) -> None:
         workers = call(
@@ -217,7 +233,10 @@ class _Liveness:
             self.client, self.client.scheduler.identity, what=self.what, timeout=self.timeout
         )
         now = time.monotonic()
-        for address, info in identity.get("workers", {}).items():
+        workers = identity.get("workers", {})
+        for address in set(self._heard) - set(workers):
+            del self._heard[address]  # gone: its address is not reused with its history
+        for address, info in workers.items():
             seen = info.get("last_seen")
             if address not in running or seen is None:
                 continue
@@ -225,6 +244,7 @@ class _Liveness:
             if previous is None or previous[0] != seen:
                 self._heard[address] = (seen, now)
             elif now - previous[1] >= self.timeout:
+                _FROZEN.setdefault(self.client, {})[address] = seen
                 raise ClusterTimeoutError(
                     f"worker {address} of the Dask cluster at {scheduler_address(self.client)} "
                     f"sent no heartbeat for {now - previous[1]:.0f} s ({self.what}): it is "
@@ -275,6 +295,45 @@ def _unrunnable_dependencies(dask_scheduler: Any = None, keys: Collection[Any] =
         elif ts.state != "memory":
             stack.extend(ts.dependencies)
     return stuck
+
+
+def frozen_workers(client: Any) -> set[str]:
+    """The workers of ``client`` found frozen and not heard from since (no request)."""
+    return set(_FROZEN.get(client, ()))
+
+
+def responsive_workers(client: Any, *, what: str, timeout: float) -> list[str] | None:
+    """The running workers but those found frozen; None when no worker was found frozen
+    (a request to every worker then needs no list). A worker whose heartbeat moved since
+    it was found frozen is forgotten (one request to the scheduler, only then)."""
+    frozen = _FROZEN.get(client)
+    if not frozen:
+        return None
+    identity = call(client, client.scheduler.identity, n_workers=-1, what=what, timeout=timeout)
+    workers = identity.get("workers", {})
+    for address, seen in list(frozen.items()):
+        if address not in workers or workers[address].get("last_seen") != seen:
+            del frozen[address]  # beating again, or gone
+    return [address for address in workers if address not in frozen]
+
+
+def run_on_workers(
+    client: Any, function: Callable[..., Any], *args: Any, what: str, timeout: float,
+    workers: Collection[str] | None = None, **kwargs: Any,
+) -> dict:  # fmt: skip
+    """``client.run(function, *args, **kwargs)`` on ``workers`` (default: every worker)
+    but those found frozen, answered within ``timeout`` seconds; ``{}`` if none is left."""
+    responsive = responsive_workers(client, what=what, timeout=timeout)
+    if responsive is not None:
+        workers = [a for a in (responsive if workers is None else workers) if a in responsive]
+        if not workers:
+            return {}
+    if workers is not None:
+        kwargs["workers"] = list(workers)
+    return call(
+        client, client.run, function, *args, asynchronous=True, what=what, timeout=timeout,
+        **kwargs,
+    )  # fmt: skip
 
 
 def result(client: Any, future: Any, *, what: str, timeout: float) -> Any:

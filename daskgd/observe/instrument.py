@@ -363,7 +363,8 @@ class Instrumentation(Callback):
             return
         self._stop.set()
         if self._thread is not None:  # its poll is bounded by the timeout too
-            gone = waits.unanswered(self.client)  # then its poll waits for nothing
+            # then its poll waits for nothing (a frozen worker's logs, for the bound)
+            gone = waits.unanswered(self.client) or waits.frozen_workers(self.client)
             self._thread.join(timeout=min(self.timeout, 0.5) if gone else self.timeout)
         try:
             if self._thread is not None and self._thread.is_alive():
@@ -410,14 +411,14 @@ class Instrumentation(Callback):
             drained = self._drain(self._plugin_name)
             # Entries may be appended slightly out of order: re-read an overlap, dedupe.
             since = {worker: t - _LOG_OVERLAP_SECONDS for worker, t in self._since.items()}
-            logs = self._call(
-                self.client.run,
+            logs = waits.run_on_workers(
+                self.client,
                 read_transfer_logs,
                 since=since,
                 default=self._start_time,
                 on_error="ignore",
-                asynchronous=True,
                 what="reading the workers' transfer logs",
+                timeout=self.timeout,
             )
             with self._lock:
                 before = len(self._raw.incoming) + len(self._raw.outgoing)

@@ -90,10 +90,9 @@ def tune_for_iterations(
         )  # fmt: skip
 
     def on_workers(**kwargs: Any) -> Any:
-        return waits.call(
-            client, client.run, _set_worker_interval, asynchronous=True,
-            what="tuning the workers", timeout=timeout, **kwargs,
-        )  # fmt: skip
+        return waits.run_on_workers(
+            client, _set_worker_interval, what="tuning the workers", timeout=timeout, **kwargs
+        )
 
     client_stream = client.scheduler_comm
     old_client_interval = client_stream.interval

@@ -560,9 +560,9 @@ def _forget_residuals(client: Any, fit_id: str, timeout: float) -> None:
         forget_residuals(fit_id)
         return
     with contextlib.suppress(Exception):  # a worker that is gone took them with it
-        waits.call(
-            client, client.run, forget_residuals, fit_id, on_error="ignore",
-            asynchronous=True, what="removing the top-k residuals", timeout=timeout,
+        waits.run_on_workers(
+            client, forget_residuals, fit_id, on_error="ignore",
+            what="removing the top-k residuals", timeout=timeout,
         )  # fmt: skip
 
 
