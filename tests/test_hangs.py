@@ -290,6 +290,35 @@ def test_a_frozen_worker_is_left_out_of_requests_to_every_worker_until_it_beats(
         future.cancel()
 
 
+def test_a_request_a_frozen_worker_leaves_unanswered_blames_the_workers(dask_processes):
+    """A request to every worker goes through the scheduler: when a worker not yet found
+    frozen leaves it unanswered, the error names the workers asked, says the scheduler
+    answers, and later requests to the scheduler keep their full bound."""
+    from distributed import Client
+
+    from daskgd.data import waits
+
+    address = dask_processes.start_scheduler()
+    dask_processes.start_workers(2)
+    dask_processes.wait_for_workers(2)
+    with Client(address, set_as_default=False, timeout=STARTUP_TIMEOUT) as client:
+        frozen, other = sorted(client.ncores())
+        pids = client.run(os.getpid)
+        process = next(p for p in dask_processes.workers if _has_child(p.pid, pids[frozen]))
+        os.killpg(process.pid, signal.SIGSTOP)
+        try:
+            error = _bounded(
+                waits.run_on_workers, client, os.getpid, what="pids", timeout=TIMEOUT
+            )
+            assert isinstance(error, waits.ClusterTimeoutError), error
+            message = str(error)
+            assert f"the Dask workers {sorted([frozen, other])} did not all answer" in message
+            assert f"within {TIMEOUT} s (pids; the scheduler at {address} does)" in message
+            assert not waits.unanswered(client)
+        finally:
+            os.killpg(process.pid, signal.SIGCONT)
+
+
 def _has_child(parent: int, pid: int) -> bool:
     """Whether ``pid`` is ``parent`` or one of its descendants (a nanny's worker)."""
     while pid > 1:

@@ -330,10 +330,27 @@ def run_on_workers(
             return {}
     if workers is not None:
         kwargs["workers"] = list(workers)
-    return call(
-        client, client.run, function, *args, asynchronous=True, what=what, timeout=timeout,
-        **kwargs,
-    )  # fmt: skip
+    try:
+        return call(
+            client, client.run, function, *args, asynchronous=True, what=what,
+            timeout=timeout, **kwargs,
+        )  # fmt: skip
+    except ClusterTimeoutError as error:
+        # client.run waits, through the scheduler, for every worker asked: say which side
+        # was silent (a scheduler that answers now clears its mark; one that does not is
+        # the error already raised).
+        try:
+            running = call(client, client.scheduler.ncores_running, what=what,
+                           timeout=_AFTER_TIMEOUT_SECONDS)  # fmt: skip
+        except ClusterTimeoutError:
+            raise error from None
+        asked = sorted(workers if workers is not None else running)
+        raise ClusterTimeoutError(
+            f"the Dask workers {asked} did not all answer within {timeout:g} s ({what}; the "
+            f"scheduler at {scheduler_address(client)} does): one of them is stopped, "
+            "overloaded or cut off (raise the bound with timeout=, --timeout on the command "
+            "line)"
+        ) from None
 
 
 def result(client: Any, future: Any, *, what: str, timeout: float) -> Any:
