@@ -159,8 +159,63 @@ def test_update_sends_only_the_sources_that_changed():
     loss = trace["loss"].values.copy()
     loss[-1] = np.nan  # NaN = NaN for what is unchanged, a change where it is new
     dashboard.update(trace.assign(loss=("iteration", loss)))
-    assert dashboard.sources["loss"].data is not before["loss"]
+    assert np.isnan(dashboard.sources["loss"].data["loss"][-1])
     assert dashboard.sources["heatmap"].data is before["heatmap"]
+
+
+def _columns_equal(a: dict, b: dict) -> bool:
+    if a.keys() != b.keys():
+        return False
+    for name in a:
+        x, y = np.asarray(a[name]), np.asarray(b[name])
+        if x.shape != y.shape:
+            return False
+        same = np.array_equal(x, y, equal_nan=True) if x.dtype.kind in "fc" else (x == y).all()
+        if not same:
+            return False
+    return True
+
+
+def test_a_grown_trace_sends_its_new_rows_only():
+    """A page gets the rows a grown trace added (streamed) and its old rows that changed
+    (patched), not every column again; the sources end as a dashboard drawn afresh."""
+    from bokeh.document import Document
+    from bokeh.document.events import (
+        ColumnDataChangedEvent,
+        ColumnsPatchedEvent,
+        ColumnsStreamedEvent,
+    )
+
+    trace = make_trace(n_iterations=60)
+    dashboard = TraceDashboard()
+    document = Document()
+    document.add_root(dashboard.layout)
+    dashboard.update(trace.isel(iteration=slice(0, 30)))
+    events: list = []
+    document.on_change(events.append)
+    loss = trace["loss"].values.copy()
+    loss[28] = 0.123  # an old row that changed (a pending iteration measured since)
+    grown = trace.assign(loss=("iteration", loss)).isel(iteration=slice(0, 33))
+    dashboard.update(grown)
+    of_loss = [e for e in events if getattr(e, "model", None) is dashboard.sources["loss"]]
+    assert not [e for e in of_loss if isinstance(e, ColumnDataChangedEvent)], of_loss
+    (streamed,) = [e for e in of_loss if isinstance(e, ColumnsStreamedEvent)]
+    assert list(streamed.data["iteration"]) == [30, 31, 32]
+    (patched,) = [e for e in of_loss if isinstance(e, ColumnsPatchedEvent)]
+    assert patched.patches["loss"][0][0] == slice(28, 30)
+    heatmap = [e for e in events if getattr(e, "model", None) is dashboard.sources["heatmap"]]
+    assert heatmap and all(isinstance(e, ColumnsStreamedEvent) for e in heatmap), heatmap
+    fresh = TraceDashboard()
+    fresh.update(grown)
+    for name, source in dashboard.sources.items():
+        assert _columns_equal(source.data, fresh.sources[name].data), name
+    shorter = grown.isel(iteration=slice(0, 10))  # another fit: replaced, not patched
+    events.clear()
+    dashboard.update(shorter)
+    assert any(isinstance(e, ColumnDataChangedEvent) for e in events)
+    fresh.update(shorter)
+    for name, source in dashboard.sources.items():
+        assert _columns_equal(source.data, fresh.sources[name].data), name
 
 
 @pytest.mark.parametrize(

@@ -27,11 +27,13 @@ def test_there_are_notebooks():
 SMALL = {"00-tour": 2_500_000}
 
 #: Notebooks whose cells assert timings that another test's load would change: they run
-#: while no other test runs. 02 fits latency and bandwidth to real transfers. 01, 04 and
-#: 05 assert on emulated compute, stragglers and latency (sleeps of 5-200 ms, large
-#: against what a loaded machine adds): each passed with two processes spinning on the two
-#: cores beside it (twice), so they share the machine with the other tests.
-TIMED = {"02-latency-and-bandwidth"}
+#: while no other test runs. 02 fits latency and bandwidth to real transfers; 04 compares
+#: the iteration a worker's recovery took with real iterations (beside the other tests
+#: the gap shrank under its assertion once in CI). 01 and 05 assert on emulated compute,
+#: stragglers and latency (sleeps of 5-200 ms, large against what a loaded machine adds):
+#: each passed with two processes spinning on the two cores beside it (twice), so they
+#: share the machine with the other tests.
+TIMED = {"02-latency-and-bandwidth", "04-stragglers-and-failures"}
 
 
 @pytest.mark.parametrize(

@@ -222,10 +222,67 @@ class TraceDashboard:
             "consensus": consensus_columns(trace),
         }
         for name, data in new.items():
-            # The page redraws every plot of a source that changed: leave unchanged ones
-            if not _same_columns(self.sources[name].data, data):
-                self.sources[name].data = dict(data)
+            # The page redraws every plot of a source that changed: leave unchanged ones.
+            # A trace that grew sends its new rows (and its last rows that changed) only.
+            source = self.sources[name]
+            change = _change(source.data, data) if STREAM else ("replace", None, None)
+            if change is None:
+                continue
+            kind, rows, patches = change
+            if kind == "replace":
+                source.data = dict(data)
+                continue
+            if patches:
+                source.patch(patches)
+            if rows:
+                source.stream(rows)
         frame.columns = {**new, "bytes_unit": unit, "bytes_cumulative_unit": cumulative_unit}
+
+
+#: Whether a grown trace's sources are streamed (False: replaced; for measurements).
+STREAM = True
+
+#: Changed old rows patched in place at most (more: the source is replaced).
+_MAX_PATCHED_ROWS = 64
+
+
+def _change(old: dict, new: dict) -> tuple[str, dict | None, dict | None] | None:
+    """How ``old`` columns become ``new``: None (equal), ``("append", rows, patches)``
+    (new rows appended to a prefix of the old ones, the old rows from the first that
+    differs patched in place) or ``("replace", None, None)``."""
+    if old.keys() != new.keys():
+        return "replace", None, None
+    arrays = {name: (np.asarray(old[name]), np.asarray(value)) for name, value in new.items()}
+    if not arrays:
+        return None
+    n_old = {a.shape[0] if a.ndim else -1 for a, _ in arrays.values()}
+    n_new = {b.shape[0] if b.ndim else -1 for _, b in arrays.values()}
+    if len(n_old) != 1 or len(n_new) != 1:
+        return "replace", None, None
+    (n_old_rows,), (n_new_rows,) = n_old, n_new
+    if n_old_rows < 1 or n_new_rows < n_old_rows:
+        return None if _same_columns(old, new) else ("replace", None, None)
+    first = n_old_rows  # the first old row that differs
+    for a, b in arrays.values():
+        if a.ndim != 1 or b.ndim != 1 or a.dtype != b.dtype:
+            return "replace", None, None
+        same = a == b[:n_old_rows]
+        if a.dtype.kind in "fc":
+            same |= np.isnan(a) & np.isnan(b[:n_old_rows])
+        if not same.all():
+            first = min(first, int(np.argmin(same)))
+    if first == n_old_rows == n_new_rows:
+        return None
+    if first == 0 or n_old_rows - first > _MAX_PATCHED_ROWS:
+        return "replace", None, None
+    patches = None
+    if first < n_old_rows:
+        patches = {
+            name: [(slice(first, n_old_rows), b[first:n_old_rows])]
+            for name, (_, b) in arrays.items()
+        }
+    rows = {name: b[n_old_rows:] for name, (_, b) in arrays.items()} if n_new_rows > n_old_rows else None
+    return "append", rows, patches
 
 
 def _same_columns(old: dict, new: dict) -> bool:
