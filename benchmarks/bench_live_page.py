@@ -39,8 +39,9 @@ from daskgd.viz import plots
 from daskgd.viz.dashboard import serve
 
 LONG_TASKS_JS = """() => { window.daskgdLong = 0; window.daskgdStart = performance.now();
-  new PerformanceObserver(list => { for (const e of list.getEntries()) window.daskgdLong += e.duration; })
-    .observe({entryTypes: ["longtask"]}); }"""
+  new PerformanceObserver(list => {
+    for (const e of list.getEntries()) window.daskgdLong += e.duration;
+  }).observe({entryTypes: ["longtask"]}); }"""
 SHOWN_JS = "() => Bokeh.documents[0].get_model_by_name('daskgd-loss-data').data.iteration.length"
 
 
@@ -87,8 +88,12 @@ def measure(browser, growing: Growing, stream: bool, args) -> dict:
     live = serve(growing, interval_ms=args.interval)
     page = browser.new_page(viewport={"width": 1200, "height": 1100})
     received = [0]
-    page.on("websocket", lambda ws: ws.on(
-        "framereceived", lambda payload: received.__setitem__(0, received[0] + len(payload))))
+    page.on(
+        "websocket",
+        lambda ws: ws.on(
+            "framereceived", lambda payload: received.__setitem__(0, received[0] + len(payload))
+        ),
+    )
     try:
         page.goto(live.url)
         page.wait_for_function("window.Bokeh && Bokeh.documents.length > 0", timeout=30_000)
@@ -118,8 +123,10 @@ def main(argv=None) -> None:
         raise SystemExit("bench_live_page: no Chromium (set DASKGD_CHROMIUM or install chromium)")
     print(f"load average {os.getloadavg()[0]:.2f}; recording a {args.iterations}-iteration trace")
     growing = Growing(record_trace(args.iterations), args.rate)
-    print(f"{args.rate:g} iterations/s, page updates every {args.interval} ms, "
-          f"{args.seconds:g} s per measurement, {args.repetitions} repetitions")
+    print(
+        f"{args.rate:g} iterations/s, page updates every {args.interval} ms, "
+        f"{args.seconds:g} s per measurement, {args.repetitions} repetitions"
+    )
     results: dict[str, list[dict]] = {"replace": [], "stream": []}
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium, args=[
@@ -138,8 +145,11 @@ def main(argv=None) -> None:
     for way, m in medians.items():
         print(f"{way:>8} {m['kB/s']:8.1f} {m['lag']:17.0f} {m['long tasks']:11.0%}")
     r, s = medians["replace"], medians["stream"]
-    print(f"stream / replace: kB/s {s['kB/s'] / r['kB/s']:.2f}, long tasks "
-          f"{s['long tasks'] / r['long tasks']:.2f}, lag {s['lag']:.0f} vs {r['lag']:.0f} iterations")
+    print(
+        f"stream / replace: kB/s {s['kB/s'] / r['kB/s']:.2f}, long tasks "
+        f"{s['long tasks'] / r['long tasks']:.2f}, lag {s['lag']:.0f} vs {r['lag']:.0f} "
+        "iterations"
+    )
 
 
 if __name__ == "__main__":

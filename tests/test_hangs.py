@@ -307,9 +307,7 @@ def test_a_request_a_frozen_worker_leaves_unanswered_blames_the_workers(dask_pro
         process = next(p for p in dask_processes.workers if _has_child(p.pid, pids[frozen]))
         os.killpg(process.pid, signal.SIGSTOP)
         try:
-            error = _bounded(
-                waits.run_on_workers, client, os.getpid, what="pids", timeout=TIMEOUT
-            )
+            error = _bounded(waits.run_on_workers, client, os.getpid, what="pids", timeout=TIMEOUT)
             assert isinstance(error, waits.ClusterTimeoutError), error
             message = str(error)
             assert f"the Dask workers {sorted([frozen, other])} did not all answer" in message

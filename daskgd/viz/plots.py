@@ -281,7 +281,9 @@ def _change(old: dict, new: dict) -> tuple[str, dict | None, dict | None] | None
             name: [(slice(first, n_old_rows), b[first:n_old_rows])]
             for name, (_, b) in arrays.items()
         }
-    rows = {name: b[n_old_rows:] for name, (_, b) in arrays.items()} if n_new_rows > n_old_rows else None
+    rows = None
+    if n_new_rows > n_old_rows:
+        rows = {name: b[n_old_rows:] for name, (_, b) in arrays.items()}
     return "append", rows, patches
 
 
