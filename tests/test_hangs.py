@@ -4,6 +4,7 @@ the processes are cleaned up (SIGCONT, then killed) whatever the outcome."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -261,17 +262,9 @@ def test_a_frozen_worker_is_left_out_of_requests_to_every_worker_until_it_beats(
     the error: the instrumentation's logs, restoring the workers' settings) leave it out
     instead of each waiting the bound for it and failing; when its heartbeat moves
     again it is asked again."""
-    from distributed import Client
-
     from daskgd.data import waits
 
-    address = dask_processes.start_scheduler()
-    dask_processes.start_workers(2)
-    dask_processes.wait_for_workers(2)
-    with Client(address, set_as_default=False, timeout=STARTUP_TIMEOUT) as client:
-        frozen, other = sorted(client.ncores())
-        pids = client.run(os.getpid)
-        process = next(p for p in dask_processes.workers if _has_child(p.pid, pids[frozen]))
+    with _two_workers(dask_processes) as (client, _, frozen, other, pids, process):
         future = client.submit(time.sleep, 60, workers=[frozen], pure=False)
         os.killpg(process.pid, signal.SIGSTOP)
         try:
@@ -294,17 +287,9 @@ def test_a_request_a_frozen_worker_leaves_unanswered_blames_the_workers(dask_pro
     """A request to every worker goes through the scheduler: when a worker not yet found
     frozen leaves it unanswered, the error names the workers asked, says the scheduler
     answers, and later requests to the scheduler keep their full bound."""
-    from distributed import Client
-
     from daskgd.data import waits
 
-    address = dask_processes.start_scheduler()
-    dask_processes.start_workers(2)
-    dask_processes.wait_for_workers(2)
-    with Client(address, set_as_default=False, timeout=STARTUP_TIMEOUT) as client:
-        frozen, other = sorted(client.ncores())
-        pids = client.run(os.getpid)
-        process = next(p for p in dask_processes.workers if _has_child(p.pid, pids[frozen]))
+    with _two_workers(dask_processes) as (client, address, frozen, other, _, process):
         os.killpg(process.pid, signal.SIGSTOP)
         try:
             error = _bounded(waits.run_on_workers, client, os.getpid, what="pids", timeout=TIMEOUT)
@@ -315,6 +300,22 @@ def test_a_request_a_frozen_worker_leaves_unanswered_blames_the_workers(dask_pro
             assert not waits.unanswered(client)
         finally:
             os.killpg(process.pid, signal.SIGCONT)
+
+
+@contextlib.contextmanager
+def _two_workers(dask_processes):
+    """A client of a scheduler and two worker processes: ``(client, scheduler address,
+    the worker to freeze, the other, {worker: pid}, the process to freeze)``."""
+    from distributed import Client
+
+    address = dask_processes.start_scheduler()
+    dask_processes.start_workers(2)
+    dask_processes.wait_for_workers(2)
+    with Client(address, set_as_default=False, timeout=STARTUP_TIMEOUT) as client:
+        frozen, other = sorted(client.ncores())
+        pids = client.run(os.getpid)
+        process = next(p for p in dask_processes.workers if _has_child(p.pid, pids[frozen]))
+        yield client, address, frozen, other, pids, process
 
 
 def _has_child(parent: int, pid: int) -> bool:
