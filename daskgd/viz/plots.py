@@ -225,7 +225,7 @@ class TraceDashboard:
             # The page redraws every plot of a source that changed: leave unchanged ones.
             # A trace that grew sends its new rows (and its last rows that changed) only.
             source = self.sources[name]
-            change = _change(source.data, data) if STREAM else ("replace", None, None)
+            change = _change(source.data, data) if STREAM else _REPLACE
             if change is None:
                 continue
             kind, rows, patches = change
@@ -245,27 +245,27 @@ STREAM = True
 #: Changed old rows patched in place at most (more: the source is replaced).
 _MAX_PATCHED_ROWS = 64
 
+_REPLACE = ("replace", None, None)
+
 
 def _change(old: dict, new: dict) -> tuple[str, dict | None, dict | None] | None:
-    """How ``old`` columns become ``new``: None (equal), ``("append", rows, patches)``
-    (new rows appended to a prefix of the old ones, the old rows from the first that
-    differs patched in place) or ``("replace", None, None)``."""
+    """How ``old`` columns become ``new``: None (equal; NaN = NaN), ``("append", rows,
+    patches)`` (new rows appended to a prefix of the old ones, the old rows from the first
+    that differs patched in place) or ``("replace", None, None)``."""
     if old.keys() != new.keys():
-        return "replace", None, None
+        return _REPLACE
     arrays = {name: (np.asarray(old[name]), np.asarray(value)) for name, value in new.items()}
-    if not arrays:
-        return None
-    n_old = {a.shape[0] if a.ndim else -1 for a, _ in arrays.values()}
-    n_new = {b.shape[0] if b.ndim else -1 for _, b in arrays.values()}
-    if len(n_old) != 1 or len(n_new) != 1:
-        return "replace", None, None
-    (n_old_rows,), (n_new_rows,) = n_old, n_new
-    if n_old_rows < 1 or n_new_rows < n_old_rows:
-        return None if _same_columns(old, new) else ("replace", None, None)
+    if any(a.ndim != 1 or b.ndim != 1 or a.dtype != b.dtype for a, b in arrays.values()):
+        return _REPLACE
+    n_old = {len(a) for a, _ in arrays.values()}
+    n_new = {len(b) for _, b in arrays.values()}
+    if len(n_old) > 1 or len(n_new) > 1:
+        return _REPLACE
+    n_old_rows, n_new_rows = min(n_old, default=0), min(n_new, default=0)
+    if n_new_rows < n_old_rows:
+        return _REPLACE
     first = n_old_rows  # the first old row that differs
     for a, b in arrays.values():
-        if a.ndim != 1 or b.ndim != 1 or a.dtype != b.dtype:
-            return "replace", None, None
         same = a == b[:n_old_rows]
         if a.dtype.kind in "fc":
             same |= np.isnan(a) & np.isnan(b[:n_old_rows])
@@ -274,7 +274,7 @@ def _change(old: dict, new: dict) -> tuple[str, dict | None, dict | None] | None
     if first == n_old_rows == n_new_rows:
         return None
     if first == 0 or n_old_rows - first > _MAX_PATCHED_ROWS:
-        return "replace", None, None
+        return _REPLACE  # another trace (or an empty source): all of it
     patches = None
     if first < n_old_rows:
         patches = {
@@ -285,17 +285,3 @@ def _change(old: dict, new: dict) -> tuple[str, dict | None, dict | None] | None
     if n_new_rows > n_old_rows:
         rows = {name: b[n_old_rows:] for name, (_, b) in arrays.items()}
     return "append", rows, patches
-
-
-def _same_columns(old: dict, new: dict) -> bool:
-    """Whether two sources' data are equal (the same columns, equal values, NaN = NaN)."""
-    if old.keys() != new.keys():
-        return False
-    for name, value in new.items():
-        a, b = np.asarray(old[name]), np.asarray(value)
-        if a.shape != b.shape or a.dtype != b.dtype:
-            return False
-        equal_nan = a.dtype.kind in "fc"
-        if not np.array_equal(a, b, equal_nan=equal_nan):
-            return False
-    return True
